@@ -1,0 +1,234 @@
+"""Building a box from a recipe: debootstrap, configure, then the disk, kernel and initrd.
+
+The build happens in a staging folder of the store and is moved into place only when
+complete; an interrupted or failed build leaves nothing in the store.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from boxes.recipe import Recipe
+from boxes.store import ARTEFACTS, Box, BoxStore, discard
+from vbox_cli import proc
+from vbox_cli.errors import CommandError, VboxError
+
+ROOT_LABEL = "vbox-root"
+REQUIRED_TOOLS = ("debootstrap", "mke2fs", "qemu-img", "chroot")
+
+# Files written into every box. The machine's own SSH host keys are written by vbox when
+# the machine is made; this drop-in only makes sshd start on a box used without vbox.
+FILES = {
+    "etc/systemd/network/80-vbox.network": (
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
+        0o644,
+    ),
+    "etc/systemd/system/ssh.service.d/vbox-host-keys.conf": (
+        "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+        0o644,
+    ),
+    "etc/ssh/sshd_config.d/vbox.conf": (
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "UseDNS no\n",
+        0o644,
+    ),
+    "etc/fstab": (f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n", 0o644),
+    "etc/hostname": ("debian\n", 0o644),
+    "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
+}
+SERVICES = ("systemd-networkd", "systemd-resolved", "ssh")
+
+
+@dataclass
+class Reporter:
+    phase: Callable[[str], None] = lambda text: None
+    detail: Callable[[str], None] = lambda text: None
+
+
+def build(
+    recipe: Recipe,
+    store: BoxStore,
+    report: Reporter | None = None,
+    force: bool = False,
+    mirror: str | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[Box, bool]:
+    """Build the box of `recipe` into `store`. Returns (box, built): built is False when the
+    store already had this recipe's box (nothing was done)."""
+    report = report or Reporter()
+    with store.lock(recipe.name, on_wait=lambda: report.phase("waiting for another build of this box")):
+        current = store.find(recipe.name, recipe.version)
+        if current and current.meta.get("recipe_digest") == recipe.digest and not force:
+            return current, False
+        if current and store.users(recipe.name) and not force:
+            raise VboxError(
+                f"box {recipe.name} {recipe.version} is in use and its recipe changed",
+                hint="bump the recipe's version to build a new box beside it, or pass --force",
+            )
+        check_host()
+        staged = store.staging(recipe.name)
+        try:
+            meta = _build_into(staged, recipe, report, mirror or recipe.mirror, cache_dir)
+            report.phase("moving the box into the store")
+            return store.install(staged, recipe.name, recipe.version, meta), True
+        finally:
+            discard(staged)
+
+
+def check_host() -> None:
+    if os.geteuid() != 0:
+        raise VboxError("building a box needs root (debootstrap, chroot)", hint="run it with sudo")
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise VboxError(f"missing tools for a box build: {', '.join(missing)}", hint="run `env doctor --fix`")
+
+
+def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> dict:
+    started = time.monotonic()
+    rootfs = staged / ARTEFACTS["rootfs"]
+    _debootstrap(rootfs, recipe, report, mirror, cache_dir)
+    report.phase("configuring the root tree")
+    _configure(rootfs, recipe)
+    report.phase("extracting the kernel and initrd")
+    kernel, initrd = _kernel_files(rootfs)
+    shutil.copy2(kernel, staged / ARTEFACTS["kernel"])
+    shutil.copy2(initrd, staged / ARTEFACTS["initrd"])
+    report.phase("making the disk image")
+    _make_disk(rootfs, staged / ARTEFACTS["disk"], recipe)
+    report.phase("computing the digest")
+    digest = _digest(staged)
+    return {
+        "name": recipe.name,
+        "version": recipe.version,
+        "description": recipe.description,
+        "digest": f"sha256:{digest}",
+        "recipe_digest": recipe.digest,
+        "recipe": recipe.source,
+        "suite": recipe.suite,
+        "mirror": mirror,
+        "user": recipe.user,
+        "root_label": ROOT_LABEL,
+        "kernel_version": kernel.name.removeprefix("vmlinuz-"),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "size": _tree_size(staged),
+        "artefacts": dict(ARTEFACTS),
+    }
+
+
+def _debootstrap(rootfs: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> None:
+    report.phase(f"debootstrap {recipe.suite} from {mirror}")
+    argv = ["debootstrap", f"--variant={recipe.variant}", f"--components={','.join(recipe.components)}"]
+    if recipe.packages:
+        argv.append(f"--include={','.join(recipe.packages)}")
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        argv.append(f"--cache-dir={cache_dir}")
+    argv += [recipe.suite, str(rootfs), mirror]
+    try:
+        proc.stream(argv, report.detail)
+    except CommandError as exc:
+        log = rootfs / "debootstrap" / "debootstrap.log"
+        reason = _debootstrap_reason(exc.output, log)
+        raise VboxError(
+            f"debootstrap failed (exit status {exc.returncode}): {reason}",
+            hint="check the suite, the package names and the mirror in the recipe " + recipe.source,
+        ) from None
+
+
+def _debootstrap_reason(output: str, log: Path) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("E:") or "Couldn't" in line]
+    if not lines and log.is_file():
+        lines = log.read_text(errors="replace").strip().splitlines()[-3:]
+    if not lines:
+        lines = output.strip().splitlines()[-3:]
+    return " / ".join(line.strip() for line in lines) or "no output"
+
+
+def _chroot(rootfs: Path, *argv: str) -> None:
+    proc.run(["chroot", str(rootfs), *argv], env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"})
+
+
+def _configure(rootfs: Path, recipe: Recipe) -> None:
+    for relative, (content, mode) in FILES.items():
+        target = rootfs / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        os.chmod(target, mode)
+    user = recipe.user
+    _chroot(rootfs, "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", user)
+    sudoers = rootfs / "etc/sudoers.d" / user
+    sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
+    os.chmod(sudoers, 0o440)
+    ssh_dir = rootfs / "home" / user / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys").touch(mode=0o600)
+    uid_gid = (rootfs / "etc/passwd").read_text().split(f"\n{user}:", 1)[1].split(":")[1:3]
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, int(uid_gid[0]), int(uid_gid[1]))
+    _chroot(rootfs, "passwd", "--lock", "root")
+    _chroot(rootfs, "systemctl", "enable", *SERVICES)
+    # Machines get their own identity: no machine-id, no SSH host keys in the box.
+    (rootfs / "etc/machine-id").write_text("")
+    (rootfs / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    for key in glob.glob(str(rootfs / "etc/ssh/ssh_host_*")):
+        os.unlink(key)
+    # Smaller box: no package cache, no package lists, no debootstrap leftovers.
+    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*_Packages",
+                    "var/lib/apt/lists/*_InRelease", "var/lib/apt/lists/*_Release*", "var/log/*.log"):
+        for path in glob.glob(str(rootfs / pattern)):
+            os.unlink(path)
+    shutil.rmtree(rootfs / "debootstrap", ignore_errors=True)
+
+
+def _kernel_files(rootfs: Path) -> tuple[Path, Path]:
+    kernels = sorted(rootfs.glob("boot/vmlinuz-*"))
+    if not kernels:
+        raise VboxError("the box has no kernel in /boot", hint="add a linux-image package to the recipe")
+    kernel = kernels[-1]
+    initrd = rootfs / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")
+    if not initrd.is_file():
+        raise VboxError(f"the box has no initrd for {kernel.name}", hint="add initramfs-tools to the recipe")
+    return kernel, initrd
+
+
+def _make_disk(rootfs: Path, disk: Path, recipe: Recipe) -> None:
+    from vbox_cli.envfile.model import parse_size
+
+    raw = disk.with_suffix(".raw")
+    size_mib = parse_size(recipe.disk_size) // (1024 * 1024)
+    proc.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-d", str(rootfs), str(raw), f"{size_mib}M"])
+    try:
+        proc.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _digest(staged: Path) -> str:
+    """sha256 over the disk, kernel and initrd (the root tree is the disk's content)."""
+    total = hashlib.sha256()
+    for kind in ("disk", "kernel", "initrd"):
+        part = hashlib.sha256()
+        with open(staged / ARTEFACTS[kind], "rb") as f:
+            while chunk := f.read(4 * 1024 * 1024):
+                part.update(chunk)
+        total.update(f"{ARTEFACTS[kind]} {part.hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total

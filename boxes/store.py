@@ -1,0 +1,217 @@
+"""The box store: built boxes, their metadata and who uses them.
+
+Layout under `root` (default: /var/lib/vbox/boxes for root):
+
+    NAME/VERSION/box.json    metadata: digest, recipe digest, artefacts, sizes
+    NAME/VERSION/rootfs/     the unpacked root tree (LXC's lower layer)
+    NAME/VERSION/disk.qcow2  bootable disk (KVM, Xen), with vmlinuz and initrd.img
+    .build/                  staging folders of builds in progress (never a box)
+    .locks/NAME.lock         one build or removal of a box at a time
+    uses/NAME/ID.json        one file for each machine made from the box
+
+A box appears in NAME/VERSION only by an atomic rename of a finished staging folder,
+so the store never holds a half-built box.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from vbox_cli.errors import UsageError, VboxError
+
+META = "box.json"
+STAGING = ".build"
+LOCKS = ".locks"
+USES = "uses"
+ARTEFACTS = {"rootfs": "rootfs", "disk": "disk.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img"}
+
+
+@dataclass(frozen=True)
+class Box:
+    name: str
+    version: str
+    path: Path
+    meta: dict
+
+    @property
+    def digest(self) -> str:
+        return self.meta["digest"]
+
+    @property
+    def size(self) -> int:
+        return int(self.meta.get("size", 0))
+
+    def artefact(self, kind: str) -> Path:
+        return self.path / ARTEFACTS[kind]
+
+    @property
+    def artefacts(self) -> list[str]:
+        return [kind for kind in ARTEFACTS if self.artefact(kind).exists()]
+
+
+class BoxStore:
+    def __init__(self, root: Path | None = None):
+        if root is None:
+            from vbox_cli.paths import box_store_dir
+
+            root = box_store_dir()
+        self.root = root
+
+    # -- reading ---------------------------------------------------------------
+    def boxes(self) -> list[Box]:
+        found = []
+        if not self.root.is_dir():
+            return found
+        for meta_path in sorted(self.root.glob(f"*/*/{META}")):
+            name, version = meta_path.parent.parent.name, meta_path.parent.name
+            if name.startswith(".") or name == USES:
+                continue
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            found.append(Box(name, version, meta_path.parent, meta))
+        return found
+
+    def find(self, name: str, version: str | None = None) -> Box | None:
+        """The box of that name (the newest version unless one is given)."""
+        matches = [b for b in self.boxes() if b.name == name and (version is None or b.version == version)]
+        if not matches:
+            return None
+        return max(matches, key=lambda b: b.meta.get("built", ""))
+
+    def get(self, name: str) -> Box:
+        box = self.find(name)
+        if box is None:
+            raise VboxError(f"no box named {name!r} in the store ({self.root})", hint=f"run `env box build {name}`")
+        return box
+
+    # -- writing ---------------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str, on_wait=None) -> Iterator[None]:
+        locks = self.root / LOCKS
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{name}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def staging(self, name: str) -> Path:
+        """A new, empty staging folder for a build of `name`, owned by this process."""
+        base = self.root / STAGING
+        base.mkdir(parents=True, exist_ok=True)
+        self.sweep_staging()
+        path = base / f"{name}.{os.getpid()}"
+        if path.exists():
+            discard(path)
+        path.mkdir()
+        return path
+
+    def sweep_staging(self) -> list[Path]:
+        """Remove the staging folders of builds whose process is gone (killed builds)."""
+        removed = []
+        base = self.root / STAGING
+        if not base.is_dir():
+            return removed
+        for path in base.iterdir():
+            pid = path.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            discard(path)
+            removed.append(path)
+        return removed
+
+    def install(self, staged: Path, name: str, version: str, meta: dict) -> Box:
+        """Move a finished staging folder into place, replacing an older build of that version."""
+        (staged / META).write_text(json.dumps(meta, indent=2) + "\n")
+        target = self.root / name / version
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if target.exists():
+            old = self.root / STAGING / f"{name}.replaced.{os.getpid()}"
+            os.rename(target, old)
+        os.rename(staged, target)
+        if old is not None:
+            discard(old)
+        return Box(name, version, target, meta)
+
+    def remove(self, box: Box, force: bool = False) -> None:
+        users = self.users(box.name)
+        if users and not force:
+            names = ", ".join(sorted(users))
+            raise UsageError(
+                f"box {box.name!r} is used by {len(users)} machine{'s' if len(users) != 1 else ''}: {names}",
+                hint="destroy those machines first, or pass --force",
+            )
+        with self.lock(box.name):
+            discard(box.path)
+            parent = box.path.parent
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+    # -- who uses a box --------------------------------------------------------
+    def add_user(self, box_name: str, machine_id: str, info: dict) -> None:
+        folder = self.root / USES / box_name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{machine_id}.tmp"
+        tmp.write_text(json.dumps(info) + "\n")
+        os.replace(tmp, folder / f"{machine_id}.json")
+
+    def remove_user(self, box_name: str, machine_id: str) -> None:
+        (self.root / USES / box_name / f"{machine_id}.json").unlink(missing_ok=True)
+
+    def users(self, box_name: str) -> list[str]:
+        folder = self.root / USES / box_name
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path`, deepest first."""
+    prefix = os.path.realpath(path)
+    points = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4].encode().decode("unicode_escape")
+                if point == prefix or point.startswith(prefix + "/"):
+                    points.append(point)
+    except OSError:
+        pass
+    return sorted(points, key=len, reverse=True)
+
+
+def discard(path: Path) -> None:
+    """Remove a tree that a build may have left mounts in (debootstrap mounts /proc, /sys)."""
+    if not os.path.lexists(path):
+        return
+    from vbox_cli import proc
+
+    for point in mounts_under(path):
+        proc.run(["umount", "-l", point], check=False)
+    if mounts_under(path):
+        raise VboxError(f"cannot remove {path}: file systems are still mounted under it")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -1,0 +1,120 @@
+"""Does KVM really work on this host, or will QEMU run guests under TCG?
+
+A present /dev/kvm proves nothing (under nested virtualisation a KVM guest can hang),
+so decide by trying: boot a Linux kernel under KVM with no root file system and
+`panic=-1`, and see whether QEMU exits (the kernel ran to its panic) within a bound. The
+answer is cached per host boot and QEMU binary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+CACHE_FILE = "accel.json"
+# A kernel that works under KVM reaches its panic in about a second (under TCG, about
+# two). A KVM guest that has not got there in 15 s is hung.
+KVM_TIMEOUT = 15.0
+
+# 16-bit boot sector: write 1 to the isa-debug-exit port; QEMU exits with status 3.
+_BOOT_SECTOR = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])
+
+
+@dataclass(frozen=True)
+class Accel:
+    accel: str  # "kvm" or "tcg"
+    reason: str
+    probe_seconds: float = 0.0
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _qemu_identity() -> str:
+    import shutil
+
+    path = shutil.which(QEMU)
+    if not path:
+        return ""
+    return f"{path}:{os.stat(path).st_mtime_ns}"
+
+
+def detect(cache_dir: Path | None, kernel: Path | None = None, refresh: bool = False) -> Accel:
+    """The accelerator to use, from the cache when this boot and QEMU were probed already."""
+    key = {"boot_id": _boot_id(), "qemu": _qemu_identity(), "kernel": str(kernel or "")}
+    cache = cache_dir / CACHE_FILE if cache_dir else None
+    if cache and not refresh:
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return Accel(**data["result"])
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    result = probe(kernel)
+    if cache and kernel:  # a boot sector alone can run where a kernel hangs: not final
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "result": asdict(result)}))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return result
+
+
+def probe(kernel: Path | None = None, timeout: float = KVM_TIMEOUT) -> Accel:
+    if not _qemu_identity():
+        return Accel("tcg", f"{QEMU} is not installed")
+    if not os.path.exists("/dev/kvm"):
+        return Accel("tcg", "no /dev/kvm on this host")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Accel("tcg", "/dev/kvm is not readable and writable by this user")
+    started = time.monotonic()
+    ok, why = run_guest("kvm", kernel, timeout)
+    seconds = round(time.monotonic() - started, 1)
+    if ok and kernel:
+        return Accel("kvm", f"a KVM guest booted a kernel in {seconds} s", seconds)
+    if ok:
+        return Accel("kvm", "a KVM guest ran a boot sector (not proof: build a box for a kernel probe)", seconds)
+    return Accel("tcg", f"/dev/kvm is present but {why}", seconds)
+
+
+def run_guest(accel: str, kernel: Path | None, timeout: float) -> tuple[bool, str]:
+    """Run the probe guest under `accel`; (True, "") if it ran to its end within timeout."""
+    with tempfile.TemporaryDirectory(prefix="vbox-accel-") as tmp:
+        argv = [QEMU, "-accel", accel, "-machine", "pc", "-m", "256", "-display", "none", "-nodefaults",
+                "-no-user-config", "-no-reboot", "-serial", f"file:{tmp}/console.log"]
+        if kernel:
+            argv += ["-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"]
+            expected = 0
+        else:
+            image = Path(tmp) / "probe.img"
+            image.write_bytes(_BOOT_SECTOR + bytes(510 - len(_BOOT_SECTOR)) + b"\x55\xaa")
+            argv += ["-drive", f"file={image},format=raw,if=ide",
+                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+            expected = 3
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return False, f"a {accel.upper()} guest hung (no progress in {timeout:g} s)"
+        if process.returncode != expected:
+            detail = (err or "").strip().splitlines()
+            return False, f"QEMU with {accel} failed: {detail[-1] if detail else f'exit status {process.returncode}'}"
+        if kernel:
+            console = Path(tmp, "console.log").read_text(errors="replace")
+            if "Kernel panic" not in console:
+                return False, f"a {accel.upper()} guest stopped before its kernel ran"
+        return True, ""

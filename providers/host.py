@@ -1,0 +1,211 @@
+"""What the providers need on the host, checked for `env doctor`, and how to fix it.
+
+Each check says what it found and, when something is missing, which Debian packages
+and which daemons fix it; `fix()` installs and starts them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+LIBVIRT_URI = "qemu:///system"
+LXCFS_MOUNT = "/var/lib/lxcfs"
+MIN_FREE_GIB = 10
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok", "warn" (works, with a caveat) or "missing"
+    detail: str
+    packages: tuple[str, ...] = ()
+    daemons: tuple[str, ...] = ()
+    hint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "missing"
+
+
+@dataclass
+class HostReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def systemd_is_init() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _tool(name: str, program: str, package: str, version_args: tuple[str, ...] = ("--version",)) -> Check:
+    path = shutil.which(program)
+    if not path:
+        return Check(name, "missing", f"{program} not found", packages=(package,))
+    return Check(name, "ok", _version([path, *version_args]) or path)
+
+
+def _socket_answers(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(path)
+        return True
+    except OSError:
+        return False
+
+
+def check_libvirt() -> Check:
+    packages = ("libvirt-daemon-system", "libvirt-clients")
+    try:
+        import libvirt
+    except ImportError:
+        return Check("libvirt", "missing", "libvirt-python is not installed", hint="reinstall vbox-cli")
+    if not shutil.which("libvirtd"):
+        return Check("libvirt", "missing", "libvirtd not installed", packages=packages, daemons=("libvirtd",))
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.open(LIBVIRT_URI)
+    except libvirt.libvirtError as exc:
+        return Check("libvirt", "missing", f"{LIBVIRT_URI}: {exc.get_error_message()}",
+                     daemons=("virtlogd", "libvirtd"))
+    try:
+        caps = conn.getCapabilities()
+        version = conn.getLibVersion()
+    finally:
+        conn.close()
+    if "<domain type='qemu'" not in caps:
+        return Check("libvirt", "missing", "libvirtd answers but has no QEMU driver",
+                     packages=("libvirt-daemon-driver-qemu", "qemu-system-x86"))
+    v = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+    return Check("libvirt", "ok", f"libvirtd {v} at {LIBVIRT_URI}, QEMU driver")
+
+
+def check_virtlogd() -> Check:
+    if _socket_answers("/run/libvirt/virtlogd-sock"):
+        return Check("virtlogd", "ok", "running")
+    packages = () if shutil.which("virtlogd") else ("libvirt-daemon-system",)
+    return Check("virtlogd", "missing", "not running (libvirt needs it for QEMU guests)",
+                 packages=packages, daemons=("virtlogd",))
+
+
+def check_accel(cache_dir: Path | None, kernel: Path | None) -> Check:
+    from providers.accel import detect
+
+    if not shutil.which("qemu-system-x86_64"):
+        return Check("kvm", "missing", "QEMU is not installed", packages=("qemu-system-x86",))
+    result = detect(cache_dir, kernel)
+    if result.accel == "kvm" and kernel is None:
+        return Check("kvm", "warn", f"KVM may work: {result.reason}", hint="`env box build debian-12`, then again")
+    if result.accel == "kvm":
+        return Check("kvm", "ok", f"KVM works: {result.reason}")
+    return Check("kvm", "warn", f"TCG (software emulation) will be used: {result.reason}")
+
+
+def check_lxcfs() -> Check:
+    if not shutil.which("lxcfs"):
+        return Check("lxcfs", "missing", "lxcfs not installed", packages=("lxcfs",), daemons=("lxcfs",))
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        mounts = ""
+    if any(line.split()[1] == LXCFS_MOUNT and "lxcfs" in line.split()[2] for line in mounts.splitlines()):
+        return Check("lxcfs", "ok", f"mounted at {LXCFS_MOUNT}")
+    return Check("lxcfs", "missing", f"not running (nothing mounted at {LXCFS_MOUNT})", daemons=("lxcfs",))
+
+
+def check_disk(store: Path) -> Check:
+    probe = store
+    while not probe.exists():
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    free_gib = usage.free / 1024**3
+    detail = f"{free_gib:.0f} GiB free for {store}"
+    if free_gib < MIN_FREE_GIB:
+        return Check("disk space", "warn", detail, hint=f"a box takes about 1.5 GiB; keep {MIN_FREE_GIB} GiB free")
+    return Check("disk space", "ok", detail)
+
+
+def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> HostReport:
+    checks = [
+        _tool("debootstrap", "debootstrap", "debootstrap"),
+        _tool("e2fsprogs", "mke2fs", "e2fsprogs", ("-V",)),
+        _tool("qemu-img", "qemu-img", "qemu-utils"),
+        _tool("qemu", "qemu-system-x86_64", "qemu-system-x86"),
+        check_virtlogd(),
+        check_libvirt(),
+        check_accel(cache_dir, kernel),
+        _tool("dnsmasq", "dnsmasq", "dnsmasq-base", ("--version",)),
+        _tool("iptables", "iptables", "iptables", ("--version",)),
+        _tool("lxc", "lxc-start", "lxc"),
+        check_lxcfs(),
+        _tool("ssh client", "ssh", "openssh-client", ("-V",)),
+        check_disk(store),
+    ]
+    # `ssh -V` and `mke2fs -V` print to stderr; an empty version is fine, the path is shown.
+    return HostReport(checks)
+
+
+# -- fixing -------------------------------------------------------------------------
+
+DAEMON_ORDER = ("virtlogd", "libvirtd", "lxcfs")
+
+
+def fix(report: HostReport, say: Callable[[str], None]) -> None:
+    from vbox_cli import proc
+
+    packages = sorted({p for c in report.checks if not c.ok for p in c.packages})
+    if packages:
+        say(f"installing {' '.join(packages)}")
+        proc.run(["apt-get", "update", "-q"], timeout=600)
+        proc.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+                 env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=1800)
+    wanted = {d for c in report.checks if not c.ok for d in c.daemons}
+    for daemon in DAEMON_ORDER:
+        if daemon in wanted:
+            say(f"starting {daemon}")
+            start_daemon(daemon)
+
+
+def start_daemon(name: str) -> None:
+    from vbox_cli import proc
+    from vbox_cli.errors import VboxError
+
+    if systemd_is_init():
+        unit = {"libvirtd": "libvirtd", "virtlogd": "virtlogd", "lxcfs": "lxcfs"}[name]
+        proc.run(["systemctl", "start", unit])
+        return
+    if name in ("libvirtd", "virtlogd"):
+        proc.run([name, "--daemon"])
+        ready = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock"}[name]
+    else:
+        os.makedirs(LXCFS_MOUNT, exist_ok=True)
+        log = open("/var/log/vbox-lxcfs.log", "ab")
+        subprocess.Popen(["lxcfs", LXCFS_MOUNT], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+        ready = None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if ready and _socket_answers(ready):
+            return
+        if not ready and check_lxcfs().ok:
+            return
+        time.sleep(0.2)
+    raise VboxError(f"{name} did not come up within 15 s", hint="see its log under /var/log")

@@ -1,0 +1,138 @@
+"""The typer application: global options, the verbs, and the one place errors become
+exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vbox_cli import __version__
+from vbox_cli.errors import EXIT_FAILURE, EXIT_USAGE, VboxError
+from vbox_cli.output import Output
+
+HELP = """\
+vbox: declarative dev environments.
+
+A project keeps an Envfile (TOML) in git; vbox brings up the LXC containers, KVM
+virtual machines and Xen guests it declares, from cached base boxes, and provisions
+them over SSH.
+
+As `env`, any arguments that are not a vbox verb go to the system's env unchanged
+(`env FOO=bar cmd`, `env -i ...`); `vbox` is the same CLI without that passthrough.
+"""
+
+
+@dataclass
+class Context:
+    out: Output
+    envfile: Optional[Path]
+
+    def envfile_path(self) -> Path:
+        """The Envfile given with --file, else the nearest one from here upwards."""
+        from vbox_cli.errors import UsageError
+        from vbox_cli.paths import find_envfile
+
+        if self.envfile is not None:
+            return self.envfile
+        found = find_envfile()
+        if found is None:
+            raise UsageError(
+                f"no Envfile in {Path.cwd()} or any folder above it",
+                hint="run `env init` to write one, or pass --file PATH",
+            )
+        return found
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vbox {__version__}")
+        raise typer.Exit()
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def main(
+        ctx: typer.Context,
+        plain: Annotated[bool, typer.Option("--plain", help="Plain line output even on a terminal.")] = False,
+        file: Annotated[
+            Optional[Path],
+            typer.Option("--file", "-f", help="Envfile to use. Default: ./Envfile, or the nearest one above."),
+        ] = None,
+        version: Annotated[
+            bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        ] = False,
+    ) -> None:
+        ctx.obj = Context(out=Output(plain=True if plain else None), envfile=file)
+
+    from vbox_cli.commands import box, doctor, init, schema, validate
+
+    app.command("init")(init.init)
+    app.command("validate")(validate.validate)
+    app.command("schema")(schema.schema)
+    app.add_typer(box.app, name="box")
+    app.command("doctor")(doctor.doctor)
+    return app
+
+
+def run(args: list[str], prog_name: str) -> int:
+    from typer._click import exceptions as click_exceptions
+
+    app = make_app()
+    out = Output()
+    try:
+        result = typer.main.get_command(app).main(args=args, prog_name=prog_name, standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except VboxError as exc:
+        _report(out, exc)
+        return exc.exit_code
+    except click_exceptions.Exit as exc:
+        return exc.exit_code
+    except click_exceptions.Abort:
+        out.error("aborted")
+        return 130
+    except click_exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else prog_name
+        out.error(exc.format_message(), hint=f"see `{command} --help`")
+        return EXIT_USAGE
+    except click_exceptions.ClickException as exc:
+        out.error(exc.format_message())
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: say so plainly, show the traceback on request
+        if os.environ.get("VBOX_DEBUG"):
+            raise
+        out.error(f"internal error: {type(exc).__name__}: {exc}", hint="run again with VBOX_DEBUG=1 for a traceback")
+        return EXIT_FAILURE
+
+
+def _report(out: Output, exc: VboxError) -> None:
+    from vbox_cli.errors import EnvfileError
+
+    if isinstance(exc, EnvfileError):
+        for problem in exc.problems:
+            line = f"{problem.file}:{problem.line}:{problem.column}: "
+            line += f"{problem.path}: {problem.message}" if problem.path else problem.message
+            print(line, file=sys.stderr)
+            if problem.hint:
+                print(f"    hint: {problem.hint}", file=sys.stderr)
+        out.error(exc.message)
+        return
+    out.error(exc.message, exc.hint)

@@ -1,0 +1,103 @@
+"""`env box ...`: build, list and remove base boxes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Base boxes: build them from recipes, list them, remove them.", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    ctx: typer.Context,
+    recipe: Annotated[str, typer.Argument(help="A recipe name (like debian-12) or the path of a recipe file.")],
+    force: Annotated[bool, typer.Option("--force", help="Build again even if the box is up to date.")] = False,
+    mirror: Annotated[
+        Optional[str], typer.Option("--mirror", help="Debian mirror to use instead of the recipe's.", metavar="URL")
+    ] = None,
+) -> None:
+    """Build a box from its recipe (debootstrap from the Debian mirror; needs root).
+
+    Does nothing when the store already holds the box built from this very recipe.
+    """
+    from boxes import recipe as recipes
+    from boxes.build import Reporter
+    from boxes.build import build as build_box
+    from boxes.store import BoxStore
+    from vbox_cli.paths import vbox_cache
+
+    out = ctx.obj.out
+    spec = recipes.load(recipe)
+    store = BoxStore()
+    with out.progress(f"box {spec.name} {spec.version}") as progress:
+        box, built = build_box(
+            spec, store, Reporter(progress.phase, progress.detail), force=force, mirror=mirror,
+            cache_dir=vbox_cache() / "debootstrap",
+        )
+    if built:
+        seconds = box.meta.get("build_seconds")
+        out.success(f"built box {box.name} {box.version} in {seconds} s: {box.digest[:19]}, "
+                    f"{format_size_human(box.size)}")
+    else:
+        out.success(f"box {box.name} {box.version} is up to date ({box.digest[:19]})")
+
+
+@app.command("list")
+def list_boxes(
+    ctx: typer.Context,
+    json: Annotated[bool, typer.Option("--json", help="Print the boxes as JSON.")] = False,
+) -> None:
+    """List the boxes in the store: name, version, digest, size, artefacts."""
+    from boxes.store import BoxStore
+
+    out = ctx.obj.out
+    store = BoxStore()
+    boxes = store.boxes()
+    if json:
+        out.json([
+            {"name": b.name, "version": b.version, "digest": b.digest, "size": b.size, "artefacts": b.artefacts,
+             "built": b.meta.get("built"), "path": str(b.path), "used_by": store.users(b.name)}
+            for b in boxes
+        ])
+        return
+    if not boxes:
+        out.line(f"no boxes in {store.root}; build one with `env box build debian-12`")
+        return
+    out.table(
+        ["name", "version", "digest", "size", "artefacts", "built"],
+        [(b.name, b.version, b.digest[:19], format_size_human(b.size), ",".join(b.artefacts), b.meta.get("built", ""))
+         for b in boxes],
+    )
+
+
+@app.command("remove")
+def remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The box to remove.")],
+    version: Annotated[Optional[str], typer.Option("--version", help="Only this version.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Remove it even if machines use it.")] = False,
+) -> None:
+    """Remove a box from the store. Refuses while a machine uses it, unless --force."""
+    from boxes.store import BoxStore
+    from vbox_cli.errors import UsageError
+
+    out = ctx.obj.out
+    store = BoxStore()
+    targets = [b for b in store.boxes() if b.name == name and (version is None or b.version == version)]
+    if not targets:
+        raise UsageError(f"no box named {name!r}" + (f" version {version!r}" if version else ""),
+                         hint="see `env box list`")
+    for box in targets:
+        store.remove(box, force=force)
+        out.success(f"removed box {box.name} {box.version}")
+
+
+def format_size_human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

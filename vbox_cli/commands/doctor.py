@@ -1,0 +1,52 @@
+"""`env doctor`: check what vbox needs on this host, and fix it with --fix."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def doctor(
+    ctx: typer.Context,
+    fix: Annotated[bool, typer.Option("--fix", help="Install missing packages (apt) and start missing daemons.")]
+    = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check the host: libvirtd and its QEMU driver, QEMU, KVM or TCG, LXC, lxcfs,
+    debootstrap, disk space. Exits 1 when something needed is missing."""
+    from boxes.store import BoxStore
+    from providers.host import fix as fix_host
+    from providers.host import run_checks
+    from vbox_cli.paths import vbox_home
+
+    out = ctx.obj.out
+    store = BoxStore()
+    box = store.find("debian-12")
+    kernel = box.artefact("kernel") if box else None
+
+    def check():
+        return run_checks(store.root, vbox_home(), kernel)
+
+    report = check()
+    if fix and not report.ok:
+        fix_host(report, lambda text: out.line(f"doctor: {text}") if not json else None)
+        report = check()
+    if json:
+        out.json({"ok": report.ok, "checks": [
+            {"name": c.name, "status": c.status, "detail": c.detail, "packages": list(c.packages), "hint": c.hint}
+            for c in report.checks]})
+    else:
+        rows = []
+        for c in report.checks:
+            remedy = c.hint or ""
+            if not c.ok and c.packages:
+                remedy = f"apt-get install {' '.join(c.packages)}"
+            elif not c.ok and c.daemons:
+                remedy = "start " + ", ".join(c.daemons)
+            rows.append((c.name, c.status, c.detail, remedy))
+        out.table(["check", "status", "detail", "fix"], rows)
+        if not report.ok:
+            out.error("some things vbox needs are missing", hint="run `env doctor --fix` (needs root)")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,88 @@
+"""Entry points of the `env` and `vbox` commands.
+
+`env` is also coreutils' env, which every shell script uses. So `env_main` decides,
+before anything heavy is imported, whether the arguments are for vbox; if not, it
+replaces itself with the system's env, same arguments, same exit code, no output of
+its own. Only `os` and `sys` may be imported at module level here.
+"""
+
+import os
+import sys
+
+# The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
+VERBS = frozenset({"init", "validate", "schema", "box", "doctor"})
+# Options that mean vbox too: `env --help`, `env --version`.
+OWN_OPTIONS = frozenset({"--help", "--version"})
+# Verbs that are also common shell idioms (`env ssh host`): vbox's only inside a project.
+PROJECT_ONLY_VERBS = frozenset({"ssh"})
+
+ENVFILE = "Envfile"
+FALLBACK_ENV = "/usr/bin/env"
+
+
+def _in_project() -> bool:
+    folder = os.getcwd()
+    while True:
+        if os.path.isfile(os.path.join(folder, ENVFILE)):
+            return True
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+
+
+def is_ours(args: list[str]) -> bool:
+    if not args:
+        return False
+    first = args[0]
+    if first in PROJECT_ONLY_VERBS:
+        return first in VERBS and _in_project()
+    return first in VERBS or first in OWN_OPTIONS
+
+
+def _is_vbox_script(path: str) -> bool:
+    # Another installation of this very entry point (a venv's env script, a symlink to
+    # one): exec'ing it would loop. coreutils' env is a binary, not a script.
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return True
+    return head.startswith(b"#!") and b"vbox_cli" in head
+
+
+def system_env(self_path: str) -> str:
+    """The next `env` on PATH that is not this program, else /usr/bin/env."""
+    me = os.path.realpath(self_path) if self_path else ""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder or ".", "env")
+        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        if os.path.realpath(candidate) == me or _is_vbox_script(candidate):
+            continue
+        return candidate
+    return FALLBACK_ENV
+
+
+def passthrough(args: list[str]) -> "NoReturn":  # noqa: F821 - typing not imported on purpose
+    target = system_env(sys.argv[0])
+    try:
+        os.execv(target, ["env", *args])
+    except OSError as exc:
+        sys.stderr.write(f"env: cannot run the system env ({target}): {exc.strerror}\n")
+        sys.exit(126)
+
+
+def env_main() -> int:
+    args = sys.argv[1:]
+    if not is_ours(args):
+        passthrough(args)
+    from vbox_cli.app import run
+
+    return run(args, prog_name="env")
+
+
+def vbox_main() -> int:
+    from vbox_cli.app import run
+
+    return run(sys.argv[1:], prog_name="vbox")

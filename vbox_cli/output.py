@@ -1,0 +1,137 @@
+"""Everything the CLI shows: rich on a terminal, plain lines elsewhere, JSON on request.
+
+The core never prints; commands hand their results to an Output. rich is imported only
+when a terminal will see it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+
+class Output:
+    def __init__(self, plain: bool | None = None):
+        self.plain = plain if plain is not None else not sys.stdout.isatty()
+        self._console = None
+        self._err_console = None
+
+    # -- consoles --------------------------------------------------------------
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False)
+        return self._console
+
+    @property
+    def err_console(self):
+        if self._err_console is None:
+            from rich.console import Console
+
+            self._err_console = Console(stderr=True, highlight=False)
+        return self._err_console
+
+    # -- messages --------------------------------------------------------------
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self.plain:
+            print(text, flush=True)
+        else:
+            self.console.print(text, style=style, markup=False)
+
+    def success(self, text: str) -> None:
+        self.line(text, style="green")
+
+    def warn(self, text: str) -> None:
+        if self.plain or not sys.stderr.isatty():
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+        else:
+            self.err_console.print(f"warning: {text}", style="yellow", markup=False)
+
+    def error(self, text: str, hint: str | None = None) -> None:
+        rich_err = not self.plain and sys.stderr.isatty()
+        for prefix, body, style in (("error", text, "bold red"), ("hint", hint, "cyan")):
+            if not body:
+                continue
+            if rich_err:
+                self.err_console.print(f"{prefix}: {body}", style=style, markup=False)
+            else:
+                print(f"{prefix}: {body}", file=sys.stderr, flush=True)
+
+    def json(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, sort_keys=False), flush=True)
+
+    # -- tables ----------------------------------------------------------------
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+        cells = [[str(c) for c in row] for row in rows]
+        if self.plain:
+            widths = [max([len(col), *(len(row[i]) for row in cells)]) for i, col in enumerate(columns)]
+            if title:
+                print(title)
+            print("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths)).rstrip())
+            for row in cells:
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            sys.stdout.flush()
+            return
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for col in columns:
+            table.add_column(col)
+        for row in cells:
+            table.add_row(*row)
+        self.console.print(table)
+
+    # -- progress --------------------------------------------------------------
+    @contextmanager
+    def progress(self, title: str) -> Iterator["Progress"]:
+        """A task with phases; each phase is a line in plain mode, a spinner on a terminal."""
+        if self.plain:
+            yield _PlainProgress(title)
+            return
+        with self.console.status(title) as status:
+            yield _RichProgress(title, status, self.console)
+
+
+class Progress:
+    def phase(self, text: str) -> None:
+        """A new step of the task: always shown."""
+
+    def detail(self, text: str) -> None:
+        """A passing detail (a log line): shown on a terminal, dropped from plain output."""
+
+
+class _PlainProgress(Progress):
+    def __init__(self, title: str):
+        self.title = title
+
+    def phase(self, text: str) -> None:
+        print(f"{self.title}: {text}", flush=True)
+
+
+class _RichProgress(Progress):
+    def __init__(self, title: str, status, console):
+        self.title = title
+        self.status = status
+        self.console = console
+        self.current = ""
+
+    def phase(self, text: str) -> None:
+        if self.current:
+            from rich.markup import escape
+
+            self.console.print(f"[green]✓[/green] {escape(self.current)}", highlight=False)
+        self.current = text
+        from rich.markup import escape
+
+        self.status.update(f"{escape(self.title)}: {escape(text)}")
+
+    def detail(self, text: str) -> None:
+        from rich.markup import escape
+
+        text = text.strip()
+        if text:
+            self.status.update(f"{escape(self.title)}: {escape(self.current)} [dim]{escape(text[:80])}[/dim]")

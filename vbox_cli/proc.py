@@ -1,0 +1,93 @@
+"""Every external command goes through here.
+
+A failure raises CommandError carrying the command line (copy-pasteable), its exit
+status and the tail of its output; a missing program is reported as such.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections import deque
+from typing import Callable, Mapping, Sequence
+
+from vbox_cli.errors import CommandError, VboxError
+
+
+def _not_found(argv: Sequence[str]) -> VboxError:
+    return VboxError(f"program not found: {argv[0]} (running {shlex.join(argv)})", hint="run `env doctor --fix`")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> subprocess.CompletedProcess:
+    """Run to completion, capturing stdout and stderr as text."""
+    argv = [str(a) for a in argv]
+    try:
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout,
+            env=None if env is None else {**os.environ, **env}, cwd=cwd, errors="replace",
+        )
+    except FileNotFoundError:
+        raise _not_found(argv) from None
+    except subprocess.TimeoutExpired as exc:
+        raise VboxError(f"command timed out after {timeout:g} s: {shlex.join(argv)}") from exc
+    if check and result.returncode != 0:
+        raise CommandError(argv, result.returncode, (result.stdout or "") + (result.stderr or ""))
+    return result
+
+
+def stream(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    tail_lines: int = 40,
+    hint: str | None = None,
+) -> str:
+    """Run, handing each output line (stdout and stderr merged) to on_line.
+
+    Returns the output's tail. If this is interrupted (KeyboardInterrupt, SystemExit),
+    the child is terminated and reaped before the exception goes on.
+    """
+    argv = [str(a) for a in argv]
+    tail: deque[str] = deque(maxlen=tail_lines)
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, errors="replace", env=None if env is None else {**os.environ, **env},
+        )
+    except FileNotFoundError:
+        raise _not_found(argv) from None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        returncode = proc.wait()
+    except BaseException:
+        terminate(proc)
+        raise
+    output = "\n".join(tail)
+    if returncode != 0:
+        raise CommandError(argv, returncode, output, hint=hint)
+    return output
+
+
+def terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
