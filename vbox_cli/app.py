@@ -88,9 +88,20 @@ def make_app() -> typer.Typer:
     return app
 
 
-def run(args: list[str], prog_name: str) -> int:
-    from typer._click import exceptions as click_exceptions
+def _click_exceptions():
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer on real click
+        from click import exceptions
+    return exceptions
 
+
+def run(args: list[str], prog_name: str) -> int:
+    import signal
+
+    click_exceptions = _click_exceptions()
+    # SIGTERM unwinds like Ctrl-C, so that cleanup (a half-built box) runs.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     app = make_app()
     out = Output()
     try:
@@ -99,11 +110,14 @@ def run(args: list[str], prog_name: str) -> int:
     except VboxError as exc:
         _report(out, exc)
         return exc.exit_code
-    except click_exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click_exceptions.Abort:
+    except typer.Abort:
         out.error("aborted")
         return 130
+    except click_exceptions.NoArgsIsHelpError as exc:
+        print(exc.format_message())
+        return EXIT_USAGE
     except click_exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else prog_name
         out.error(exc.format_message(), hint=f"see `{command} --help`")
@@ -121,6 +135,10 @@ def run(args: list[str], prog_name: str) -> int:
             raise
         out.error(f"internal error: {type(exc).__name__}: {exc}", hint="run again with VBOX_DEBUG=1 for a traceback")
         return EXIT_FAILURE
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(out: Output, exc: VboxError) -> None:

@@ -64,10 +64,30 @@ def system_env(self_path: str) -> str:
     return FALLBACK_ENV
 
 
+def original_environ():
+    """The environment this process was started with.
+
+    Python may change its own environment at start-up (PEP 538 sets LC_CTYPE=C.UTF-8
+    under the C locale); the system env must get what our caller gave us.
+    /proc/self/environ keeps the block the kernel handed over at exec.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            block = f.read()
+    except OSError:
+        return os.environ
+    environ = {}
+    for entry in block.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key:
+            environ.setdefault(key, value)
+    return environ
+
+
 def passthrough(args: list[str]) -> "NoReturn":  # noqa: F821 - typing not imported on purpose
     target = system_env(sys.argv[0])
     try:
-        os.execv(target, ["env", *args])
+        os.execve(target, ["env", *args], original_environ())
     except OSError as exc:
         sys.stderr.write(f"env: cannot run the system env ({target}): {exc.strerror}\n")
         sys.exit(126)

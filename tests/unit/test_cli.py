@@ -1,0 +1,165 @@
+"""The CLI as a user runs it: verbs, output modes, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+VBOX = Path(sys.executable).parent / "vbox"
+
+
+def vbox(*args, cwd=None, home=None, check_rc=None):
+    environ = dict(os.environ)
+    if home is not None:
+        environ["VBOX_HOME"] = str(home)
+    result = subprocess.run([str(VBOX), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr, result.stderr
+    if check_rc is not None:
+        assert result.returncode == check_rc, (result.stdout, result.stderr)
+    return result
+
+
+def test_init_then_validate(tmp_path):
+    result = vbox("init", cwd=tmp_path, check_rc=0)
+    assert "wrote" in result.stdout
+    assert (tmp_path / ".gitignore").read_text() == ".vbox/\n"
+    assert vbox("validate", cwd=tmp_path, check_rc=0).stdout.strip() == "Envfile: 2 machines OK"
+    # a second init refuses, and --force does not add .vbox/ to .gitignore twice
+    again = vbox("init", cwd=tmp_path, check_rc=2)
+    assert "exists already" in again.stderr and "hint: " in again.stderr
+    vbox("init", "--force", cwd=tmp_path, check_rc=0)
+    assert (tmp_path / ".gitignore").read_text() == ".vbox/\n"
+
+
+def test_init_keeps_an_existing_gitignore(tmp_path):
+    (tmp_path / ".gitignore").write_text("node_modules")
+    vbox("init", cwd=tmp_path, check_rc=0)
+    assert (tmp_path / ".gitignore").read_text() == "node_modules\n.vbox/\n"
+
+
+def test_validate_finds_the_envfile_above(tmp_path):
+    vbox("init", cwd=tmp_path, check_rc=0)
+    sub = tmp_path / "src" / "deep"
+    sub.mkdir(parents=True)
+    assert "2 machines OK" in vbox("validate", cwd=sub, check_rc=0).stdout
+
+
+def test_validate_example_with_file_option():
+    result = vbox("--file", str(REPO / "Envfile.example"), "validate", check_rc=0)
+    assert result.stdout.strip().endswith("2 machines OK")
+
+
+def test_validate_reports_problems_with_locations_and_exit_2(tmp_path):
+    (tmp_path / "Envfile").write_text('[machines.web]\nmemroy = "1G"\ncpus = 0\n')
+    result = vbox("validate", cwd=tmp_path, check_rc=2)
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Envfile:2:1: machines.web.memroy: unknown key 'memroy'"
+    assert lines[1] == "    hint: did you mean 'memory'?"
+    assert lines[2].startswith("Envfile:3:1: machines.web.cpus: ")
+    assert lines[-1] == "error: Envfile: 2 problems"
+    assert result.stdout == ""
+
+
+def test_validate_json(tmp_path):
+    (tmp_path / "Envfile").write_text('[machines.web]\nprovider = "kvmm"\n')
+    bad = json.loads(vbox("validate", "--json", cwd=tmp_path, check_rc=2).stdout)
+    assert bad["ok"] is False
+    assert bad["problems"] == [{"file": "Envfile", "line": 2, "column": 1, "path": "machines.web.provider",
+                                "message": "must be 'lxc', 'kvm' or 'xen'; got 'kvmm'",
+                                "hint": "did you mean 'kvm'?"}]
+    (tmp_path / "Envfile").write_text('[machines.web]\nprovider = "kvm"\nmemory = "2G"\n')
+    good = json.loads(vbox("validate", "--json", cwd=tmp_path, check_rc=0).stdout)
+    assert good["ok"] is True
+    assert good["machines"]["web"]["memory"] == 2 * 1024**3
+    assert good["machines"]["web"]["provider"] == "kvm"
+
+
+def test_schema_is_json_schema_of_the_envfile():
+    schema = json.loads(vbox("schema", check_rc=0).stdout)
+    assert schema["title"] == "vbox Envfile"
+    assert set(schema["properties"]) == {"defaults", "machines"}
+    assert schema["additionalProperties"] is False
+    assert "machines" in schema["required"]
+
+
+def test_usage_errors_exit_2_with_hint():
+    result = vbox("validate", "--no-such-flag", check_rc=2)
+    assert result.stderr.startswith("error: No such option: --no-such-flag")
+    assert "hint: see `vbox validate --help`" in result.stderr
+    assert vbox("frobnicate", check_rc=2).stderr.startswith("error: No such command")
+
+
+def test_help_explains_each_verb():
+    out = vbox("--help", check_rc=0).stdout
+    for verb in ("init", "validate", "schema", "box", "doctor"):
+        assert verb in out
+    assert "system's env" in out
+    box_help = vbox("box", "build", "--help", check_rc=0).stdout
+    assert "debootstrap" in box_help and "--mirror" in box_help
+
+
+def test_box_list_on_an_empty_store(tmp_path):
+    assert "no boxes in" in vbox("box", "list", home=tmp_path, check_rc=0).stdout
+    assert json.loads(vbox("box", "list", "--json", home=tmp_path, check_rc=0).stdout) == []
+
+
+def test_box_build_unknown_recipe(tmp_path):
+    result = vbox("box", "build", "debian-99", home=tmp_path, check_rc=2)
+    assert "no box recipe named 'debian-99'" in result.stderr
+    assert "debian-12" in result.stderr  # the hint lists the known recipes
+
+
+def test_box_build_invalid_recipe_file(tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('name = "Bad Name"\nversion = "1"\nsuite = "bookworm"\nmirror = "ftp://x"\nsudo = 1\n')
+    result = vbox("box", "build", str(recipe), home=tmp_path, check_rc=2)
+    assert "name: 'Bad Name' is not a box name" in result.stderr
+    assert "mirror" in result.stderr and "sudo" in result.stderr
+
+
+def test_box_remove_refuses_a_box_in_use(tmp_path):
+    from boxes.store import BoxStore
+
+    store = BoxStore(tmp_path / "boxes")
+    staged = store.staging("tiny")
+    (staged / "vmlinuz").write_bytes(b"k")
+    store.install(staged, "tiny", "1", {"digest": "sha256:" + "0" * 64, "size": 1, "built": "2026-01-01T00:00:00Z"})
+    store.add_user("tiny", "vbox-abc123-web", {"project": str(tmp_path), "machine": "web"})
+    listed = json.loads(vbox("box", "list", "--json", home=tmp_path, check_rc=0).stdout)
+    assert [(b["name"], b["version"], b["used_by"]) for b in listed] == [("tiny", "1", ["vbox-abc123-web"])]
+    refused = vbox("box", "remove", "tiny", home=tmp_path, check_rc=2)
+    assert "used by 1 machine: vbox-abc123-web" in refused.stderr
+    assert store.find("tiny") is not None
+    store.remove_user("tiny", "vbox-abc123-web")
+    vbox("box", "remove", "tiny", home=tmp_path, check_rc=0)
+    assert store.find("tiny") is None
+    assert vbox("box", "remove", "tiny", home=tmp_path, check_rc=2).stderr.startswith("error: no box named")
+
+
+def test_box_remove_force(tmp_path):
+    from boxes.store import BoxStore
+
+    store = BoxStore(tmp_path / "boxes")
+    staged = store.staging("tiny")
+    store.install(staged, "tiny", "1", {"digest": "sha256:" + "1" * 64})
+    store.add_user("tiny", "vbox-abc123-web", {})
+    vbox("box", "remove", "tiny", "--force", home=tmp_path, check_rc=0)
+    assert store.boxes() == []
+
+
+def test_plain_output_is_a_plain_table(tmp_path):
+    from boxes.store import BoxStore
+
+    store = BoxStore(tmp_path / "boxes")
+    store.install(store.staging("tiny"), "tiny", "2", {"digest": "sha256:" + "a" * 64, "size": 3 * 1024**2,
+                                                        "built": "2026-11-22T10:00:00Z"})
+    out = vbox("--plain", "box", "list", home=tmp_path, check_rc=0).stdout.splitlines()
+    assert out[0].split() == ["NAME", "VERSION", "DIGEST", "SIZE", "ARTEFACTS", "BUILT"]
+    assert out[1].split()[:3] == ["tiny", "2", "sha256:aaaaaaaaaaaa"]
+    assert "\x1b[" not in "".join(out)
