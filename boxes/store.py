@@ -211,7 +211,17 @@ def discard(path: Path) -> None:
         proc.run(["umount", "-l", point], check=False)
     if mounts_under(path):
         raise VboxError(f"cannot remove {path}: file systems are still mounted under it")
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
+    if not (path.is_dir() and not path.is_symlink()):
         path.unlink()
+        return
+    for attempt in range(5):
+        try:
+            shutil.rmtree(path)
+            return
+        except OSError:
+            # a killed build's last child process may still be writing into the tree
+            if attempt == 4:
+                raise
+            import time
+
+            time.sleep(1)

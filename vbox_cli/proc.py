@@ -44,6 +44,16 @@ def run(
     return result
 
 
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if vbox is SIGKILLed, the child gets
+    # SIGTERM instead of running on into a folder the next run will sweep away.
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def stream(
     argv: Sequence[str],
     on_line: Callable[[str], None],
@@ -55,7 +65,8 @@ def stream(
     """Run, handing each output line (stdout and stderr merged) to on_line.
 
     Returns the output's tail. If this is interrupted (KeyboardInterrupt, SystemExit),
-    the child is terminated and reaped before the exception goes on.
+    the child is terminated and reaped before the exception goes on; if vbox itself
+    is killed, the child is sent SIGTERM.
     """
     argv = [str(a) for a in argv]
     tail: deque[str] = deque(maxlen=tail_lines)
@@ -63,6 +74,7 @@ def stream(
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, errors="replace", env=None if env is None else {**os.environ, **env},
+            preexec_fn=_die_with_parent,
         )
     except FileNotFoundError:
         raise _not_found(argv) from None

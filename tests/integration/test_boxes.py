@@ -1,0 +1,168 @@
+"""Real box builds: debootstrap from the Debian mirror, a disk that boots, no half-built boxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from boxes.build import _digest
+from boxes.store import STAGING, BoxStore, mounts_under
+from tests.integration.conftest import VBOX, vbox
+
+
+def test_debian12_box_has_what_machines_need(debian12):
+    root = debian12.artefact("rootfs")
+    for path in ("usr/sbin/sshd", "usr/bin/sudo", "sbin/ip", "lib/systemd/systemd", "usr/lib/systemd/systemd-networkd"):
+        assert (root / path).exists(), path
+    assert "vbox:x:1000:1000::/home/vbox:/bin/bash" in (root / "etc/passwd").read_text()
+    assert (root / "etc/sudoers.d/vbox").read_text() == "vbox ALL=(ALL) NOPASSWD:ALL\n"
+    assert oct((root / "home/vbox/.ssh").stat().st_mode & 0o777) == "0o700"
+    assert not list((root / "etc/ssh").glob("ssh_host_*")), "a box must not carry SSH host keys"
+    assert (root / "etc/machine-id").read_text() == ""
+    assert (root / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(debian12.artefact("disk"))],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    assert debian12.artefact("kernel").stat().st_size > 1_000_000
+    assert debian12.artefact("initrd").stat().st_size > 1_000_000
+
+
+def test_digest_matches_the_artefacts(debian12):
+    assert debian12.digest == f"sha256:{_digest(debian12.path)}"
+
+
+def test_box_list_shows_the_box(debian12):
+    listed = json.loads(vbox("box", "list", "--json", check_rc=0).stdout)
+    entry = next(b for b in listed if b["name"] == "debian-12")
+    assert entry["digest"] == debian12.digest
+    assert entry["artefacts"] == ["rootfs", "disk", "kernel", "initrd"]
+    assert entry["size"] > 100 * 1024**2
+    plain = vbox("box", "list", check_rc=0).stdout
+    assert "debian-12" in plain and debian12.digest[:19] in plain
+
+
+def test_second_build_of_an_unchanged_recipe_does_nothing(debian12):
+    meta = debian12.path / "box.json"
+    before = meta.stat().st_mtime_ns
+    result = vbox("box", "build", "debian-12", check_rc=0)
+    assert "is up to date" in result.stdout
+    assert meta.stat().st_mtime_ns == before
+
+
+def test_the_disk_boots_to_sshd_under_tcg(debian12, tmp_path):
+    """Direct kernel boot of a qcow2 overlay on the box's disk, as the KVM provider will do."""
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(debian12.artefact("disk")),
+                    str(overlay)], check=True)
+    console = tmp_path / "console.log"
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none", "-nodefaults",
+         "-no-user-config", "-serial", f"file:{console}", "-kernel", str(debian12.artefact("kernel")),
+         "-initrd", str(debian12.artefact("initrd")), "-append", "root=LABEL=vbox-root console=ttyS0 rw",
+         "-drive", f"file={overlay},if=virtio,format=qcow2", "-netdev", "user,id=n0",
+         "-device", "virtio-net-pci,netdev=n0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        text = ""
+        while time.monotonic() < deadline and qemu.poll() is None:
+            text = console.read_text(errors="replace") if console.exists() else ""
+            if "login:" in text:
+                break
+            time.sleep(1)
+        assert "login:" in text, f"no login prompt; console tail:\n{text[-3000:]}"
+        assert "Started \x1b[0;1;39mssh.service" in text or "Started ssh.service" in text
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
+def _assert_store_clean(home: Path):
+    store = BoxStore(home / "boxes")
+    assert store.boxes() == []
+    staging = home / "boxes" / STAGING
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert mounts_under(home) == []
+
+
+def test_failed_debootstrap_says_why_and_leaves_nothing(host, tmp_path):
+    home = tmp_path / "home"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('name = "broken"\nversion = "1"\nsuite = "bookworm"\n'
+                      'mirror = "http://deb.debian.org/debian"\npackages = ["vbox-no-such-package"]\n')
+    result = vbox("box", "build", str(recipe), env={"VBOX_HOME": str(home)}, check_rc=1)
+    assert "error: debootstrap failed" in result.stderr
+    assert "vbox-no-such-package" in result.stderr
+    assert "hint: " in result.stderr
+    _assert_store_clean(home)
+
+
+def test_unknown_suite_fails_clearly(host, tmp_path):
+    home = tmp_path / "home"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('name = "broken"\nversion = "1"\nsuite = "no-such-suite"\nmirror = "http://deb.debian.org/debian"\n')
+    result = vbox("box", "build", str(recipe), env={"VBOX_HOME": str(home)}, check_rc=1)
+    assert "error: debootstrap failed" in result.stderr and "no-such-suite" in result.stderr
+    _assert_store_clean(home)
+
+
+def _start_build(home: Path) -> tuple[subprocess.Popen, Path]:
+    process = subprocess.Popen([str(VBOX), "--plain", "box", "build", "debian-12"],
+                               env={**os.environ, "VBOX_HOME": str(home)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = home / "boxes" / STAGING / f"debian-12.{process.pid}"
+    deadline = time.monotonic() + 120
+    # wait until debootstrap is well under way: it has unpacked part of the base system
+    while not (staging / "rootfs" / "usr" / "bin").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the build did not start"
+        time.sleep(0.2)
+    return process, staging
+
+
+def _children_in(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(path).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_build_leaves_nothing(host, tmp_path, signum):
+    home = tmp_path / "home"
+    process, staging = _start_build(home)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    _assert_store_clean(home)
+    assert _children_in(staging) == []
+
+
+def test_killed_build_is_swept_by_the_next(host, tmp_path):
+    home = tmp_path / "home"
+    process, staging = _start_build(home)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 60
+    while _children_in(staging) and time.monotonic() < deadline:  # debootstrap got SIGTERM from the kernel
+        time.sleep(0.5)
+    assert _children_in(staging) == []
+    assert staging.exists()  # SIGKILL left it behind ...
+    broken = tmp_path / "recipe.toml"
+    broken.write_text('name = "broken"\nversion = "1"\nsuite = "no-such-suite"\nmirror = "http://deb.debian.org/debian"\n')
+    vbox("box", "build", str(broken), env={"VBOX_HOME": str(home)}, check_rc=1)
+    assert not staging.exists()  # ... and the next build swept it away
+    _assert_store_clean(home)
