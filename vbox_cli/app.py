@@ -89,10 +89,8 @@ def make_app() -> typer.Typer:
 
 
 def _click_exceptions():
-    try:  # typer >= 0.20 vendors click
-        from typer._click import exceptions
-    except ImportError:  # pragma: no cover - older typer on real click
-        from click import exceptions
+    from click import exceptions  # typer < 0.20 sits on click (see pyproject.toml)
+
     return exceptions
 
 

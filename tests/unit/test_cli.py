@@ -89,7 +89,7 @@ def test_schema_is_json_schema_of_the_envfile():
 
 def test_usage_errors_exit_2_with_hint():
     result = vbox("validate", "--no-such-flag", check_rc=2)
-    assert result.stderr.startswith("error: No such option: --no-such-flag")
+    assert result.stderr.startswith("error: No such option") and "--no-such-flag" in result.stderr
     assert "hint: see `vbox validate --help`" in result.stderr
     assert vbox("frobnicate", check_rc=2).stderr.startswith("error: No such command")
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# README command 1: set this host up, install `env` and `vbox`, build the debian-12
+# box, and bring up the machines of Envfile.example in a demo project folder.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+demo=${VBOX_DEMO_DIR:-$HOME/vbox-demo}
+
+bash "$repo/scripts/setup.sh" system
+export PATH=/usr/local/bin:$PATH
+
+echo "[demo] building the debian-12 box (cached after the first time)"
+env box build debian-12
+env box list
+
+mkdir -p "$demo"
+cp "$repo/Envfile.example" "$demo/Envfile"
+cd "$demo"
+echo "[demo] project folder: $demo"
+env validate
