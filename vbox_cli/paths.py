@@ -45,3 +45,13 @@ def find_envfile(start: Path | None = None) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def display_name(path: Path) -> str:
+    """A path as the user would write it: relative when under the current folder."""
+    try:
+        if path.is_absolute() and path.is_relative_to(Path.cwd()):
+            return os.path.relpath(path)
+    except (OSError, ValueError):
+        pass
+    return str(path)

@@ -14,26 +14,21 @@ def validate(
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Check the Envfile: every problem at once, each with its line, column and key."""
-    from vbox_cli.envfile.load import display_name, load
+    from vbox_cli.envfile.cache import read, summarize
+    from vbox_cli.paths import display_name
 
     context = ctx.obj
     path = context.envfile_path()
     try:
-        loaded = load(path)
+        summary = summarize(path, read(path))
     except EnvfileError as exc:
         if json:
             context.out.json({"file": exc.file, "ok": False, "problems": [p.as_dict() for p in exc.problems]})
             raise typer.Exit(exc.exit_code) from None
         raise
-    machines = loaded.machines
+    machines = summary["machines"]
     if json:
-        context.out.json(
-            {
-                "file": display_name(path),
-                "ok": True,
-                "machines": {name: m.model_dump(mode="json", exclude={"name"}) for name, m in machines.items()},
-            }
-        )
+        context.out.json({"file": display_name(path), "ok": True, "machines": machines})
         return
     count = len(machines)
     context.out.success(f"{display_name(path)}: {count} machine{'s' if count != 1 else ''} OK")

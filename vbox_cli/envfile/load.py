@@ -7,13 +7,14 @@ however malformed, escapes as anything but an EnvfileError.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from vbox_cli.errors import EnvfileError, Problem
+from vbox_cli.envfile.cache import read
+from vbox_cli.paths import display_name
 from vbox_cli.envfile.locate import Positions
 from vbox_cli.envfile.model import STEP_KINDS, Envfile, FileStep, Machine, ScriptStep, fields_of
 
@@ -32,27 +33,28 @@ class LoadedEnvfile:
         return self.path.parent
 
 
-def display_name(path: Path) -> str:
-    try:
-        return os.path.relpath(path) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
-    except (OSError, ValueError):
-        return str(path)
-
-
-def load(path: Path) -> LoadedEnvfile:
-    name = display_name(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        from vbox_cli.errors import UsageError
-
-        raise UsageError(f"no Envfile at {path}", hint="run `env init` to write one") from None
-    except OSError as exc:
-        from vbox_cli.errors import UsageError
-
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    envfile = parse(data, name, path.parent)
+def load(path: Path, data: bytes | None = None) -> LoadedEnvfile:
+    """Load and validate the Envfile at `path` (whose bytes may be given, already read)."""
+    if data is None:
+        data = read(path)
+    envfile = parse(data, display_name(path), path.parent)
     return LoadedEnvfile(path=path.resolve(), envfile=envfile, machines=envfile.machines_resolved())
+
+
+def referenced_files(envfile: Envfile) -> list[tuple[tuple, str, str]]:
+    """(location, key, relative path) of every script and file the steps name."""
+    step_lists: list[tuple[tuple, tuple]] = [(("defaults", "provision"), envfile.defaults.provision)]
+    for machine, spec in envfile.machines.items():
+        if spec.provision is not None:
+            step_lists.append((("machines", machine, "provision"), spec.provision))
+    found = []
+    for prefix, steps in step_lists:
+        for index, step in enumerate(steps):
+            if isinstance(step, ScriptStep):
+                found.append(((*prefix, index, "script"), "script", step.script))
+            elif isinstance(step, FileStep):
+                found.append(((*prefix, index, "file"), "file", step.file))
+    return found
 
 
 def parse(data: bytes, name: str, base_dir: Path | None) -> Envfile:
@@ -211,23 +213,12 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
         line, column = positions.find(path)
         problems.append(Problem(name, line, column, dotted(path), message, hint))
 
-    step_lists: list[tuple[tuple, tuple]] = [(("defaults", "provision"), envfile.defaults.provision)]
-    for machine, spec in envfile.machines.items():
-        if spec.provision is not None:
-            step_lists.append((("machines", machine, "provision"), spec.provision))
     if base_dir is not None:
-        for prefix, steps in step_lists:
-            for index, step in enumerate(steps):
-                if isinstance(step, ScriptStep):
-                    key, relative = "script", step.script
-                elif isinstance(step, FileStep):
-                    key, relative = "file", step.file
-                else:
-                    continue
-                target = base_dir / relative
-                if not target.is_file():
-                    what = "no such file" if not target.exists() else "not a regular file"
-                    report((*prefix, index, key), f"{what}: {relative!r} (relative to {base_dir})")
+        for location, _key, relative in referenced_files(envfile):
+            target = base_dir / relative
+            if not target.is_file():
+                what = "no such file" if not target.exists() else "not a regular file"
+                report(location, f"{what}: {relative!r} (relative to {base_dir})")
 
     seen: dict[str, str] = {}
     for machine_name, machine in envfile.machines_resolved().items():
