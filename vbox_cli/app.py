@@ -78,11 +78,19 @@ def make_app() -> typer.Typer:
     ) -> None:
         ctx.obj = Context(out=Output(plain=True if plain else None), envfile=file)
 
-    from vbox_cli.commands import box, doctor, init, schema, validate
+    from vbox_cli.commands import box, doctor, init, schema, ssh, status, up, validate
 
     app.command("init")(init.init)
     app.command("validate")(validate.validate)
     app.command("schema")(schema.schema)
+    app.command("up")(up.up)
+    app.command("status")(status.status)
+    app.command("ssh")(ssh.ssh)
+    app.command("ssh-config")(ssh.ssh_config)
+    app.command("provision")(up.provision)
+    app.command("halt")(up.halt)
+    app.command("reload")(up.reload)
+    app.command("destroy")(up.destroy)
     app.add_typer(box.app, name="box")
     app.command("doctor")(doctor.doctor)
     return app

@@ -10,7 +10,10 @@ import os
 import sys
 
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
-VERBS = frozenset({"init", "validate", "schema", "box", "doctor"})
+VERBS = frozenset({
+    "init", "validate", "schema", "up", "status", "ssh", "ssh-config", "provision", "halt", "reload", "destroy",
+    "box", "doctor",
+})
 # Options that mean vbox too: `env --help`, `env --version`.
 OWN_OPTIONS = frozenset({"--help", "--version"})
 # Verbs that are also common shell idioms (`env ssh host`): vbox's only inside a project.

@@ -135,3 +135,65 @@ class _RichProgress(Progress):
         text = text.strip()
         if text:
             self.status.update(f"{escape(self.title)}: {escape(self.current)} [dim]{escape(text[:80])}[/dim]")
+
+
+class MachineProgress:
+    """Progress of several machines at once: a live table on a terminal, plain lines
+    elsewhere. Thread-safe: machines report from their own threads."""
+
+    def __init__(self, out: Output, names: Sequence[str]):
+        import threading
+
+        self.out = out
+        self.names = list(names)
+        self.phases = {name: "waiting" for name in names}
+        self.lock = threading.Lock()
+        self.live = None
+        self.width = max([len(n) for n in names] + [1])
+
+    def __enter__(self) -> "MachineProgress":
+        if not self.out.plain:
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=self.out.console, refresh_per_second=8, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def _render(self):
+        from rich.spinner import Spinner
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        for name in self.names:
+            phase = self.phases[name]
+            done = phase in ("ready", "failed", "halted", "destroyed", "provisioned")
+            mark = ("[red]✗[/red]" if phase == "failed" else "[green]✓[/green]") if done else Spinner("dots")
+            table.add_row(mark, f"[bold]{name}[/bold]", phase)
+        return table
+
+    def phase(self, machine: str, text: str) -> None:
+        with self.lock:
+            self.phases[machine] = text
+            if self.live is None:
+                print(f"{machine}: {text}", flush=True)
+            else:
+                self.live.update(self._render())
+
+    def output(self, machine: str, line: str) -> None:
+        with self.lock:
+            text = f"{machine.ljust(self.width)} | {line}"
+            if self.live is None:
+                print(text, flush=True)
+            else:
+                self.out.console.print(text, markup=False, highlight=False)
+
+    def note(self, text: str) -> None:
+        with self.lock:
+            if self.live is None:
+                print(text, flush=True)
+            else:
+                self.out.console.print(text, markup=False, highlight=False)

@@ -12,9 +12,27 @@ def doctor(
     fix: Annotated[bool, typer.Option("--fix", help="Install missing packages (apt) and start missing daemons.")]
     = False,
     json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    leaks: Annotated[bool, typer.Option("--leaks", help="Instead, list what vbox made that is still on the host.")]
+    = False,
 ) -> None:
     """Check the host: libvirtd and its QEMU driver, QEMU, KVM or TCG, LXC, lxcfs,
-    debootstrap, disk space. Exits 1 when something needed is missing."""
+    debootstrap, disk space. Exits 1 when something needed is missing.
+
+    With --leaks: list containers, libvirt networks, domains and volumes, mounts, veths
+    and LXC monitors that vbox made and that are still there (of every project); exits 1
+    if there are any."""
+    if leaks:
+        from providers.leaks import find
+
+        found = find()
+        if json:
+            ctx.obj.out.json({"leaks": found})
+        else:
+            for line in found:
+                ctx.obj.out.line(line)
+            if not found:
+                ctx.obj.out.success("nothing left behind")
+        raise typer.Exit(1 if found else 0)
     from boxes.store import BoxStore
     from providers.host import fix as fix_host
     from providers.host import run_checks

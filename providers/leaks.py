@@ -1,0 +1,39 @@
+"""Anything vbox made that is still on the host: what `destroy` must leave nothing of.
+
+Used by `env doctor --leaks` and at the end of every integration test.
+"""
+
+from __future__ import annotations
+
+
+def find(project_id: str | None = None) -> list[str]:
+    """Leftovers of one project (by id), or of every vbox project."""
+    import libvirt
+
+    import providers
+    from providers.libvirt_conn import connect
+
+    prefix = f"vbox-{project_id}-" if project_id else "vbox-"
+    network = f"vbox-{project_id}" if project_id else None
+    found = []
+    for provider in providers.all_available():
+        found += provider.leaks(prefix)
+    conn = connect()
+    try:
+        for net in conn.listAllNetworks():
+            name = net.name()
+            if name == network or (network is None and name.startswith("vbox-")):
+                found.append(f"libvirt network {name}")
+        for dom in conn.listAllDomains():
+            if dom.name().startswith(prefix):
+                found.append(f"libvirt domain {dom.name()}")
+        for pool in conn.listAllStoragePools():
+            try:
+                volumes = pool.listAllVolumes() if pool.isActive() else []
+            except libvirt.libvirtError:
+                continue
+            found += [f"libvirt volume {v.name()} in pool {pool.name()}" for v in volumes
+                      if v.name().startswith(prefix)]
+    finally:
+        conn.close()
+    return found

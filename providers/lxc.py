@@ -1,0 +1,244 @@
+"""LXC machines, over LXC's own tools (lxc-start, lxc-stop, lxc-info).
+
+Not libvirt's LXC driver: it cannot start containers on a host with a hybrid cgroup
+layout. vbox's containers live in a container path of their own (LXC_PATH), apart
+from the user's other containers. A machine's root is an overlay: the box's root tree
+below, the machine's own changes above (`delta/upper`), so making a machine copies
+nothing. What vbox writes into a new machine (its SSH host keys, the project's
+authorized key, its address) goes into that upper layer before the first boot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec
+from vbox_cli import proc
+from vbox_cli.errors import VboxError
+
+CONFIG = "config"
+UPPER = "delta/upper"
+CONSOLE_LOG = "console.log"
+LXC_LOG = "lxc.log"
+VETH_PREFIX = "vbv-"
+
+
+def lxc_path() -> Path:
+    from vbox_cli.paths import vbox_home
+
+    return vbox_home() / "lxc"
+
+
+def veth_name(object_name: str) -> str:
+    return VETH_PREFIX + hashlib.sha256(object_name.encode()).hexdigest()[:10]
+
+
+def mac_address(object_name: str) -> str:
+    digest = hashlib.sha256(object_name.encode()).digest()
+    return "00:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def cgroup_keys() -> tuple[str, str]:
+    """The config keys for memory and cpuset on this host's cgroup layout."""
+    memory = "cgroup.memory.limit_in_bytes" if os.path.isdir("/sys/fs/cgroup/memory") else "cgroup2.memory.max"
+    cpuset = "cgroup.cpuset.cpus" if os.path.isdir("/sys/fs/cgroup/cpuset") else "cgroup2.cpuset.cpus"
+    return memory, cpuset
+
+
+def cpuset(cpus: int, index: int, host_cpus: int) -> str:
+    """`cpus` host CPUs for the machine, starting at a place that spreads machines out."""
+    count = min(cpus, host_cpus)
+    first = (index * count) % host_cpus
+    chosen = sorted({(first + i) % host_cpus for i in range(count)})
+    return ",".join(str(c) for c in chosen)
+
+
+def render_config(spec: MachineSpec, folder: Path) -> str:
+    from providers.libvirt_conn import render
+
+    memory_key, cpuset_key = cgroup_keys()
+    return render(
+        "lxc.conf.j2",
+        object_name=spec.object_name,
+        hostname=spec.machine.hostname.split(".")[0],
+        lower=spec.box.artefact("rootfs"),
+        upper=folder / UPPER,
+        bridge=spec.bridge,
+        mac=mac_address(spec.object_name),
+        veth=veth_name(spec.object_name),
+        address=spec.address,
+        gateway=spec.gateway,
+        cgroup_memory=memory_key,
+        memory=spec.machine.memory,
+        cgroup_cpuset=cpuset_key,
+        cpuset=cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1),
+        console_log=folder / CONSOLE_LOG,
+    )
+
+
+def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
+    """Files written into a new machine: path -> (content, mode, owner)."""
+    hostname = spec.machine.hostname
+    short = hostname.split(".")[0]
+    user = spec.user
+    return {
+        "etc/hostname": (f"{short}\n", 0o644, "root"),
+        "etc/hosts": (f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname} {short}\n"
+                      "::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644, "root"),
+        # no block device holds the root of a container: nothing to remount
+        "etc/fstab": ("# the root of an LXC machine is an overlay set up by LXC\n", 0o644, "root"),
+        "etc/systemd/network/10-vbox.network": (
+            f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
+            f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
+        # names come from the project network's DNS, not from multicast guesses
+        "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644, "root"),
+        # a volatile journal: a persistent one preallocates 8 MB in every machine
+        "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644,
+                                                  "root"),
+        "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private, 0o600, "root"),
+        "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public + "\n", 0o644, "root"),
+        f"home/{user}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, user),
+    }
+
+
+def _owner(lower: Path, user: str) -> tuple[int, int]:
+    if user == "root":
+        return 0, 0
+    for line in (lower / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise VboxError(f"the box has no user {user!r}")
+
+
+def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
+    # A folder in the upper layer hides the attributes of the lower one: copy them.
+    current_upper, current_lower = upper, lower
+    for part in relative.parent.parts:
+        current_upper, current_lower = current_upper / part, current_lower / part
+        if current_upper.exists():
+            continue
+        current_upper.mkdir()
+        if current_lower.is_dir():
+            st = current_lower.stat()
+            os.chown(current_upper, st.st_uid, st.st_gid)
+            os.chmod(current_upper, st.st_mode & 0o7777)
+        else:
+            os.chmod(current_upper, 0o755)
+
+
+class LxcProvider:
+    name = "lxc"
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or lxc_path()
+
+    def _folder(self, object_name: str) -> Path:
+        return self.path / object_name
+
+    def _tool(self, tool: str, object_name: str, *args: str, check: bool = True, timeout: float = 60):
+        return proc.run([tool, "-P", str(self.path), "-n", object_name, *args], check=check, timeout=timeout)
+
+    # -- state -----------------------------------------------------------------
+    def state(self, object_name: str) -> str:
+        if not (self._folder(object_name) / CONFIG).is_file():
+            return NOT_CREATED
+        result = self._tool("lxc-info", object_name, "-s", "-H", check=False, timeout=30)
+        return RUNNING if result.stdout.strip() in ("RUNNING", "STARTING") else STOPPED
+
+    def objects(self, prefix: str) -> list[str]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name.startswith(prefix) and p.is_dir())
+
+    # -- life cycle ------------------------------------------------------------
+    def create(self, spec: MachineSpec) -> None:
+        folder = self._folder(spec.object_name)
+        if folder.exists():  # a creation cut short: it never got its config
+            self.destroy(spec.object_name)
+        lower = spec.box.artefact("rootfs")
+        upper = folder / UPPER
+        upper.mkdir(parents=True)
+        os.chmod(folder, 0o700)
+        for relative, (content, mode, owner) in guest_files(spec).items():
+            target = upper / relative
+            _make_parents(upper, lower, Path(relative))
+            target.write_text(content)
+            os.chown(target, *_owner(lower, owner))
+            os.chmod(target, mode)
+        self._write_config(spec)  # last: a folder with a config is a complete machine
+
+    def _write_config(self, spec: MachineSpec) -> None:
+        folder = self._folder(spec.object_name)
+        tmp = folder / f"{CONFIG}.tmp"
+        tmp.write_text(render_config(spec, folder))
+        os.replace(tmp, folder / CONFIG)
+
+    def apply_resources(self, spec: MachineSpec) -> None:
+        self._write_config(spec)
+
+    def start(self, spec: MachineSpec) -> None:
+        folder = self._folder(spec.object_name)
+        self._write_config(spec)
+        (folder / CONSOLE_LOG).unlink(missing_ok=True)
+        try:
+            self._tool("lxc-start", spec.object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
+        except VboxError as exc:
+            log = (folder / LXC_LOG).read_text(errors="replace").strip().splitlines()[-5:] \
+                if (folder / LXC_LOG).exists() else []
+            raise VboxError(f"LXC could not start {spec.object_name}: " + (" / ".join(log) or exc.message),
+                            hint=f"see {folder / LXC_LOG}") from None
+
+    def halt(self, object_name: str, timeout: float = 30) -> bool:
+        if self.state(object_name) != RUNNING:
+            return True
+        result = self._tool("lxc-stop", object_name, "-t", str(int(timeout)), check=False, timeout=timeout + 30)
+        if result.returncode != 0 and self.state(object_name) == RUNNING:
+            self._tool("lxc-stop", object_name, "-k", check=False)
+            return False
+        return True
+
+    def destroy(self, object_name: str) -> None:
+        from boxes.store import discard
+
+        folder = self._folder(object_name)
+        if (folder / CONFIG).is_file() and self.state(object_name) == RUNNING:
+            self._tool("lxc-stop", object_name, "-k", check=False)
+            deadline = time.monotonic() + 20
+            while self.state(object_name) == RUNNING and time.monotonic() < deadline:
+                time.sleep(0.1)
+        discard(folder)
+        veth = veth_name(object_name)
+        if os.path.exists(f"/sys/class/net/{veth}"):
+            proc.run(["ip", "link", "delete", veth], check=False)
+
+    def console_log(self, object_name: str) -> Path | None:
+        return self._folder(object_name) / CONSOLE_LOG
+
+    # -- leftovers -------------------------------------------------------------
+    def leaks(self, prefix: str) -> list[str]:
+        from boxes.store import mounts_under
+
+        found = [f"LXC container {name}" for name in self.objects(prefix)]
+        found += [f"mount {point}" for point in mounts_under(self.path) if Path(point).name.startswith(prefix)
+                  or f"/{prefix}" in point]
+        for link in os.listdir("/sys/class/net"):
+            if link.startswith(VETH_PREFIX) and not self._veth_in_use(link):
+                found.append(f"veth {link} (of no running vbox container)")
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("[lxc monitor]") and f" {prefix}" in cmdline:
+                found.append(f"LXC monitor process {pid}: {cmdline.strip()}")
+        return found
+
+    def _veth_in_use(self, link: str) -> bool:
+        # a veth of a running container of another project (not ours to report)
+        return any(veth_name(name) == link and self.state(name) == RUNNING for name in self.objects("vbox-"))

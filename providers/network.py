@@ -1,0 +1,160 @@
+"""The project network: one libvirt network per project, shared by all its machines.
+
+A bridge with spanning tree off (a new port forwards at once), NAT to the outside,
+DHCP and DNS by libvirt's dnsmasq. Each machine gets a stable address chosen by vbox
+(from .2 to .99 of the project's /24; DHCP hands out .100 to .254) and a DNS entry,
+so machines reach each other by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from providers.libvirt_conn import connect, render
+from vbox_cli.errors import VboxError
+
+FIRST_STATIC, LAST_STATIC = 2, 99
+POOL = ipaddress.ip_network("10.100.0.0/14")  # 10.100.0.0 - 10.103.255.255: 1024 /24s
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    name: str
+    bridge: str
+    subnet: str  # "10.101.7.0/24"
+    domain: str
+
+    @property
+    def gateway(self) -> str:
+        return str(ipaddress.ip_network(self.subnet)[1])
+
+    def address(self, index: int) -> str:
+        return str(ipaddress.ip_network(self.subnet)[index])
+
+    def xml(self, hosts: dict[str, str]) -> str:
+        net = ipaddress.ip_network(self.subnet)
+        return render(
+            "network.xml.j2", name=self.name, bridge=self.bridge, domain=self.domain, gateway=self.gateway,
+            dhcp_start=str(net[100]), dhcp_end=str(net[254]),
+            hosts=[{"name": n, "ip": ip} for n, ip in sorted(hosts.items())],
+        )
+
+
+def network_name(project_id: str) -> str:
+    return f"vbox-{project_id}"
+
+
+def bridge_name(project_id: str) -> str:
+    # Interface names are at most 15 characters: "vbx-" and 8 hex of the id.
+    return "vbx-" + hashlib.sha256(project_id.encode()).hexdigest()[:8]
+
+
+def used_subnets(conn) -> list[ipaddress.IPv4Network]:
+    """Subnets on the host's interfaces and routes, and those of every libvirt network."""
+    used = []
+    for argv in (["ip", "-j", "-4", "addr"], ["ip", "-j", "-4", "route", "show", "table", "all"]):
+        try:
+            data = json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout or "[]")
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            continue
+        for item in data:
+            for info in item.get("addr_info", []):
+                used.append(ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False))
+            dst = item.get("dst")
+            if dst and dst != "default":
+                try:
+                    used.append(ipaddress.ip_network(dst, strict=False))
+                except ValueError:
+                    pass
+    for net in conn.listAllNetworks():
+        for ip in ET.fromstring(net.XMLDesc()).findall("ip"):
+            address, prefix = ip.get("address"), ip.get("prefix") or ip.get("netmask")
+            if address and prefix and ":" not in address:
+                used.append(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    return used
+
+
+def choose_subnet(project_id: str, used: list[ipaddress.IPv4Network]) -> str:
+    candidates = list(POOL.subnets(new_prefix=24))
+    start = int(hashlib.sha256(project_id.encode()).hexdigest(), 16) % len(candidates)
+    for i in range(len(candidates)):
+        subnet = candidates[(start + i) % len(candidates)]
+        if not any(subnet.overlaps(other) for other in used):
+            return str(subnet)
+    raise VboxError(f"no free /24 left in {POOL} for the project network",
+                    hint="destroy the machines of projects you no longer use")
+
+
+def plan(project, conn=None) -> NetworkPlan:
+    """The project's network, with the subnet recorded in its state (chosen once)."""
+    state = project.load_state().get("network", {})
+    subnet = state.get("subnet")
+    if subnet is None:
+        existing = _existing_subnet(conn or connect(), network_name(project.id))
+        subnet = existing or choose_subnet(project.id, used_subnets(conn or connect()))
+        project.update_state(lambda s: s.setdefault("network", {}).update(subnet=subnet))
+    return NetworkPlan(network_name(project.id), bridge_name(project.id), subnet, f"{project.id}.vbox")
+
+
+def _existing_subnet(conn, name: str) -> str | None:
+    import libvirt
+
+    try:
+        ip = ET.fromstring(conn.networkLookupByName(name).XMLDesc()).find("ip")
+    except libvirt.libvirtError:
+        return None
+    return str(ipaddress.ip_network(f"{ip.get('address')}/{ip.get('prefix') or ip.get('netmask')}", strict=False))
+
+
+def ensure(conn, net_plan: NetworkPlan, hosts: dict[str, str]) -> None:
+    """Define and start the network if needed, and make its DNS entries match `hosts`."""
+    import libvirt
+
+    try:
+        net = conn.networkLookupByName(net_plan.name)
+    except libvirt.libvirtError:
+        net = conn.networkDefineXML(net_plan.xml(hosts))
+    if not net.isActive():
+        net.create()
+    net.setAutostart(True)
+    _sync_dns(net, hosts)
+
+
+def _sync_dns(net, hosts: dict[str, str]) -> None:
+    import libvirt
+
+    current = {}
+    for host in ET.fromstring(net.XMLDesc()).findall("dns/host"):
+        for hostname in host.findall("hostname"):
+            current[hostname.text] = host.get("ip")
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    for name, ip in current.items():
+        if hosts.get(name) != ip:
+            xml = f"<host ip='{ip}'><hostname>{name}</hostname></host>"
+            net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_DNS_HOST, -1, xml, flags)
+    for name, ip in hosts.items():
+        if current.get(name) != ip:
+            xml = f"<host ip='{ip}'><hostname>{name}</hostname></host>"
+            net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_DNS_HOST, -1, xml,
+                       flags)
+
+
+def remove(conn, name: str) -> bool:
+    import libvirt
+
+    try:
+        net = conn.networkLookupByName(name)
+    except libvirt.libvirtError:
+        return False
+    if net.isActive():
+        net.destroy()
+    try:
+        net.undefine()
+    except libvirt.libvirtError:
+        pass  # a transient network is gone once destroyed
+    return True

@@ -1,0 +1,130 @@
+"""The SSH transport: paramiko, with the machine's host key known in advance.
+
+vbox generates each machine's host key before its first boot, so every connection,
+the first included, checks it: no AutoAddPolicy, no disabled checking.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from vbox_cli.errors import VboxError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # the machine's name, for messages
+    host: str
+    port: int
+    user: str
+    client_key: Path
+    host_key: str  # "ssh-ed25519 AAAA... [comment]"
+
+
+class SshTimeout(VboxError):
+    pass
+
+
+def _host_key_entry(target: Target):
+    import paramiko
+
+    kind, blob = target.host_key.split()[:2]
+    key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    return name, kind, key
+
+
+def connect(target: Target, timeout: float = 10):
+    import paramiko
+
+    client = paramiko.SSHClient()
+    name, kind, key = _host_key_entry(target)
+    client.get_host_keys().add(name, kind, key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        target.host, target.port, username=target.user, key_filename=str(target.client_key),
+        look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+    )
+    return client
+
+
+def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None):
+    """Connect as soon as sshd answers; on time-out, show the console's tail."""
+    import paramiko
+
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            tail = _tail(console_log)
+            raise SshTimeout(
+                f"{target.name}: SSH did not answer within {timeout:g} s ({last_error})"
+                + (f"\nlast lines of the console ({console_log}):\n{tail}" if tail else ""),
+                hint="raise boot_timeout in the Envfile if the machine is just slow",
+            )
+        try:
+            with socket.create_connection((target.host, target.port), timeout=min(1.0, remaining)):
+                pass
+        except OSError as exc:
+            last_error = exc.strerror or str(exc)
+            time.sleep(0.05)
+            continue
+        try:
+            return connect(target, timeout=min(10.0, max(remaining, 1.0)))
+        except paramiko.BadHostKeyException:
+            raise VboxError(
+                f"{target.name}: the machine's SSH host key is not the one vbox made for it",
+                hint="someone may be impersonating it; `env destroy` and `env up` make a new machine",
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # sshd is starting, or the user's key is not in place yet
+            last_error = str(exc) or type(exc).__name__
+            time.sleep(0.1)
+
+
+def _tail(path: Path | None, lines: int = 20) -> str:
+    if not path or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").replace("\r", "")
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run(client, command: str, on_line: Callable[[str], None], timeout: float | None = None) -> int:
+    """Run a command; each line of its output (stdout and stderr merged) goes to on_line."""
+    transport = client.get_transport()
+    channel = transport.open_session()
+    channel.set_combine_stderr(True)
+    channel.exec_command(command)
+    channel.shutdown_write()
+    pending = b""
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        data = channel.recv(32768)
+        if not data:
+            break
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            on_line(line.decode(errors="replace").rstrip("\r"))
+        if deadline and time.monotonic() > deadline:
+            channel.close()
+            raise VboxError(f"command timed out after {timeout:g} s: {command}")
+    if pending:
+        on_line(pending.decode(errors="replace").rstrip("\r"))
+    return channel.recv_exit_status()
+
+
+def upload(client, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+    sftp = client.open_sftp()
+    try:
+        with sftp.open(remote_path, "wb") as f:
+            f.write(data)
+        sftp.chmod(remote_path, mode)
+    finally:
+        sftp.close()

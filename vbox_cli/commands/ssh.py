@@ -1,0 +1,103 @@
+"""`env ssh` and `env ssh-config`: reach a machine with OpenSSH, its host key checked."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from vbox_cli.errors import UsageError, VboxError
+
+
+def _project_and_record(ctx: typer.Context, name: str):
+    from vbox_cli.envfile.cache import read, summarize
+    from vbox_cli.project import Project
+
+    path = ctx.obj.envfile_path()
+    machines = summarize(path, read(path))["machines"]
+    if name not in machines:
+        raise UsageError(f"no machine named {name!r} in {path}", hint="machines: " + ", ".join(machines))
+    project = Project.at(path.parent)
+    return project, machines[name], project.machine_state(name)
+
+
+def ssh_options(project, record: dict) -> list[str]:
+    return ["-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "LogLevel=ERROR", "-l", record.get("user", "vbox")]
+
+
+def ssh(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The machine.")],
+    command: Annotated[Optional[list[str]], typer.Argument(help="A command to run instead of a shell (after --).")]
+    = None,
+) -> None:
+    """Open a shell in a machine as its default user, or run a command there
+    (`env ssh web -- cat /etc/os-release`); the command's exit status is env's."""
+    import providers
+    from providers.base import RUNNING
+
+    project, settings, record = _project_and_record(ctx, name)
+    if providers.get(settings["provider"]).state(project.object_name(name)) != RUNNING:
+        raise VboxError(f"{name} is not running", hint=f"`env up {name}`")
+    if not record.get("address"):
+        raise VboxError(f"{name}: vbox has no record of its address", hint=f"`env destroy {name}`, `env up {name}`")
+    argv = ["ssh", *ssh_options(project, record)]
+    if not command and os.isatty(0):
+        argv.append("-t")
+    argv.append(record["address"])
+    if command:
+        # One argument is a shell command line (`-- 'ls | wc -l'`); several are argv,
+        # quoted so that each reaches the machine as it was given.
+        import shlex
+
+        argv += ["--", command[0] if len(command) == 1 else shlex.join(command)]
+    try:
+        os.execvp("ssh", argv)
+    except FileNotFoundError:
+        raise VboxError("the OpenSSH client (ssh) is not installed", hint="apt-get install openssh-client") from None
+
+
+def ssh_config(
+    ctx: typer.Context,
+    names: Annotated[Optional[list[str]], typer.Argument(help="Machines (default: all that have an address).")]
+    = None,
+    known_hosts: Annotated[bool, typer.Option("--known-hosts", help="Print known_hosts lines instead.")] = False,
+) -> None:
+    """Print an OpenSSH config for the machines (`env ssh-config >> ~/.ssh/config`, then
+    `ssh vbox-PROJECT-web`), host key checking included."""
+    from vbox_cli.envfile.cache import read, summarize
+    from vbox_cli.project import Project
+
+    path = ctx.obj.envfile_path()
+    machines = summarize(path, read(path))["machines"]
+    project = Project.at(path.parent)
+    state = project.load_state()["machines"]
+    wanted = names or list(machines)
+    for name in wanted:
+        if name not in machines:
+            raise UsageError(f"no machine named {name!r} in {path}")
+    blocks = []
+    for name in wanted:
+        record = state.get(name, {})
+        if not (record.get("address") and record.get("host_key")):
+            continue
+        alias = project.object_name(name)
+        if known_hosts:
+            blocks.append(f"{alias},{record['address']} {record['host_key']}")
+            continue
+        blocks.append("\n".join([
+            f"Host {alias}",
+            f"  HostName {record['address']}",
+            f"  User {record.get('user', 'vbox')}",
+            f"  IdentityFile {project.client_key}",
+            "  IdentitiesOnly yes",
+            f"  UserKnownHostsFile {project.known_hosts}",
+            "  StrictHostKeyChecking yes",
+            f"  HostKeyAlias {alias}",
+        ]) + "\n")
+    if not blocks:
+        raise VboxError("no machine has been created yet", hint="`env up`")
+    print("\n".join(blocks))

@@ -1,0 +1,86 @@
+"""`env up`: create, start and provision the machines of the Envfile."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vbox_cli.commands.session import open_session, report
+
+Names = Annotated[Optional[list[str]], typer.Argument(help="Machines to act on (default: all).", show_default=False)]
+Jobs = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Machines at once (default: all).")]
+
+
+def up(
+    ctx: typer.Context,
+    names: Names = None,
+    jobs: Jobs = None,
+    no_provision: Annotated[bool, typer.Option("--no-provision", help="Bring machines up without provisioning.")]
+    = False,
+) -> None:
+    """Bring machines up: create them from their box, start them, wait for SSH and run
+    the provisioning steps not yet run. Machines come up in parallel; a machine that is
+    already up and provisioned is left alone.
+
+    Without names, every machine with autostart = true."""
+    from vbox_cli import machines
+
+    with open_session(ctx, names or []) as session:
+        results = machines.up(session, names or [], jobs=jobs, provision=not no_provision)
+    report(ctx, results, "up")
+
+
+def reload(ctx: typer.Context, names: Names = None, jobs: Jobs = None) -> None:
+    """Halt and bring up again, applying Envfile changes to cpus and memory."""
+    from vbox_cli import machines
+
+    with open_session(ctx, names or []) as session:
+        machines.halt(session, names or [], jobs=jobs)
+        results = machines.up(session, session.select(names or []), jobs=jobs)
+    report(ctx, results, "reload")
+
+
+def provision(
+    ctx: typer.Context,
+    names: Names = None,
+    jobs: Jobs = None,
+    force: Annotated[bool, typer.Option("--force", help='Also run the run = "once" steps that ran already.')]
+    = False,
+) -> None:
+    """Run the provisioning steps on running machines: run = "always" steps, and
+    run = "once" steps not yet run (all of them with --force)."""
+    from vbox_cli import machines
+
+    with open_session(ctx, names or []) as session:
+        results = machines.provision(session, names or [], force=force, jobs=jobs)
+    report(ctx, results, "provision")
+
+
+def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None) -> None:
+    """Shut machines down cleanly (powered off if they do not stop in 30 s)."""
+    from vbox_cli import machines
+
+    with open_session(ctx, names or []) as session:
+        results = machines.halt(session, names or [], jobs=jobs)
+    report(ctx, results, "halt")
+
+
+def destroy(
+    ctx: typer.Context,
+    names: Names = None,
+    jobs: Jobs = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
+) -> None:
+    """Destroy machines, leaving no trace. Without names: every machine of the project,
+    machines it no longer declares, its network and .vbox/. Boxes stay in the store."""
+    import sys
+
+    from vbox_cli import machines
+
+    if not force and sys.stdin.isatty():
+        what = ", ".join(names) if names else "every machine of this project"
+        typer.confirm(f"Destroy {what}?", abort=True)
+    with open_session(ctx, names or []) as session:
+        results = machines.destroy(session, names or [], jobs=jobs)
+    report(ctx, results, "destroy")
