@@ -157,6 +157,10 @@ def up(session: Session, names: list[str], jobs: int | None = None, provision: b
         except VboxError as exc:
             session.events.phase(name, "failed")
             return Result(name, False, "failed", exc, time.monotonic() - started)
+        except Exception as exc:  # a bug: fail this machine, let the others finish
+            session.events.phase(name, "failed")
+            error = VboxError(f"{name}: internal error: {type(exc).__name__}: {exc}")
+            return Result(name, False, "failed", error, time.monotonic() - started)
 
     return _parallel(selected, bring_up, jobs)
 

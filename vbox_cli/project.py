@@ -121,16 +121,17 @@ class Project:
 
     def write_known_hosts(self) -> None:
         """One line per machine: its object name and address, its host key."""
-        lines = []
-        for name, machine in sorted(self.load_state()["machines"].items()):
-            key, address = machine.get("host_key"), machine.get("address")
-            if key and address:
-                lines.append(f"{self.object_name(name)},{address} {key}")
-        if lines or self.known_hosts.exists():
-            self.state_dir.mkdir(exist_ok=True)
-            tmp = self.known_hosts.with_suffix(".tmp")
-            tmp.write_text("".join(f"{line}\n" for line in lines))
-            os.replace(tmp, self.known_hosts)
+        with self._state_lock:
+            lines = []
+            for name, machine in sorted(self.load_state()["machines"].items()):
+                key, address = machine.get("host_key"), machine.get("address")
+                if key and address:
+                    lines.append(f"{self.object_name(name)},{address} {key}")
+            if lines or self.known_hosts.exists():
+                self.state_dir.mkdir(exist_ok=True)
+                tmp = self.known_hosts.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text("".join(f"{line}\n" for line in lines))
+                os.replace(tmp, self.known_hosts)
 
 
 def write_private(path: Path, text: str) -> None:
