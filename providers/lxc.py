@@ -98,6 +98,8 @@ def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
         # a volatile journal: a persistent one preallocates 8 MB in every machine
         "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644,
                                                   "root"),
+        # the one host key vbox made and knows; no others for sshd to look for
+        "etc/ssh/sshd_config.d/vbox-host-key.conf": ("HostKey /etc/ssh/ssh_host_ed25519_key\n", 0o644, "root"),
         "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private, 0o600, "root"),
         "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public + "\n", 0o644, "root"),
         f"home/{user}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, user),

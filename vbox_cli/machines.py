@@ -335,25 +335,37 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
         provider = provider or session.provider(name)
         obj = obj or project.object_name(name)
         session.events.phase(name, "destroying")
-        provider.destroy(obj)
+        try:
+            provider.destroy(obj)
+        except VboxError as exc:
+            session.events.phase(name, "failed")
+            return Result(name, False, "failed", exc, time.monotonic() - started)
         for box in store.boxes():
             store.remove_user(box.name, obj)
         project.forget_machine(name)
         return Result(name, True, "destroyed", seconds=time.monotonic() - started)
 
-    results = _parallel(selected, remove, jobs)
-    if everything:
-        prefix = f"vbox-{project.id}-"
-        for provider, obj in leftovers(session):
-            session.events.note(f"removing {obj}, which the Envfile does not declare")
-            results.append(remove(obj.removeprefix(prefix), provider, obj))
-        from providers.network import network_name, remove as remove_network
-
-        if remove_network(session.conn(), network_name(project.id)):
-            session.events.note(f"removed network {network_name(project.id)}")
-        _remove_state_dir(project)
-    else:
+    if not everything:
+        results = _parallel(selected, remove, jobs)
         project.write_known_hosts()
+        return results
+    # Everything: the machines, those the Envfile no longer declares, and the network,
+    # all at once (the kernel lets a bridge go with ports still on it).
+    from providers.network import network_name
+    from providers.network import remove as remove_network
+
+    prefix = f"vbox-{project.id}-"
+    extra = leftovers(session)
+    for _, obj in extra:
+        session.events.note(f"removing {obj}, which the Envfile does not declare")
+    with ThreadPoolExecutor(max_workers=jobs or (len(selected) + len(extra) + 1)) as pool:
+        network = pool.submit(remove_network, session.conn(), network_name(project.id))
+        futures = [pool.submit(remove, name) for name in selected]
+        futures += [pool.submit(remove, obj.removeprefix(prefix), provider, obj) for provider, obj in extra]
+        results = [f.result() for f in futures]
+        if network.result():
+            session.events.note(f"removed network {network_name(project.id)}")
+    _remove_state_dir(project)
     return results
 
 

@@ -127,3 +127,11 @@ def test_missing_envfile_is_a_usage_error(tmp_path: Path):
 
     with pytest.raises(UsageError, match="no Envfile"):
         load(tmp_path / "Envfile")
+
+
+def test_keys_that_look_like_pydantic_markers():
+    # found by hypothesis: pydantic marks dict-key errors with "[key]" in the location
+    for text in (b'"[key]" = []\n', b'[machines."[key]"]\n', b'[machines.web]\n"[key]" = 1\n'):
+        with pytest.raises(EnvfileError) as info:
+            parse(text, "Envfile", None)
+        assert all(p.line >= 1 for p in info.value.problems)

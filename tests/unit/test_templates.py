@@ -1,0 +1,99 @@
+"""Rendered LXC configs and network XML against golden files; the XML also defined on
+libvirt's test driver. VBOX_REGENERATE_GOLDEN=1 rewrites the golden files."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from boxes.store import Box
+from providers.base import MachineSpec
+from providers.lxc import cpuset, guest_files, mac_address, render_config, veth_name
+from providers.network import NetworkPlan, bridge_name, choose_subnet, network_name
+from vbox_cli.envfile.load import parse
+import ipaddress
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("VBOX_REGENERATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs; VBOX_REGENERATE_GOLDEN=1 rewrites it"
+
+
+def spec(monkeypatch, cpus: int = 2, memory: str = "768M") -> MachineSpec:
+    monkeypatch.setattr("providers.lxc.cgroup_keys", lambda: ("cgroup.memory.limit_in_bytes", "cgroup.cpuset.cpus"))
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    envfile = parse(f'[machines.web]\ncpus = {cpus}\nmemory = "{memory}"\nhostname = "web.dev.test"\n'.encode(),
+                    "Envfile", None)
+    box = Box("debian-12", "12.0.1", Path("/var/lib/vbox/boxes/debian-12/12.0.1"), {"digest": "sha256:0", "user": "vbox"})
+    return MachineSpec(project_id="demo-abc123", object_name="vbox-demo-abc123-web",
+                       machine=envfile.machines_resolved()["web"], box=box, address="10.101.7.2",
+                       gateway="10.101.7.1", bridge="vbx-1234abcd", domain="demo-abc123.vbox", user="vbox",
+                       authorized_key="ssh-ed25519 AAAA project", host_key_private="PRIVATE",
+                       host_key_public="ssh-ed25519 BBBB host", index=1)
+
+
+def test_lxc_config(monkeypatch):
+    text = render_config(spec(monkeypatch), Path("/var/lib/vbox/lxc/vbox-demo-abc123-web"))
+    check_golden("lxc-web.conf", text)
+    assert "lxc.cgroup.memory.limit_in_bytes = 805306368" in text
+    assert "lxc.cgroup.cpuset.cpus = 2,3" in text
+
+
+def test_guest_files_carry_keys_address_and_names(monkeypatch):
+    files = guest_files(spec(monkeypatch))
+    assert files["etc/ssh/ssh_host_ed25519_key"] == ("PRIVATE", 0o600, "root")
+    assert files["home/vbox/.ssh/authorized_keys"] == ("ssh-ed25519 AAAA project\n", 0o600, "vbox")
+    assert files["etc/hostname"][0] == "web\n"
+    assert "127.0.1.1\tweb.dev.test web" in files["etc/hosts"][0]
+    assert "Address=10.101.7.2/24" in files["etc/systemd/network/10-vbox.network"][0]
+
+
+def test_names_fit_linux_interface_names():
+    assert len(veth_name("vbox-" + "x" * 60)) <= 15
+    assert len(bridge_name("a-very-long-project-name-abcdef")) <= 15
+    assert mac_address("vbox-p-web").startswith("00:16:3e:")
+    assert mac_address("vbox-p-web") == mac_address("vbox-p-web") != mac_address("vbox-p-db")
+
+
+def test_cpusets_spread_machines_over_the_host():
+    assert [cpuset(1, i, 2) for i in range(4)] == ["0", "1", "0", "1"]
+    assert cpuset(2, 1, 4) == "2,3"
+    assert cpuset(8, 0, 2) == "0,1"
+
+
+def test_network_xml_defines_on_the_test_driver():
+    plan = NetworkPlan(network_name("demo-abc123"), bridge_name("demo-abc123"), "10.101.7.0/24", "demo-abc123.vbox")
+    xml = plan.xml({"web": "10.101.7.2", "db": "10.101.7.3"})
+    check_golden("network.xml", xml)
+    root = ET.fromstring(xml)
+    assert root.find("bridge").get("stp") == "off" and root.find("bridge").get("delay") == "0"
+    conn = libvirt.open("test:///default")
+    try:
+        net = conn.networkDefineXML(xml)
+        net.create()
+        defined = ET.fromstring(net.XMLDesc())
+        assert {h.find("hostname").text: h.get("ip") for h in defined.findall("dns/host")} == \
+            {"web": "10.101.7.2", "db": "10.101.7.3"}
+        assert defined.find("forward").get("mode") == "nat"
+        net.destroy()
+        net.undefine()
+    finally:
+        conn.close()
+
+
+def test_subnet_choice_avoids_used_networks():
+    used = [ipaddress.ip_network("10.0.0.0/8")]
+    with pytest.raises(Exception, match="no free /24"):
+        choose_subnet("p", used)
+    first = choose_subnet("p", [])
+    assert choose_subnet("p", []) == first  # stable
+    second = choose_subnet("p", [ipaddress.ip_network(first)])
+    assert second != first and ipaddress.ip_network(second).subnet_of(ipaddress.ip_network("10.100.0.0/14"))
