@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 1: set this host up, install `env` and `vbox`, build the debian-12
-# box, and bring up the machines of Envfile.example in a demo project folder.
+# box, and bring up the machines of Envfile.example in a demo project folder. The
+# machines stay up: `cd ~/vbox-demo && env ssh web`, then `env destroy`.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 demo=${VBOX_DEMO_DIR:-$HOME/vbox-demo}
@@ -17,3 +18,8 @@ cp "$repo/Envfile.example" "$demo/Envfile"
 cd "$demo"
 echo "[demo] project folder: $demo"
 env validate
+env up
+env status
+echo "[demo] env ssh web -- cat /var/www-index.html"
+env ssh web -- cat /var/www-index.html
+echo "[demo] the machines are up; try: cd $demo && env ssh db   (env destroy removes them)"
