@@ -15,14 +15,11 @@ so the store never holds a half-built box.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from vbox_cli.errors import UsageError, VboxError
 
@@ -94,18 +91,10 @@ class BoxStore:
         return box
 
     # -- writing ---------------------------------------------------------------
-    @contextmanager
-    def lock(self, name: str, on_wait=None) -> Iterator[None]:
-        locks = self.root / LOCKS
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{name}.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+    def lock(self, name: str, on_wait=None):
+        from vbox_cli.locks import exclusive
+
+        return exclusive(self.root / LOCKS / f"{name}.lock", on_wait)
 
     def staging(self, name: str) -> Path:
         """A new, empty staging folder for a build of `name`, owned by this process."""

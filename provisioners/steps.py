@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from vbox_cli.envfile.model import FileStep, ScriptStep, ShellStep
+from vbox_cli.envfile.model import ScriptStep, ShellStep
 from vbox_cli.errors import VboxError
 
 WORK_DIR = "/tmp/vbox-provision"

@@ -8,17 +8,15 @@ steps ran, the box digest each machine was made from, SSH host keys, addresses.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from vbox_cli.paths import STATE_DIR
 
@@ -55,18 +53,11 @@ class Project:
         return machine_object_name(self.id, machine)
 
     # -- lock ------------------------------------------------------------------
-    @contextmanager
-    def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(self, on_wait: Callable[[], None] | None = None):
         """Two env commands in one project never interleave: the second waits."""
-        self.state_dir.mkdir(exist_ok=True)
-        with open(self.state_dir / LOCK_FILE, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        from vbox_cli.locks import exclusive
+
+        return exclusive(self.state_dir / LOCK_FILE, on_wait)
 
     # -- state -----------------------------------------------------------------
     def load_state(self) -> dict:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent.parent
 VBOX = Path(sys.executable).parent / "vbox"
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from vbox_cli.envfile.load import load, parse
-from vbox_cli.envfile.model import GIB, MIB, FileStep, ScriptStep, ShellStep, format_size, parse_size
+from vbox_cli.envfile.model import (
+    GIB,
+    MIB,
+    FileStep,
+    ScriptStep,
+    ShellStep,
+    format_size,
+    parse_size,
+)
 from vbox_cli.errors import EnvfileError
 
 HERE = Path(__file__).parent
@@ -44,7 +52,13 @@ def test_example_envfile_is_valid_and_shows_every_key():
     loaded = load(REPO / "Envfile.example")
     assert len(loaded.machines) >= 2
     text = (REPO / "Envfile.example").read_text()
-    from vbox_cli.envfile.model import Defaults, FileStep, MachineSpec, ScriptStep, ShellStep
+    from vbox_cli.envfile.model import (
+        Defaults,
+        FileStep,
+        MachineSpec,
+        ScriptStep,
+        ShellStep,
+    )
 
     keys = {*Defaults.model_fields, *MachineSpec.model_fields, *ShellStep.model_fields,
             *ScriptStep.model_fields, *FileStep.model_fields}

@@ -3,6 +3,7 @@ libvirt's test driver. VBOX_REGENERATE_GOLDEN=1 rewrites the golden files."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,7 +16,6 @@ from providers.base import MachineSpec
 from providers.lxc import cpuset, guest_files, mac_address, render_config, veth_name
 from providers.network import NetworkPlan, bridge_name, choose_subnet, network_name
 from vbox_cli.envfile.load import parse
-import ipaddress
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -12,11 +12,18 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vbox_cli.errors import EnvfileError, Problem
 from vbox_cli.envfile.cache import read
-from vbox_cli.paths import display_name
 from vbox_cli.envfile.locate import Positions
-from vbox_cli.envfile.model import STEP_KINDS, Envfile, FileStep, Machine, ScriptStep, fields_of
+from vbox_cli.envfile.model import (
+    STEP_KINDS,
+    Envfile,
+    FileStep,
+    Machine,
+    ScriptStep,
+    fields_of,
+)
+from vbox_cli.errors import EnvfileError, Problem
+from vbox_cli.paths import display_name
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _TOML_AT_END = re.compile(r"\s*\(at end of document\)$")
