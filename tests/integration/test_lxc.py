@@ -240,3 +240,15 @@ def test_destroy_of_one_machine_keeps_the_others(project):
     status = project.status()
     assert status["db"]["state"] == "not created" and status["web"]["state"] == "running"
     assert [leak for leak in find_leaks(project.id) if f"{project.id}-db" in leak] == []
+
+
+def test_boot_timeout_shows_the_console_tail(project):
+    project.write('[machines.web]\nboot_timeout = 5\nprovision = [{ shell = "true", run = "always" }]\n')
+    project.env("up")
+    project.ssh("web", "sudo systemctl mask --quiet ssh.service")
+    project.env("halt")
+    result = project.env("up", check_rc=1)
+    assert "web: SSH did not answer within 5 s" in result.stderr
+    assert "last lines of the console" in result.stderr
+    assert "Reached target" in result.stderr or "Started" in result.stderr  # the console's own lines
+    assert "hint: raise boot_timeout" in result.stderr
