@@ -27,7 +27,8 @@ REQUIRED_TOOLS = ("debootstrap", "mke2fs", "qemu-img", "chroot")
 # the machine is made; this drop-in only makes sshd start on a box used without vbox.
 FILES = {
     "etc/systemd/network/80-vbox.network": (
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
+        # UseDomains: the project network's domain becomes the search domain (`ping db`)
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n",
         0o644,
     ),
     "etc/systemd/system/ssh.service.d/vbox-host-keys.conf": (
@@ -42,7 +43,10 @@ FILES = {
         "UseDNS no\n",
         0o644,
     ),
-    "etc/fstab": (f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n", 0o644),
+    # x-systemd.growfs: a VM's root file system grows to its (larger) disk at boot
+    "etc/fstab": (f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro,x-systemd.growfs 0 1\n", 0o644),
+    # names come from the project network's DNS, not from multicast guesses
+    "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644),
     "etc/hostname": ("debian\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
 }
@@ -70,10 +74,11 @@ def build(
         current = store.find(recipe.name, recipe.version)
         if current and current.meta.get("recipe_digest") == recipe.digest and not force:
             return current, False
-        if current and store.users(recipe.name) and not force:
+        if current and store.users(recipe.name):
+            # Never replace a box under machines: LXC machines have its root tree as their lower layer.
             raise VboxError(
                 f"box {recipe.name} {recipe.version} is in use and its recipe changed",
-                hint="bump the recipe's version to build a new box beside it, or pass --force",
+                hint="bump the recipe's version to build a new box beside it, or destroy those machines first",
             )
         check_host()
         staged = store.staging(recipe.name)

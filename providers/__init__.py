@@ -6,9 +6,10 @@ import importlib
 
 from vbox_cli.errors import VboxError
 
-# name -> "module:class"; kvm and xen come with their issues.
+# name -> "module:class"; xen comes with its issue.
 REGISTRY = {
     "lxc": "providers.lxc:LxcProvider",
+    "kvm": "providers.kvm:KvmProvider",
 }
 _instances: dict = {}
 

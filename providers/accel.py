@@ -51,7 +51,8 @@ def _qemu_identity() -> str:
 
 def detect(cache_dir: Path | None, kernel: Path | None = None, refresh: bool = False) -> Accel:
     """The accelerator to use, from the cache when this boot and QEMU were probed already."""
-    key = {"boot_id": _boot_id(), "qemu": _qemu_identity(), "kernel": str(kernel or "")}
+    # whether KVM works is the host's property: the kernel used to find out does not matter
+    key = {"boot_id": _boot_id(), "qemu": _qemu_identity()}
     cache = cache_dir / CACHE_FILE if cache_dir else None
     if cache and not refresh:
         try:

@@ -26,6 +26,7 @@ class MachineSpec:
     box: Any  # boxes.store.Box
     address: str  # the machine's static address on the project network
     gateway: str
+    network: str  # the project's libvirt network
     bridge: str
     domain: str
     user: str  # the box's default user, who gets the project's key
@@ -33,6 +34,19 @@ class MachineSpec:
     host_key_private: str  # the machine's SSH host key (OpenSSH PEM), made by vbox
     host_key_public: str
     index: int  # the machine's position in the Envfile (spreads CPUs)
+    console_log: Path  # where a provider that can choose writes the console (under .vbox/)
+
+
+@runtime_checkable
+class SupportsAccel(Protocol):
+    def accel_for(self, spec: MachineSpec) -> tuple[str, str]:
+        """(accelerator, why): "kvm" or "tcg", and how that was decided."""
+
+
+@runtime_checkable
+class SupportsConsole(Protocol):
+    def console_command(self, object_name: str) -> list[str]:
+        """A command line that attaches the terminal to the machine's console."""
 
 
 @runtime_checkable

@@ -93,8 +93,6 @@ def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
         "etc/systemd/network/10-vbox.network": (
             f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
             f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
-        # names come from the project network's DNS, not from multicast guesses
-        "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644, "root"),
         # a volatile journal: a persistent one preallocates 8 MB in every machine
         "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644,
                                                   "root"),
@@ -219,6 +217,9 @@ class LxcProvider:
 
     def console_log(self, object_name: str) -> Path | None:
         return self._folder(object_name) / CONSOLE_LOG
+
+    def console_command(self, object_name: str) -> list[str]:
+        return ["lxc-console", "-P", str(self.path), "-n", object_name]
 
     # -- leftovers -------------------------------------------------------------
     def leaks(self, prefix: str) -> list[str]:

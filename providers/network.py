@@ -158,3 +158,33 @@ def remove(conn, name: str) -> bool:
     except libvirt.libvirtError:
         pass  # a transient network is gone once destroyed
     return True
+
+
+def add_dhcp_host(conn, network: str, mac: str, ip: str, name: str) -> None:
+    """A fixed address for a VM's MAC, live and in the network's config."""
+    import libvirt
+
+    net = conn.networkLookupByName(network)
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    for host in ET.fromstring(net.XMLDesc()).findall("ip/dhcp/host"):
+        if host.get("mac") == mac or host.get("ip") == ip:
+            net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                       ET.tostring(host, encoding="unicode"), flags)
+    xml = f"<host mac='{mac}' name='{name}' ip='{ip}'/>"
+    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, xml, flags)
+
+
+def remove_dhcp_host(conn, mac: str) -> None:
+    """Drop the DHCP host entry of a MAC from whichever vbox network has it."""
+    import libvirt
+
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    for net in conn.listAllNetworks():
+        if not net.name().startswith("vbox-"):
+            continue
+        for host in ET.fromstring(net.XMLDesc()).findall("ip/dhcp/host"):
+            if host.get("mac") == mac:
+                if not net.isActive():
+                    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+                net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                           ET.tostring(host, encoding="unicode"), flags)

@@ -87,6 +87,7 @@ def make_app() -> typer.Typer:
     app.command("status")(status.status)
     app.command("ssh")(ssh.ssh)
     app.command("ssh-config")(ssh.ssh_config)
+    app.command("console")(ssh.console)
     app.command("provision")(up.provision)
     app.command("halt")(up.halt)
     app.command("reload")(up.reload)

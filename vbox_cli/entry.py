@@ -11,7 +11,8 @@ import sys
 
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
 VERBS = frozenset({
-    "init", "validate", "schema", "up", "status", "ssh", "ssh-config", "provision", "halt", "reload", "destroy",
+    "init", "validate", "schema", "up", "status", "ssh", "ssh-config", "console", "provision", "halt", "reload",
+    "destroy",
     "box", "doctor",
 })
 # Options that mean vbox too: `env --help`, `env --version`.

@@ -43,6 +43,7 @@ class Session:
     project: object  # vbox_cli.project.Project
     loaded: object  # vbox_cli.envfile.load.LoadedEnvfile
     events: Events = field(default_factory=Events)
+    accel: str | None = None  # --accel: overrides the Envfile's accel for this command
 
     @property
     def machines(self) -> dict:
@@ -106,13 +107,18 @@ class Session:
 
         net = self.network_plan()
         record = self.project.machine_state(name)
+        machine = self.machines[name]
+        if self.accel:
+            machine = machine.model_copy(update={"accel": self.accel})
+        console = self.project.state_dir / "console"
+        console.mkdir(parents=True, exist_ok=True)
         return MachineSpec(
-            project_id=self.project.id, object_name=self.project.object_name(name), machine=self.machines[name],
-            box=box, address=address, gateway=net.gateway, bridge=net.bridge, domain=net.domain,
+            project_id=self.project.id, object_name=self.project.object_name(name), machine=machine,
+            box=box, address=address, gateway=net.gateway, network=net.name, bridge=net.bridge, domain=net.domain,
             user=box.meta.get("user", "vbox"), authorized_key=self.project.ensure_client_key(),
             host_key_private=host_key[0] if host_key else "",
             host_key_public=host_key[1] if host_key else record.get("host_key", ""),
-            index=list(self.machines).index(name),
+            index=list(self.machines).index(name), console_log=console / f"{name}.log",
         )
 
     def ssh_target(self, name: str):
@@ -198,7 +204,9 @@ def _up_one(session: Session, name: str, box, address: str, store, provision: bo
         }))
         project.write_known_hosts()
         store.add_user(box.name, obj, {"project": str(project.folder), "machine": name})
-        provider.create(session.spec(name, box, address, (private, public)))
+        spec = session.spec(name, box, address, (private, public))
+        _say_accel(session, provider, spec)
+        provider.create(spec)
         actions.append("created")
         state = provider.state(obj)
     spec = session.spec(name, box, address)
@@ -223,6 +231,15 @@ def _up_one(session: Session, name: str, box, address: str, store, provision: bo
     project.set_machine(name, last_up=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     events.phase(name, "ready")
     return ", ".join(actions) or "nothing to do"
+
+
+def _say_accel(session: Session, provider, spec) -> None:
+    from providers.base import SupportsAccel
+
+    if isinstance(provider, SupportsAccel):
+        accel, why = provider.accel_for(spec)
+        label = "KVM" if accel == "kvm" else "TCG (software emulation)"
+        session.events.note(f"{spec.machine.name}: using {label}: {why}")
 
 
 def _steps_to_run(project, name: str, steps, force: bool) -> list[int]:
@@ -342,6 +359,7 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
             return Result(name, False, "failed", exc, time.monotonic() - started)
         for box in store.boxes():
             store.remove_user(box.name, obj)
+        (project.state_dir / "console" / f"{name}.log").unlink(missing_ok=True)
         project.forget_machine(name)
         return Result(name, True, "destroyed", seconds=time.monotonic() - started)
 

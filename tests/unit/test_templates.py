@@ -35,9 +35,10 @@ def spec(monkeypatch, cpus: int = 2, memory: str = "768M") -> MachineSpec:
     box = Box("debian-12", "12.0.1", Path("/var/lib/vbox/boxes/debian-12/12.0.1"), {"digest": "sha256:0", "user": "vbox"})
     return MachineSpec(project_id="demo-abc123", object_name="vbox-demo-abc123-web",
                        machine=envfile.machines_resolved()["web"], box=box, address="10.101.7.2",
-                       gateway="10.101.7.1", bridge="vbx-1234abcd", domain="demo-abc123.vbox", user="vbox",
-                       authorized_key="ssh-ed25519 AAAA project", host_key_private="PRIVATE",
-                       host_key_public="ssh-ed25519 BBBB host", index=1)
+                       gateway="10.101.7.1", network="vbox-demo-abc123", bridge="vbx-1234abcd",
+                       domain="demo-abc123.vbox", user="vbox", authorized_key="ssh-ed25519 AAAA project",
+                       host_key_private="PRIVATE", host_key_public="ssh-ed25519 BBBB host", index=1,
+                       console_log=Path("/p/.vbox/console/web.log"))
 
 
 def test_lxc_config(monkeypatch):

@@ -58,7 +58,9 @@ def doctor(
         rows = []
         for c in report.checks:
             remedy = c.hint or ""
-            if not c.ok and c.packages:
+            if not c.ok and c.repair is not None:
+                remedy = f"{c.hint} (env doctor --fix)"
+            elif not c.ok and c.packages:
                 remedy = f"apt-get install {' '.join(c.packages)}"
             elif not c.ok and c.daemons:
                 remedy = "start " + ", ".join(c.daemons)

@@ -101,3 +101,30 @@ def ssh_config(
     if not blocks:
         raise VboxError("no machine has been created yet", hint="`env up`")
     print("\n".join(blocks))
+
+
+def console(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The machine.")],
+    tail: Annotated[Optional[int], typer.Option("--tail", help="Print the last N lines of its console log.",
+                                                metavar="N")] = None,
+) -> None:
+    """Attach to a machine's console (Ctrl-] leaves a KVM console, Ctrl-a q an LXC one),
+    or print the tail of its console log with --tail."""
+    import providers
+    from providers.base import SupportsConsole
+
+    project, settings, _ = _project_and_record(ctx, name)
+    provider = providers.get(settings["provider"])
+    obj = project.object_name(name)
+    if tail is not None:
+        log = provider.console_log(obj)
+        if not log or not log.exists():
+            raise VboxError(f"{name} has no console log yet", hint=f"`env up {name}`")
+        text = log.read_text(errors="replace").replace("\r", "")
+        print("\n".join(text.splitlines()[-tail:]) if tail > 0 else "")
+        return
+    if not isinstance(provider, SupportsConsole):
+        raise VboxError(f"the {provider.name} provider has no console to attach to", hint="try --tail")
+    argv = provider.console_command(obj)
+    os.execvp(argv[0], argv)

@@ -18,6 +18,8 @@ def up(
     jobs: Jobs = None,
     no_provision: Annotated[bool, typer.Option("--no-provision", help="Bring machines up without provisioning.")]
     = False,
+    accel: Annotated[Optional[str], typer.Option(
+        "--accel", help="kvm machines made by this command: auto, kvm or tcg (overrides the Envfile).")] = None,
 ) -> None:
     """Bring machines up: create them from their box, start them, wait for SSH and run
     the provisioning steps not yet run. Machines come up in parallel; a machine that is
@@ -25,8 +27,12 @@ def up(
 
     Without names, every machine with autostart = true."""
     from vbox_cli import machines
+    from vbox_cli.errors import UsageError
 
+    if accel not in (None, "auto", "kvm", "tcg"):
+        raise UsageError(f"--accel must be auto, kvm or tcg, not {accel!r}")
     with open_session(ctx, names or []) as session:
+        session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision)
     report(ctx, results, "up")
 

@@ -144,6 +144,7 @@ MachineName = Annotated[str, AfterValidator(_dns_label("machine name"))]
 BoxName = Annotated[str, AfterValidator(_box_name)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Provider = Literal["lxc", "kvm", "xen"]
+Accel = Literal["auto", "kvm", "tcg"]
 Cpus = Annotated[int, Field(ge=1, le=256)]
 BootTimeout = Annotated[int, Field(ge=1, le=3600)]
 
@@ -213,6 +214,7 @@ class Defaults(Frozen):
     disk: Disk = Field(10 * GIB, description='disk size (kvm, xen), like "10G"')
     autostart: bool = Field(True, description="`env up` without names starts this machine")
     boot_timeout: BootTimeout = Field(120, description="seconds to wait for SSH after start")
+    accel: Accel = Field("auto", description="kvm machines: auto (KVM if it really works, else TCG), kvm or tcg")
     provision: Steps = Field((), description="provisioning steps, run in order over SSH")
 
 
@@ -226,6 +228,7 @@ class MachineSpec(Frozen):
     disk: Disk | None = None
     autostart: bool | None = None
     boot_timeout: BootTimeout | None = None
+    accel: Accel | None = None
     provision: Steps | None = Field(None, description="replaces the steps of [defaults] when set")
     hostname: Hostname | None = Field(None, description="host name in the machine; default: the machine's name")
 
@@ -241,6 +244,7 @@ class Machine(Frozen):
     disk: int
     autostart: bool
     boot_timeout: int
+    accel: str
     provision: tuple[Any, ...]
     hostname: str
 

@@ -1,0 +1,217 @@
+"""KVM machines: libvirt QEMU domains booted straight from the box's kernel and initrd.
+
+The disk is a qcow2 overlay volume on the box's disk (providers/storage.py). What a new
+machine must have before its first boot (its SSH host key, made by vbox, and the
+project's authorized key) goes in as a systemd credential (`tmpfiles.extra`) in an
+SMBIOS type 11 string: it needs no seed disk and no cloud-init, and any image with
+systemd 252 or later honours it, a user's own qcow2 box included. The address comes
+from a DHCP host entry of the project network.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec
+from providers.libvirt_conn import connect, render
+from vbox_cli.errors import VboxError
+
+URI = "qemu:///system"
+
+
+def mac_address(object_name: str) -> str:
+    digest = hashlib.sha256(object_name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def tmpfiles_credential(spec: MachineSpec) -> str:
+    """tmpfiles.d lines that write the machine's keys at boot, base64 for the credential."""
+    user = spec.user
+    short = spec.machine.hostname.split(".")[0]
+
+    def write(path: str, mode: str, owner: str, content: str) -> str:
+        encoded = base64.b64encode(content.encode()).decode()
+        return f"f+~ {path} {mode} {owner} {owner} - {encoded}"
+
+    lines = [
+        write("/etc/ssh/ssh_host_ed25519_key", "0600", "root", spec.host_key_private),
+        write("/etc/ssh/ssh_host_ed25519_key.pub", "0644", "root", spec.host_key_public + "\n"),
+        write("/etc/ssh/sshd_config.d/vbox-host-key.conf", "0644", "root", "HostKey /etc/ssh/ssh_host_ed25519_key\n"),
+        f"d /home/{user}/.ssh 0700 {user} {user} -",
+        write(f"/home/{user}/.ssh/authorized_keys", "0600", user, spec.authorized_key + "\n"),
+        write("/etc/hosts", "0644", "root", f"127.0.0.1\tlocalhost\n127.0.1.1\t{spec.machine.hostname} {short}\n"
+              "::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    ]
+    return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
+
+
+def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str,
+                  console_log: Path) -> str:
+    from providers.storage import POOL
+
+    short = spec.machine.hostname.split(".")[0]
+    return render(
+        "domain.xml.j2",
+        domain_type=domain_type, name=spec.object_name, project=spec.project_id, machine=spec.machine.name,
+        memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
+        tmpfiles=tmpfiles_credential(spec) if spec.host_key_private else "",
+        kernel=paths["kernel"], initrd=paths["initrd"],
+        cmdline=f"root=LABEL={spec.box.meta.get('root_label', 'vbox-root')} rw console=ttyS0 "
+                f"systemd.hostname={short} net.ifnames=0",
+        pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
+        console_log=console_log,
+    )
+
+
+class KvmProvider:
+    name = "kvm"
+
+    def __init__(self, uri: str = URI):
+        self.uri = uri
+        self._conn = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = connect(self.uri)
+        return self._conn
+
+    def _domain(self, object_name: str):
+        import libvirt
+
+        try:
+            return self.conn.lookupByName(object_name)
+        except libvirt.libvirtError:
+            return None
+
+    # -- state -----------------------------------------------------------------
+    def state(self, object_name: str) -> str:
+        dom = self._domain(object_name)
+        if dom is None:
+            return NOT_CREATED
+        return RUNNING if dom.isActive() else STOPPED
+
+    def objects(self, prefix: str) -> list[str]:
+        return sorted(d.name() for d in self.conn.listAllDomains() if d.name().startswith(prefix))
+
+    # -- acceleration ----------------------------------------------------------
+    def accel_for(self, spec: MachineSpec):
+        """(accel, reason): what this machine will run with, decided by trying (cached)."""
+        from providers.accel import detect
+        from vbox_cli.paths import vbox_home
+
+        if spec.machine.accel in ("kvm", "tcg"):
+            return spec.machine.accel, "set in the Envfile or with --accel"
+        result = detect(vbox_home(), spec.box.artefact("kernel"))
+        return result.accel, result.reason
+
+    # -- life cycle ------------------------------------------------------------
+    def create(self, spec: MachineSpec) -> None:
+        from providers.network import add_dhcp_host
+        from providers.storage import base_volumes, create_overlay, ensure_pool
+
+        self.destroy(spec.object_name)  # whatever a creation cut short left
+        pool = ensure_pool(self.conn)
+        paths = base_volumes(self.conn, pool, spec.box)
+        volume = f"{spec.object_name}.qcow2"
+        create_overlay(pool, volume, paths["disk"], max(spec.machine.disk, _virtual_size(paths["disk"])))
+        add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
+                      spec.machine.hostname.split(".")[0])
+        accel, _ = self.accel_for(spec)
+        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, spec.console_log)
+        self.conn.defineXML(xml)
+
+    def apply_resources(self, spec: MachineSpec) -> None:
+        import libvirt
+
+        dom = self._domain(spec.object_name)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        memory = str(spec.machine.memory // 1024)
+        for tag in ("memory", "currentMemory"):
+            element = root.find(tag)
+            if element is not None:
+                element.text, element.attrib = memory, {"unit": "KiB"}
+        root.find("vcpu").text = str(spec.machine.cpus)
+        self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+
+    def start(self, spec: MachineSpec) -> None:
+        import libvirt
+
+        self.apply_resources(spec)
+        log = self.console_log(spec.object_name)
+        if log and log.exists():
+            log.write_text("")  # the console of this boot only
+        try:
+            self._domain(spec.object_name).create()
+        except libvirt.libvirtError as exc:
+            raise VboxError(f"libvirt could not start {spec.object_name}: {exc.get_error_message()}") from None
+
+    def halt(self, object_name: str, timeout: float = 30) -> bool:
+        """ACPI shutdown, then power off if the guest has not stopped within timeout."""
+        import libvirt
+
+        dom = self._domain(object_name)
+        if dom is None or not dom.isActive():
+            return True
+        try:
+            dom.shutdown()
+        except libvirt.libvirtError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                return True
+            time.sleep(0.2)
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        return False
+
+    def destroy(self, object_name: str) -> None:
+        import libvirt
+
+        from providers.network import remove_dhcp_host
+        from providers.storage import POOL, delete_volume, unused_bases
+
+        dom = self._domain(object_name)
+        if dom is not None:
+            if dom.isActive():
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    pass
+            dom.undefine()
+        remove_dhcp_host(self.conn, mac_address(object_name))
+        try:
+            pool = self.conn.storagePoolLookupByName(POOL)
+        except libvirt.libvirtError:
+            return
+        delete_volume(pool, f"{object_name}.qcow2")
+        for name in unused_bases(pool):
+            delete_volume(pool, name)
+
+    def console_log(self, object_name: str) -> Path | None:
+        dom = self._domain(object_name)
+        if dom is None:
+            return None
+        log = ET.fromstring(dom.XMLDesc(0)).find("devices/serial/log")
+        return Path(log.get("file")) if log is not None else None
+
+    def console_command(self, object_name: str) -> list[str]:
+        return ["virsh", "-c", self.uri, "console", object_name]
+
+    def leaks(self, prefix: str) -> list[str]:
+        return []  # domains and volumes are libvirt objects: providers/leaks.py lists them
+
+
+def _virtual_size(path: str) -> int:
+    import json
+
+    from vbox_cli import proc
+
+    return int(json.loads(proc.run(["qemu-img", "info", "--output=json", path]).stdout)["virtual-size"])
