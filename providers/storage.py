@@ -71,11 +71,14 @@ def base_volumes(conn, pool, box) -> dict[str, str]:
     return paths
 
 
+def overlay_xml(name: str, backing: str, capacity: int) -> str:
+    from providers.libvirt_conn import render
+
+    return render("volume.xml.j2", name=name, backing=backing, capacity=capacity)
+
+
 def create_overlay(pool, name: str, backing: str, capacity: int):
-    xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>"
-           "<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>"
-           f"<backingStore><path>{backing}</path><format type='qcow2'/></backingStore></volume>")
-    return pool.createXML(xml, 0)
+    return pool.createXML(overlay_xml(name, backing, capacity), 0)
 
 
 def delete_volume(pool, name: str) -> bool:

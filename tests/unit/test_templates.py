@@ -98,3 +98,52 @@ def test_subnet_choice_avoids_used_networks():
     assert choose_subnet("p", []) == first  # stable
     second = choose_subnet("p", [ipaddress.ip_network(first)])
     assert second != first and ipaddress.ip_network(second).subnet_of(ipaddress.ip_network("10.100.0.0/14"))
+
+
+def test_domain_xml_defines_on_the_test_driver(monkeypatch):
+    import base64
+
+    from providers.kvm import mac_address, render_domain
+
+    machine_spec = spec(monkeypatch)
+    paths = {"kernel": "/var/lib/vbox/images/box.vmlinuz", "initrd": "/var/lib/vbox/images/box.initrd"}
+    xml = render_domain(machine_spec, "qemu", paths, "vbox-demo-abc123-web.qcow2",
+                        Path("/p/.vbox/console/web.log"))
+    check_golden("domain-web.xml", xml)
+    root = ET.fromstring(xml)
+    assert root.get("type") == "qemu" and root.find("cpu") is None
+    assert root.findtext("memory") == str(768 * 1024) and root.findtext("vcpu") == "2"
+    assert "systemd.hostname=web" in root.findtext("os/cmdline")
+    entry = root.findtext("sysinfo/oemStrings/entry")
+    assert entry.startswith("io.systemd.credential.binary:tmpfiles.extra=")
+    lines = base64.b64decode(entry.split("=", 1)[1]).decode().splitlines()
+    key_line = next(line for line in lines if " /etc/ssh/ssh_host_ed25519_key " in line)
+    assert key_line.startswith("f+~ ") and base64.b64decode(key_line.split()[-1]) == b"PRIVATE"
+    assert root.find("devices/interface/mac").get("address") == mac_address("vbox-demo-abc123-web")
+    kvm = ET.fromstring(render_domain(machine_spec, "kvm", paths, "v.qcow2", Path("/c.log")))
+    assert kvm.get("type") == "kvm" and kvm.find("cpu").get("mode") == "host-passthrough"
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(xml)
+        defined = ET.fromstring(dom.XMLDesc(0))
+        assert defined.findtext("os/kernel") == paths["kernel"]
+        assert defined.find("devices/serial/log").get("file") == "/p/.vbox/console/web.log"
+        dom.undefine()
+    finally:
+        conn.close()
+
+
+def test_volume_xml(tmp_path):
+    from providers.storage import overlay_xml
+
+    xml = overlay_xml("vbox-demo-abc123-web.qcow2", "/var/lib/vbox/images/box-debian-12.qcow2", 10 * 1024**3)
+    check_golden("volume-web.xml", xml)
+    conn = libvirt.open("test:///default")
+    try:
+        pool = conn.storagePoolLookupByName("default-pool")
+        vol = pool.createXML(xml.replace("/var/lib/vbox/images/box-debian-12.qcow2",
+                                         "/default-pool/base.qcow2"), 0)
+        assert vol.info()[1] == 10 * 1024**3
+        vol.delete(0)
+    finally:
+        conn.close()

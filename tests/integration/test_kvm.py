@@ -1,0 +1,108 @@
+"""KVM machines for real (TCG on a host where KVM does not work): libvirt domains from the
+box, SSH with the host key vbox made, the shared project network, no trace after destroy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import libvirt
+import pytest
+
+from providers.leaks import find as find_leaks
+from providers.storage import POOL
+from tests.integration.conftest import VBOX
+from tests.integration.test_lxc import Project
+
+VM = """
+[machines.vm]
+provider = "kvm"
+cpus = 2
+memory = "768M"
+disk = "6G"
+provision = [
+  { file = "files/site.conf", to = "/etc/site.conf", mode = "0644" },
+  { shell = "echo provisioned >> /root/once.log" },
+]
+"""
+
+
+@pytest.fixture
+def project(debian12, tmp_path):
+    folder = tmp_path / "kvmproj"
+    (folder / "files").mkdir(parents=True)
+    (folder / "files" / "site.conf").write_text("listen 80;\n")
+    p = Project(folder)
+    p.write(VM)
+    yield p
+    p.env("destroy", "-f", check_rc=None)
+    assert find_leaks(p.id) == []
+    assert not (folder / ".vbox").exists()
+    conn = libvirt.open("qemu:///system")
+    try:
+        names = [v.name() for v in conn.storagePoolLookupByName(POOL).listAllVolumes(0)]
+    finally:
+        conn.close()
+    assert not [n for n in names if n.startswith(f"vbox-{p.id}-")]
+
+
+def memory_mib(project: Project, machine: str) -> int:
+    return int(project.ssh(machine, "free -m | awk '/^Mem:/ {print $2}'"))
+
+
+def test_vm_life_cycle(project):
+    up = project.env("up")
+    assert "vm: using " in up.stdout  # says KVM or TCG, and why
+    status = project.status()["vm"]
+    assert status["state"] == "running" and status["provider"] == "kvm"
+    assert project.ssh("vm", "systemd-detect-virt").strip() in ("qemu", "kvm")
+    assert project.ssh("vm", "hostname") == "vm\n"
+    assert project.ssh("vm", "nproc") == "2\n"
+    assert project.ssh("vm", "cat /etc/site.conf") == "listen 80;\n"
+    # the disk is the Envfile's size and the root file system followed it at first boot
+    size_gib = int(project.ssh("vm", "df --output=size -B1 / | tail -1")) / 1024**3
+    assert 5.5 < size_gib <= 6.0
+    # the serial console is logged under .vbox/
+    assert "login:" in project.env("console", "vm", "--tail", "40").stdout
+    # halt (ACPI) and up keep data and do not provision again
+    project.ssh("vm", "echo keep > /home/vbox/data")
+    halt = project.env("halt")
+    assert "halted" in halt.stdout
+    assert project.status()["vm"]["state"] == "stopped"
+    project.env("up")
+    assert project.ssh("vm", "cat /home/vbox/data") == "keep\n"
+    assert project.ssh("vm", "sudo cat /root/once.log") == "provisioned\n"
+    # reload applies a memory change
+    before = memory_mib(project, "vm")
+    project.write(VM.replace('memory = "768M"', 'memory = "1G"'))
+    project.env("reload", "vm")
+    after = memory_mib(project, "vm")
+    assert after - before > 200, (before, after)
+
+
+def test_lxc_and_kvm_machines_reach_each_other_by_name(project):
+    project.write(VM + '\n[machines.ct]\nprovider = "lxc"\n')
+    project.env("up")
+    status = project.status()
+    assert project.ssh("ct", "getent ahostsv4 vm | head -1").split()[0] == status["vm"]["address"]
+    assert project.ssh("vm", "getent ahostsv4 ct | head -1").split()[0] == status["ct"]["address"]
+    assert project.ssh("ct", "ping -c 1 -W 5 vm > /dev/null && echo ok") == "ok\n"
+    assert project.ssh("vm", "ping -c 1 -W 5 ct > /dev/null && echo ok") == "ok\n"
+
+
+@pytest.mark.parametrize("delay,then", [(1.0, "up"), (4.0, "destroy")])
+def test_killed_vm_up_then_up_or_destroy(project, delay, then):
+    process = subprocess.Popen([str(VBOX), "--plain", "up"], cwd=project.folder, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    if then == "up":
+        project.env("up")
+        assert project.status()["vm"]["state"] == "running"
+        assert project.ssh("vm", "sudo cat /root/once.log") == "provisioned\n"
+    else:
+        project.env("destroy", "-f")
+        assert find_leaks(project.id) == []
