@@ -118,7 +118,13 @@ class KvmProvider:
         pool = ensure_pool(self.conn)
         paths = base_volumes(self.conn, pool, spec.box)
         volume = f"{spec.object_name}.qcow2"
-        create_overlay(pool, volume, paths["disk"], max(spec.machine.disk, _virtual_size(paths["disk"])))
+        box_size = _virtual_size(paths["disk"])
+        if spec.machine.disk < box_size:
+            from vbox_cli.envfile.model import format_size
+
+            raise VboxError(f"{spec.machine.name}: disk {format_size(spec.machine.disk)} is smaller than the box's "
+                            f"disk ({format_size(box_size)})", hint=f'set disk = "{format_size(box_size)}" or more')
+        create_overlay(pool, volume, paths["disk"], spec.machine.disk)
         add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
                       spec.machine.hostname.split(".")[0])
         accel, _ = self.accel_for(spec)

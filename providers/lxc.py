@@ -93,9 +93,6 @@ def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
         "etc/systemd/network/10-vbox.network": (
             f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
             f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
-        # a volatile journal: a persistent one preallocates 8 MB in every machine
-        "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644,
-                                                  "root"),
         # the one host key vbox made and knows; no others for sshd to look for
         "etc/ssh/sshd_config.d/vbox-host-key.conf": ("HostKey /etc/ssh/ssh_host_ed25519_key\n", 0o644, "root"),
         "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private, 0o600, "root"),
