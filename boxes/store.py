@@ -54,19 +54,35 @@ class Box:
 
 
 class BoxStore:
-    def __init__(self, root: Path | None = None):
+    """A user's store; a user without root also reads the system's store (boxes are
+    built by root, with debootstrap), and writes only to their own."""
+
+    def __init__(self, root: Path | None = None, shared: list[Path] | None = None):
         if root is None:
-            from vbox_cli.paths import box_store_dir
+            import os
+
+            from vbox_cli.paths import SYSTEM_HOME, box_store_dir
 
             root = box_store_dir()
+            # an explicit VBOX_HOME is a store of its own; a user's default one reads root's too
+            if shared is None and "VBOX_HOME" not in os.environ and root != SYSTEM_HOME / "boxes":
+                shared = [SYSTEM_HOME / "boxes"]
         self.root = root
+        self.shared = shared or []
 
     # -- reading ---------------------------------------------------------------
     def boxes(self) -> list[Box]:
+        found = self._boxes_in(self.root)
+        for root in self.shared:
+            found += self._boxes_in(root)
+        return found
+
+    @staticmethod
+    def _boxes_in(root: Path) -> list[Box]:
         found = []
-        if not self.root.is_dir():
+        if not root.is_dir():
             return found
-        for meta_path in sorted(self.root.glob(f"*/*/{META}")):
+        for meta_path in sorted(root.glob(f"*/*/{META}")):
             name, version = meta_path.parent.parent.name, meta_path.parent.name
             if name.startswith(".") or name == USES:
                 continue
@@ -136,6 +152,9 @@ class BoxStore:
         return Box(name, version, target, meta)
 
     def remove(self, box: Box, force: bool = False) -> None:
+        if not box.path.is_relative_to(self.root):
+            raise UsageError(f"box {box.name} {box.version} is in the system's store ({box.path.parent.parent})",
+                             hint="remove it as root")
         users = self.users(box.name)
         if users and not force:
             names = ", ".join(sorted(users))

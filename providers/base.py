@@ -44,6 +44,12 @@ class SupportsAccel(Protocol):
 
 
 @runtime_checkable
+class SupportsPreflight(Protocol):
+    def preflight(self, machine_name: str) -> None:
+        """Raise a clear error, before anything is made, if this host or user cannot run it."""
+
+
+@runtime_checkable
 class SupportsConsole(Protocol):
     def console_command(self, object_name: str) -> list[str]:
         """A command line that attaches the terminal to the machine's console."""
@@ -52,6 +58,11 @@ class SupportsConsole(Protocol):
 @runtime_checkable
 class Provider(Protocol):
     name: str
+    uses_project_network: bool  # machines join the project's libvirt network
+
+    def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
+        """Where SSH to the machine is reached: (host, port). `address` is its address on the
+        project network, if it has one."""
 
     def state(self, object_name: str) -> str:
         """NOT_CREATED, STOPPED or RUNNING, asked of the hypervisor every time."""

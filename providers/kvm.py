@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,7 +22,31 @@ from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec
 from providers.libvirt_conn import connect, render
 from vbox_cli.errors import VboxError
 
-URI = "qemu:///system"
+SYSTEM_URI = "qemu:///system"
+SESSION_URI = "qemu:///session"
+_HOSTFWD = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22")
+
+
+def choose_uri() -> str:
+    """qemu:///system where this user may use it; else the user's own qemu:///session."""
+    if os.geteuid() == 0:
+        return SYSTEM_URI
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        libvirt.open(SYSTEM_URI).close()
+        return SYSTEM_URI
+    except libvirt.libvirtError:
+        return SESSION_URI
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def mac_address(object_name: str) -> str:
@@ -50,7 +76,7 @@ def tmpfiles_credential(spec: MachineSpec) -> str:
 
 
 def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str,
-                  console_log: Path) -> str:
+                  console_log: Path, ssh_port: int | None = None) -> str:
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
@@ -63,22 +89,40 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
         cmdline=f"root=LABEL={spec.box.meta.get('root_label', 'vbox-root')} rw console=ttyS0 "
                 f"systemd.hostname={short} net.ifnames=0",
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
-        console_log=console_log,
+        console_log=console_log, ssh_port=ssh_port, hostname=short,
     )
 
 
 class KvmProvider:
     name = "kvm"
 
-    def __init__(self, uri: str = URI):
-        self.uri = uri
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or choose_uri()
         self._conn = None
+
+    @property
+    def session_mode(self) -> bool:
+        return self.uri.endswith("/session")
+
+    @property
+    def uses_project_network(self) -> bool:
+        # a session has no bridges: user-mode networking, SSH through a forwarded port
+        return not self.session_mode
 
     @property
     def conn(self):
         if self._conn is None:
             self._conn = connect(self.uri)
         return self._conn
+
+    def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
+        if not self.session_mode:
+            return address, 22
+        dom = self._domain(object_name)
+        match = _HOSTFWD.search(dom.XMLDesc(0)) if dom is not None else None
+        if not match:
+            raise VboxError(f"{object_name} has no SSH port forward", hint="destroy it and `env up` again")
+        return "127.0.0.1", int(match[1])
 
     def _domain(self, object_name: str):
         import libvirt
@@ -104,10 +148,12 @@ class KvmProvider:
         from providers.accel import detect
         from vbox_cli.paths import vbox_home
 
+        mode = f"; libvirt {self.uri}" + (" (user-mode networking, SSH through 127.0.0.1)"
+                                            if self.session_mode else "")
         if spec.machine.accel in ("kvm", "tcg"):
-            return spec.machine.accel, "set in the Envfile or with --accel"
+            return spec.machine.accel, "set in the Envfile or with --accel" + mode
         result = detect(vbox_home(), spec.box.artefact("kernel"))
-        return result.accel, result.reason
+        return result.accel, result.reason + mode
 
     # -- life cycle ------------------------------------------------------------
     def create(self, spec: MachineSpec) -> None:
@@ -125,10 +171,12 @@ class KvmProvider:
             raise VboxError(f"{spec.machine.name}: disk {format_size(spec.machine.disk)} is smaller than the box's "
                             f"disk ({format_size(box_size)})", hint=f'set disk = "{format_size(box_size)}" or more')
         create_overlay(pool, volume, paths["disk"], spec.machine.disk)
-        add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
-                      spec.machine.hostname.split(".")[0])
+        ssh_port = free_port() if self.session_mode else None
+        if not self.session_mode:
+            add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
+                          spec.machine.hostname.split(".")[0])
         accel, _ = self.accel_for(spec)
-        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, spec.console_log)
+        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, spec.console_log, ssh_port)
         self.conn.defineXML(xml)
 
     def apply_resources(self, spec: MachineSpec) -> None:

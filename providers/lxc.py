@@ -129,6 +129,7 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
 
 class LxcProvider:
     name = "lxc"
+    uses_project_network = True
 
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()
@@ -151,8 +152,17 @@ class LxcProvider:
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name.startswith(prefix) and p.is_dir())
 
+    def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
+        return address, 22
+
     # -- life cycle ------------------------------------------------------------
+    def preflight(self, machine_name: str) -> None:
+        if os.geteuid() != 0:
+            raise VboxError(f"{machine_name}: LXC machines need root (they run under LXC's own runtime "
+                            "on the project's network bridge)", hint='use provider = "kvm", or run as root')
+
     def create(self, spec: MachineSpec) -> None:
+        self.preflight(spec.machine.name)
         folder = self._folder(spec.object_name)
         if folder.exists():  # a creation cut short: it never got its config
             self.destroy(spec.object_name)

@@ -7,6 +7,7 @@ the first included, checks it: no AutoAddPolicy, no disabled checking.
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import time
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ class Target:
 
 class SshTimeout(VboxError):
     pass
+
+
+# paramiko logs failed attempts (with tracebacks) from its own threads; vbox retries and
+# reports what matters itself
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 def _host_key_entry(target: Target):
@@ -76,7 +83,9 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
             time.sleep(0.05)
             continue
         try:
-            return connect(target, timeout=min(10.0, max(remaining, 1.0)))
+            # short: behind a user-mode port forward the TCP connection is accepted
+            # before the guest's sshd is there to send its banner
+            return connect(target, timeout=min(5.0, max(remaining, 1.0)))
         except paramiko.BadHostKeyException:
             raise VboxError(
                 f"{target.name}: the machine's SSH host key is not the one vbox made for it",

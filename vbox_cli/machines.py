@@ -63,6 +63,11 @@ class Session:
 
         return providers.get(self.machines[name].provider)
 
+    @property
+    def uses_network(self) -> bool:
+        """Whether any machine of the Envfile joins the project network."""
+        return any(self.provider(n).uses_project_network for n in self.machines)
+
     # -- addresses and the network ---------------------------------------------
     def addresses(self) -> dict[str, str]:
         """A stable address for every machine of the Envfile, allocated once."""
@@ -105,7 +110,9 @@ class Session:
     def spec(self, name: str, box, address: str, host_key: tuple[str, str] | None = None):
         from providers.base import MachineSpec
 
-        net = self.network_plan()
+        from providers.network import NetworkPlan
+
+        net = self.network_plan() if self.uses_network else NetworkPlan("", "", "0.0.0.0/24", "")
         record = self.project.machine_state(name)
         machine = self.machines[name]
         if self.accel:
@@ -114,7 +121,8 @@ class Session:
         console.mkdir(parents=True, exist_ok=True)
         return MachineSpec(
             project_id=self.project.id, object_name=self.project.object_name(name), machine=machine,
-            box=box, address=address, gateway=net.gateway, network=net.name, bridge=net.bridge, domain=net.domain,
+            box=box, address=address, gateway=net.gateway if address else "", network=net.name, bridge=net.bridge,
+            domain=net.domain,
             user=box.meta.get("user", "vbox"), authorized_key=self.project.ensure_client_key(),
             host_key_private=host_key[0] if host_key else "",
             host_key_public=host_key[1] if host_key else record.get("host_key", ""),
@@ -128,8 +136,9 @@ class Session:
         if not record.get("host_key") or not record.get("address"):
             raise VboxError(f"{name}: vbox has no record of this machine's address and host key",
                             hint=f"`env destroy {name}` then `env up {name}`")
-        return Target(name=name, host=record["address"], port=22, user=record.get("user", "vbox"),
-                      client_key=self.project.client_key, host_key=record["host_key"])
+        return Target(name=name, host=record["address"], port=record.get("port", 22),
+                      user=record.get("user", "vbox"), client_key=self.project.client_key,
+                      host_key=record["host_key"])
 
 
 # -- up --------------------------------------------------------------------------
@@ -146,12 +155,19 @@ def up(session: Session, names: list[str], jobs: int | None = None, provision: b
         box_name = session.machines[name].box
         if box_name not in boxes:
             boxes[box_name] = store.get(box_name)
-    for name in selected:
-        session.provider(name)  # an unavailable provider fails before anything is made
-    addresses = session.addresses()
-    from providers.network import ensure
+    from providers.base import SupportsPreflight
 
-    ensure(session.conn(), session.network_plan(), {n: addresses[n] for n in session.machines})
+    for name in selected:  # an unavailable provider, or one that cannot run here, fails before anything is made
+        provider = session.provider(name)
+        if isinstance(provider, SupportsPreflight):
+            provider.preflight(name)
+    if session.uses_network:
+        from providers.network import ensure
+
+        addresses = session.addresses()
+        ensure(session.conn(), session.network_plan(), addresses)
+    else:
+        addresses = {n: "" for n in session.machines}
     session.project.ensure_client_key()
 
     def bring_up(name: str) -> Result:
@@ -207,6 +223,9 @@ def _up_one(session: Session, name: str, box, address: str, store, provision: bo
         spec = session.spec(name, box, address, (private, public))
         _say_accel(session, provider, spec)
         provider.create(spec)
+        host, port = provider.ssh_endpoint(obj, address)
+        project.set_machine(name, address=host, port=port)
+        project.write_known_hosts()
         actions.append("created")
         state = provider.state(obj)
     spec = session.spec(name, box, address)
@@ -377,11 +396,12 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
     for _, obj in extra:
         session.events.note(f"removing {obj}, which the Envfile does not declare")
     with ThreadPoolExecutor(max_workers=jobs or (len(selected) + len(extra) + 1)) as pool:
-        network = pool.submit(remove_network, session.conn(), network_name(project.id))
+        network = pool.submit(remove_network, session.conn(), network_name(project.id)) \
+            if session.uses_network else None
         futures = [pool.submit(remove, name) for name in selected]
         futures += [pool.submit(remove, obj.removeprefix(prefix), provider, obj) for provider, obj in extra]
         results = [f.result() for f in futures]
-        if network.result():
+        if network is not None and network.result():
             session.events.note(f"removed network {network_name(project.id)}")
     _remove_state_dir(project)
     return results
@@ -408,6 +428,11 @@ def _remove_state_dir(project) -> None:
         pass
 
 
+def _where(record: dict) -> str:
+    address, port = record.get("address", ""), record.get("port", 22)
+    return address if port == 22 or not address else f"{address}:{port}"
+
+
 # -- status ---------------------------------------------------------------------------
 
 
@@ -424,7 +449,7 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
         rows.append({
             "name": name, "provider": settings["provider"],
             "state": provider.state(project.object_name(name)),
-            "address": record.get("address", ""), "box": settings["box"],
+            "address": _where(record), "box": settings["box"],
             "box_digest": record.get("box_digest", ""),
         })
     prefix = f"vbox-{project.id}-"

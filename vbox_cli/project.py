@@ -115,9 +115,10 @@ class Project:
         with self._state_lock:
             lines = []
             for name, machine in sorted(self.load_state()["machines"].items()):
-                key, address = machine.get("host_key"), machine.get("address")
+                key, address, port = machine.get("host_key"), machine.get("address"), machine.get("port", 22)
                 if key and address:
-                    lines.append(f"{self.object_name(name)},{address} {key}")
+                    where = address if port == 22 else f"[{address}]:{port}"
+                    lines.append(f"{self.object_name(name)},{where} {key}")
             if lines or self.known_hosts.exists():
                 self.state_dir.mkdir(exist_ok=True)
                 tmp = self.known_hosts.with_suffix(f".{os.getpid()}.tmp")

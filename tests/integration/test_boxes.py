@@ -40,7 +40,7 @@ def test_digest_matches_the_artefacts(debian12):
 
 def test_box_list_shows_the_box(debian12):
     listed = json.loads(vbox("box", "list", "--json", check_rc=0).stdout)
-    entry = next(b for b in listed if b["name"] == "debian-12")
+    entry = next(b for b in listed if (b["name"], b["version"]) == ("debian-12", debian12.version))
     assert entry["digest"] == debian12.digest
     assert entry["artefacts"] == ["rootfs", "disk", "kernel", "initrd"]
     assert entry["size"] > 100 * 1024**2

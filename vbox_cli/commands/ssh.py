@@ -25,7 +25,7 @@ def _project_and_record(ctx: typer.Context, name: str):
 def ssh_options(project, record: dict) -> list[str]:
     return ["-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "LogLevel=ERROR", "-l", record.get("user", "vbox")]
+            "-o", "LogLevel=ERROR", "-l", record.get("user", "vbox"), "-p", str(record.get("port", 22))]
 
 
 def ssh(
@@ -85,12 +85,15 @@ def ssh_config(
         if not (record.get("address") and record.get("host_key")):
             continue
         alias = project.object_name(name)
+        port = record.get("port", 22)
         if known_hosts:
-            blocks.append(f"{alias},{record['address']} {record['host_key']}")
+            where = record["address"] if port == 22 else f"[{record['address']}]:{port}"
+            blocks.append(f"{alias},{where} {record['host_key']}")
             continue
         blocks.append("\n".join([
             f"Host {alias}",
             f"  HostName {record['address']}",
+            f"  Port {port}",
             f"  User {record.get('user', 'vbox')}",
             f"  IdentityFile {project.client_key}",
             "  IdentitiesOnly yes",
