@@ -98,7 +98,7 @@ def test_kvm_machine_in_a_user_session(unprivileged):
     assert as_user(unprivileged, folder, "ssh", "vm", "--", "cat /etc/motd; hostname").stdout == \
         "from session\nvm\n"
     assert os.stat(folder / ".vbox" / "id_ed25519").st_uid == unprivileged["uid"]
-    assert f"vbox-" in virsh_session(unprivileged, "list", "--all", "--name")
+    assert "vbox-" in virsh_session(unprivileged, "list", "--all", "--name")
     # the box came from root's store: nothing was built
     assert not (unprivileged["home"] / ".local/share/vbox/boxes/debian-12").exists()
     as_user(unprivileged, folder, "destroy", "-f")
