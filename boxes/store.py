@@ -179,6 +179,15 @@ class BoxStore:
     def remove_user(self, box_name: str, machine_id: str) -> None:
         (self.root / USES / box_name / f"{machine_id}.json").unlink(missing_ok=True)
 
+    def user_records(self, box_name: str) -> dict[str, dict]:
+        records = {}
+        for machine_id in self.users(box_name):
+            try:
+                records[machine_id] = json.loads((self.root / USES / box_name / f"{machine_id}.json").read_text())
+            except (OSError, ValueError):
+                records[machine_id] = {}
+        return records
+
     def users(self, box_name: str) -> list[str]:
         folder = self.root / USES / box_name
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -219,7 +219,7 @@ def _up_one(session: Session, name: str, box, address: str, store, provision: bo
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "provisioned": [],
         }))
         project.write_known_hosts()
-        store.add_user(box.name, obj, {"project": str(project.folder), "machine": name})
+        store.add_user(box.name, obj, {"project": str(project.folder), "machine": name, "provider": provider.name})
         spec = session.spec(name, box, address, (private, public))
         _say_accel(session, provider, spec)
         provider.create(spec)
@@ -461,3 +461,24 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
                              "state": provider.state(obj) + " (not in the Envfile)", "address": "", "box": "",
                              "box_digest": ""})
     return rows
+
+
+def prune_box_users(store, box_name: str) -> list[str]:
+    """Drop the records of machines that no longer exist (a project folder deleted
+    without `env destroy`); returns their names."""
+    import providers
+    from providers.base import NOT_CREATED
+
+    dropped = []
+    for machine_id, info in store.user_records(box_name).items():
+        provider_name = info.get("provider")
+        if provider_name not in providers.REGISTRY:
+            continue  # an older record: keep it, --force overrides
+        try:
+            gone = providers.get(provider_name).state(machine_id) == NOT_CREATED
+        except VboxError:
+            continue  # the hypervisor cannot say: keep the record
+        if gone:
+            store.remove_user(box_name, machine_id)
+            dropped.append(machine_id)
+    return dropped

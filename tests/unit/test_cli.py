@@ -161,3 +161,15 @@ def test_plain_output_is_a_plain_table(tmp_path):
     assert out[0].split() == ["NAME", "VERSION", "DIGEST", "SIZE", "ARTEFACTS", "BUILT"]
     assert out[1].split()[:3] == ["tiny", "2", "sha256:aaaaaaaaaaaa"]
     assert "\x1b[" not in "".join(out)
+
+
+def test_box_remove_drops_records_of_machines_that_no_longer_exist(tmp_path):
+    from boxes.store import BoxStore
+
+    store = BoxStore(tmp_path / "boxes")
+    store.install(store.staging("tiny"), "tiny", "1", {"digest": "sha256:" + "2" * 64})
+    # an LXC machine that was never made here (its project folder deleted without destroy)
+    store.add_user("tiny", "vbox-gone-abcdef-web", {"machine": "web", "provider": "lxc"})
+    result = vbox("box", "remove", "tiny", home=tmp_path, check_rc=0)
+    assert "dropped the record of vbox-gone-abcdef-web" in result.stdout
+    assert store.boxes() == [] and store.users("tiny") == []

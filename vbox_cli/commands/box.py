@@ -89,6 +89,10 @@ def remove(
     if not targets:
         raise UsageError(f"no box named {name!r}" + (f" version {version!r}" if version else ""),
                          hint="see `env box list`")
+    from vbox_cli.machines import prune_box_users
+
+    for machine_id in prune_box_users(store, name):
+        out.line(f"dropped the record of {machine_id}, which no longer exists")
     for box in targets:
         store.remove(box, force=force)
         out.success(f"removed box {box.name} {box.version}")
