@@ -3,17 +3,12 @@ box, SSH with the host key vbox made, the shared project network, no trace after
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 
 import libvirt
 import pytest
 
 from providers.leaks import find as find_leaks
 from providers.storage import POOL
-from tests.integration.conftest import VBOX
 from tests.integration.test_lxc import Project
 
 VM = """
@@ -94,11 +89,7 @@ def test_lxc_and_kvm_machines_reach_each_other_by_name(project):
 
 @pytest.mark.parametrize("delay,then", [(1.0, "up"), (4.0, "destroy")])
 def test_killed_vm_up_then_up_or_destroy(project, delay, then):
-    process = subprocess.Popen([str(VBOX), "--plain", "up"], cwd=project.folder, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    project.kill_up_after(delay)
     if then == "up":
         project.env("up")
         assert project.status()["vm"]["state"] == "running"

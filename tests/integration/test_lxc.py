@@ -58,6 +58,14 @@ class Project:
     def ssh(self, machine: str, command: str) -> str:
         return self.env("ssh", machine, "--", command).stdout
 
+    def kill_up_after(self, seconds: float) -> None:
+        """Start `env up` and SIGKILL it after that long."""
+        process = subprocess.Popen([str(VBOX), "--plain", "up"], cwd=self.folder, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(seconds)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
     def status(self) -> dict:
         return {m["name"]: m for m in json.loads(self.env("status", "--json").stdout)["machines"]}
 
@@ -219,11 +227,7 @@ def test_concurrent_up_in_one_project_waits_for_the_lock(project):
 @pytest.mark.parametrize("delay,then", [(0.3, "up"), (0.8, "up"), (1.5, "up"), (0.5, "destroy"), (1.2, "destroy"),
                                         (2.5, "destroy")])
 def test_killed_up_then_up_or_destroy(project, delay, then):
-    process = subprocess.Popen([str(VBOX), "--plain", "up"], cwd=project.folder, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    project.kill_up_after(delay)
     if then == "up":
         project.env("up")
         assert {s["state"] for s in project.status().values()} == {"running"}
