@@ -113,6 +113,8 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
     kernel, initrd = _kernel_files(rootfs)
     shutil.copy2(kernel, staged / ARTEFACTS["kernel"])
     shutil.copy2(initrd, staged / ARTEFACTS["initrd"])
+    if recipe.hypervisor:
+        _extract_hypervisor(rootfs, staged / ARTEFACTS["hypervisor"])
     report.phase("making the disk image")
     _make_disk(rootfs, staged / ARTEFACTS["disk"], recipe)
     report.phase("computing the digest")
@@ -210,6 +212,18 @@ def _kernel_files(rootfs: Path) -> tuple[Path, Path]:
     if not initrd.is_file():
         raise VboxError(f"the box has no initrd for {kernel.name}", hint="add initramfs-tools to the recipe")
     return kernel, initrd
+
+
+def _extract_hypervisor(rootfs: Path, target: Path) -> None:
+    """Xen's image, unpacked: QEMU's multiboot loader does not read gzip."""
+    import gzip
+
+    images = sorted(rootfs.glob("boot/xen-*.gz"))
+    if not images:
+        raise VboxError("the recipe asks for a hypervisor but the box has no /boot/xen-*.gz",
+                        hint="add xen-system-amd64 to the recipe's packages")
+    with gzip.open(images[-1]) as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out)
 
 
 def _make_disk(rootfs: Path, disk: Path, recipe: Recipe) -> None:

@@ -52,6 +52,7 @@ class Recipe(BaseModel):
     packages: Annotated[list[str], AfterValidator(_packages)] = []
     user: str = Field("vbox", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     disk_size: Annotated[str, AfterValidator(_size)] = "4G"
+    hypervisor: bool = False  # Xen: the box also carries the hypervisor's multiboot image
 
     # set by load(), not by the file
     source: str = ""

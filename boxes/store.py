@@ -5,6 +5,7 @@ Layout under `root` (default: /var/lib/vbox/boxes for root):
     NAME/VERSION/box.json    metadata: digest, recipe digest, artefacts, sizes
     NAME/VERSION/rootfs/     the unpacked root tree (LXC's lower layer)
     NAME/VERSION/disk.qcow2  bootable disk (KVM, Xen), with vmlinuz and initrd.img
+    NAME/VERSION/xen         a Xen host box only: the hypervisor's multiboot image
     .build/                  staging folders of builds in progress (never a box)
     .locks/NAME.lock         one build or removal of a box at a time
     uses/NAME/ID.json        one file for each machine made from the box
@@ -27,7 +28,8 @@ META = "box.json"
 STAGING = ".build"
 LOCKS = ".locks"
 USES = "uses"
-ARTEFACTS = {"rootfs": "rootfs", "disk": "disk.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img"}
+ARTEFACTS = {"rootfs": "rootfs", "disk": "disk.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img",
+             "hypervisor": "xen"}
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ def tmpfiles_credential(spec: MachineSpec) -> str:
         write("/etc/ssh/sshd_config.d/vbox-host-key.conf", "0644", "root", "HostKey /etc/ssh/ssh_host_ed25519_key\n"),
         f"d /home/{user}/.ssh 0700 {user} {user} -",
         write(f"/home/{user}/.ssh/authorized_keys", "0600", user, spec.authorized_key + "\n"),
+        # the static host name: systemd-hostnamed (where installed) would put the box's back
+        write("/etc/hostname", "0644", "root", f"{short}\n"),
         write("/etc/hosts", "0644", "root", f"127.0.0.1\tlocalhost\n127.0.1.1\t{spec.machine.hostname} {short}\n"
               "::1\tlocalhost ip6-localhost ip6-loopback\n"),
     ]
@@ -80,16 +82,33 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
+    linux_cmdline = (f"root=LABEL={spec.box.meta.get('root_label', 'vbox-root')} rw console=ttyS0 "
+                     f"systemd.hostname={short} net.ifnames=0")
+    kernel, initrd, cmdline = paths["kernel"], paths["initrd"], linux_cmdline
+    qemu_args = []
+    if ssh_port:
+        # session mode: user-mode networking, SSH forwarded from 127.0.0.1
+        qemu_args += ["-netdev", f"user,id=vboxnet,hostname={short},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                      "-device", f"virtio-net-pci,netdev=vboxnet,mac={mac_address(spec.object_name)},"
+                                 "bus=pci.0,addr=0x1e"]
+    if "hypervisor" in paths:
+        # A Xen host: Xen is the multiboot kernel; the dom0 kernel (with its command line)
+        # and its initrd are multiboot modules, given to QEMU itself (libvirt's <initrd>
+        # takes one file). dom0's console is Xen's (hvc0), on com1.
+        dom0_mem = min(spec.machine.memory // 2, 2048 * 1024**2) // 1024**2
+        kernel, initrd = paths["hypervisor"], ""
+        modules = f"{paths['kernel']} {linux_cmdline.replace('console=ttyS0', 'console=hvc0')},{paths['initrd']}"
+        qemu_args += ["-initrd", modules]
+        cmdline = (f"dom0_mem={dom0_mem}M,max:{dom0_mem}M console=com1 com1=115200,8n1 "
+                   f"dom0_max_vcpus={spec.machine.cpus}")
     return render(
         "domain.xml.j2",
         domain_type=domain_type, name=spec.object_name, project=spec.project_id, machine=spec.machine.name,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
         tmpfiles=tmpfiles_credential(spec) if spec.host_key_private else "",
-        kernel=paths["kernel"], initrd=paths["initrd"],
-        cmdline=f"root=LABEL={spec.box.meta.get('root_label', 'vbox-root')} rw console=ttyS0 "
-                f"systemd.hostname={short} net.ifnames=0",
+        kernel=kernel, initrd=initrd, cmdline=cmdline, nested_xen="hypervisor" in paths, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
-        console_log=console_log, ssh_port=ssh_port, hostname=short,
+        console_log=console_log, ssh_port=ssh_port,
     )
 
 

@@ -178,13 +178,16 @@ def remove_dhcp_host(conn, mac: str) -> None:
     """Drop the DHCP host entry of a MAC from whichever vbox network has it."""
     import libvirt
 
-    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
     for net in conn.listAllNetworks():
-        if not net.name().startswith("vbox-"):
+        try:  # the network may go meanwhile (a destroy removes it while machines go)
+            if not net.name().startswith("vbox-"):
+                continue
+            flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+            if net.isActive():
+                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+            for host in ET.fromstring(net.XMLDesc()).findall("ip/dhcp/host"):
+                if host.get("mac") == mac:
+                    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                               -1, ET.tostring(host, encoding="unicode"), flags)
+        except libvirt.libvirtError:
             continue
-        for host in ET.fromstring(net.XMLDesc()).findall("ip/dhcp/host"):
-            if host.get("mac") == mac:
-                if not net.isActive():
-                    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-                net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
-                           ET.tostring(host, encoding="unicode"), flags)

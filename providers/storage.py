@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 POOL = "vbox"
-KINDS = {"disk": "qcow2", "kernel": "vmlinuz", "initrd": "initrd"}
+KINDS = {"disk": "qcow2", "kernel": "vmlinuz", "initrd": "initrd", "hypervisor": "xen"}
 
 
 def pool_path() -> Path:
@@ -49,7 +49,7 @@ def base_volumes(conn, pool, box) -> dict[str, str]:
     paths = {}
     target = Path(ET.fromstring(pool.XMLDesc()).findtext("target/path"))
     missing = False
-    for kind in KINDS:
+    for kind in (k for k in KINDS if k in box.artefacts):
         name = base_name(box, kind)
         try:
             paths[kind] = pool.storageVolLookupByName(name).path()

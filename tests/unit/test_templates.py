@@ -147,3 +147,33 @@ def test_volume_xml(tmp_path):
         vol.delete(0)
     finally:
         conn.close()
+
+
+def test_domain_xml_of_a_xen_host_box(monkeypatch):
+    """A box carrying Xen boots it as a multiboot kernel, the dom0 kernel and initrd as modules."""
+    from providers.kvm import render_domain
+
+    machine_spec = spec(monkeypatch)
+    paths = {"kernel": "/i/box.vmlinuz", "initrd": "/i/box.initrd", "hypervisor": "/i/box.xen"}
+    xml = render_domain(machine_spec, "qemu", paths, "v.qcow2", Path("/c.log"))
+    check_golden("domain-xen-host.xml", xml)
+    root = ET.fromstring(xml)
+    assert root.findtext("os/kernel") == "/i/box.xen" and root.find("os/initrd") is None
+    assert root.findtext("os/cmdline").startswith("dom0_mem=384M,max:384M console=com1")
+    qemu = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+    args = [a.get("value") for a in root.iter(f"{qemu}arg")]
+    assert args[0] == "-initrd"
+    dom0, initrd = args[1].split(",")
+    assert dom0.startswith("/i/box.vmlinuz root=LABEL=vbox-root") and "console=hvc0" in dom0
+    assert initrd == "/i/box.initrd"
+    assert root.find("cpu/model").text == "qemu64"
+    assert root.find("cpu/feature").get("name") == "svm"
+
+
+def test_every_recipe_loads():
+    from boxes import recipe
+
+    loaded = {name: recipe.load(name) for name in recipe.available()}
+    assert {"debian-12", "xen-host"} <= set(loaded)
+    assert loaded["xen-host"].hypervisor and not loaded["debian-12"].hypervisor
+    assert "linux-image-amd64" in loaded["xen-host"].packages  # the cloud kernel cannot be dom0
