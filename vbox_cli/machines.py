@@ -444,11 +444,14 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
     state = project.load_state()["machines"]
     rows = []
     for name, settings in machines.items():
-        provider = providers.get(settings["provider"])
         record = state.get(name, {})
+        try:
+            machine_state = providers.get(settings["provider"]).state(project.object_name(name))
+        except VboxError as exc:  # a provider this vbox does not have, or a hypervisor that does not answer
+            machine_state = f"unknown: {exc.message}"
         rows.append({
             "name": name, "provider": settings["provider"],
-            "state": provider.state(project.object_name(name)),
+            "state": machine_state,
             "address": _where(record), "box": settings["box"],
             "box_digest": record.get("box_digest", ""),
         })

@@ -173,3 +173,13 @@ def test_box_remove_drops_records_of_machines_that_no_longer_exist(tmp_path):
     result = vbox("box", "remove", "tiny", home=tmp_path, check_rc=0)
     assert "dropped the record of vbox-gone-abcdef-web" in result.stdout
     assert store.boxes() == [] and store.users("tiny") == []
+
+
+def test_status_shows_machines_of_a_provider_this_vbox_lacks(tmp_path):
+    (tmp_path / "Envfile").write_text('[machines.guest]\nprovider = "xen"\n[machines.ct]\n')
+    rows = json.loads(vbox("status", "--json", cwd=tmp_path, home=tmp_path / "home", check_rc=0).stdout)["machines"]
+    states = {r["name"]: r["state"] for r in rows}
+    assert states["ct"] == "not created"
+    assert states["guest"].startswith("unknown: provider 'xen' is not available")
+    up = vbox("up", "guest", cwd=tmp_path, home=tmp_path / "home", check_rc=1)
+    assert "provider 'xen' is not available" in up.stderr and "available providers: kvm, lxc" in up.stderr
