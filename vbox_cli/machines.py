@@ -147,20 +147,19 @@ class Session:
 def up(session: Session, names: list[str], jobs: int | None = None, provision: bool = True,
        force_provision: bool = False) -> list[Result]:
     from boxes.store import BoxStore
+    from providers.base import SupportsPreflight
 
     selected = session.select(names, autostart_only=not names)
+    for name in selected:  # an unavailable provider, or one that cannot run here, fails before anything is made
+        provider = session.provider(name)
+        if isinstance(provider, SupportsPreflight):
+            provider.preflight(name)
     store = BoxStore()
     boxes = {}
     for name in selected:
         box_name = session.machines[name].box
         if box_name not in boxes:
             boxes[box_name] = store.get(box_name)
-    from providers.base import SupportsPreflight
-
-    for name in selected:  # an unavailable provider, or one that cannot run here, fails before anything is made
-        provider = session.provider(name)
-        if isinstance(provider, SupportsPreflight):
-            provider.preflight(name)
     if session.uses_network:
         from providers.network import ensure
 
