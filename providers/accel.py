@@ -49,12 +49,12 @@ def _qemu_identity() -> str:
     return f"{path}:{os.stat(path).st_mtime_ns}"
 
 
-def detect(cache_dir: Path | None, kernel: Path | None = None, refresh: bool = False) -> Accel:
+def detect(cache_dir: Path | None, kernel: Path | None = None) -> Accel:
     """The accelerator to use, from the cache when this boot and QEMU were probed already."""
     # whether KVM works is the host's property: the kernel used to find out does not matter
     key = {"boot_id": _boot_id(), "qemu": _qemu_identity()}
     cache = cache_dir / CACHE_FILE if cache_dir else None
-    if cache and not refresh:
+    if cache:
         try:
             data = json.loads(cache.read_text())
             if data.get("key") == key:

@@ -55,30 +55,19 @@ def mac_address(object_name: str) -> str:
 
 
 def tmpfiles_credential(spec: MachineSpec) -> str:
-    """tmpfiles.d lines that write the machine's keys at boot, base64 for the credential."""
-    user = spec.user
-    short = spec.machine.hostname.split(".")[0]
+    """tmpfiles.d lines that write the machine's identity at boot, base64 for the credential."""
+    from providers.guest import identity_files
 
-    def write(path: str, mode: str, owner: str, content: str) -> str:
+    lines = [f"d /home/{spec.user}/.ssh 0700 {spec.user} {spec.user} -"]
+    for path, (content, mode, owner) in identity_files(spec).items():
         encoded = base64.b64encode(content.encode()).decode()
-        return f"f+~ {path} {mode} {owner} {owner} - {encoded}"
-
-    lines = [
-        write("/etc/ssh/ssh_host_ed25519_key", "0600", "root", spec.host_key_private),
-        write("/etc/ssh/ssh_host_ed25519_key.pub", "0644", "root", spec.host_key_public + "\n"),
-        write("/etc/ssh/sshd_config.d/vbox-host-key.conf", "0644", "root", "HostKey /etc/ssh/ssh_host_ed25519_key\n"),
-        f"d /home/{user}/.ssh 0700 {user} {user} -",
-        write(f"/home/{user}/.ssh/authorized_keys", "0600", user, spec.authorized_key + "\n"),
-        # the static host name: systemd-hostnamed (where installed) would put the box's back
-        write("/etc/hostname", "0644", "root", f"{short}\n"),
-        write("/etc/hosts", "0644", "root", f"127.0.0.1\tlocalhost\n127.0.1.1\t{spec.machine.hostname} {short}\n"
-              "::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    ]
+        lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")
     return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
 
 
 def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str,
-                  console_log: Path, ssh_port: int | None = None) -> str:
+                  ssh_port: int | None = None) -> str:
+    """The domain of a new machine (its identity goes in the credential: made once)."""
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
@@ -105,10 +94,10 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
         "domain.xml.j2",
         domain_type=domain_type, name=spec.object_name, project=spec.project_id, machine=spec.machine.name,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
-        tmpfiles=tmpfiles_credential(spec) if spec.host_key_private else "",
+        tmpfiles=tmpfiles_credential(spec),
         kernel=kernel, initrd=initrd, cmdline=cmdline, nested_xen="hypervisor" in paths, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
-        console_log=console_log, ssh_port=ssh_port,
+        console_log=spec.console_log, ssh_port=ssh_port,
     )
 
 
@@ -195,7 +184,7 @@ class KvmProvider:
             add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
                           spec.machine.hostname.split(".")[0])
         accel, _ = self.accel_for(spec)
-        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, spec.console_log, ssh_port)
+        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, ssh_port)
         self.conn.defineXML(xml)
 
     def apply_resources(self, spec: MachineSpec) -> None:

@@ -80,24 +80,17 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
 
 
 def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
-    """Files written into a new machine: path -> (content, mode, owner)."""
-    hostname = spec.machine.hostname
-    short = hostname.split(".")[0]
-    user = spec.user
+    """Files written into a new machine's upper layer: path -> (content, mode, owner)."""
+    from providers.guest import identity_files
+
     return {
-        "etc/hostname": (f"{short}\n", 0o644, "root"),
-        "etc/hosts": (f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname} {short}\n"
-                      "::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644, "root"),
+        **{path.lstrip("/"): entry for path, entry in identity_files(spec).items()},
         # no block device holds the root of a container: nothing to remount
         "etc/fstab": ("# the root of an LXC machine is an overlay set up by LXC\n", 0o644, "root"),
+        # its address is static, set by LXC at start and kept by networkd
         "etc/systemd/network/10-vbox.network": (
             f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
             f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
-        # the one host key vbox made and knows; no others for sshd to look for
-        "etc/ssh/sshd_config.d/vbox-host-key.conf": ("HostKey /etc/ssh/ssh_host_ed25519_key\n", 0o644, "root"),
-        "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private, 0o600, "root"),
-        "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public + "\n", 0o644, "root"),
-        f"home/{user}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, user),
     }
 
 
@@ -233,8 +226,7 @@ class LxcProvider:
         from boxes.store import mounts_under
 
         found = [f"LXC container {name}" for name in self.objects(prefix)]
-        found += [f"mount {point}" for point in mounts_under(self.path) if Path(point).name.startswith(prefix)
-                  or f"/{prefix}" in point]
+        found += [f"mount {point}" for point in mounts_under(self.path) if f"/{prefix}" in point]
         for link in os.listdir("/sys/class/net"):
             if link.startswith(VETH_PREFIX) and not self._veth_in_use(link):
                 found.append(f"veth {link} (of no running vbox container)")

@@ -104,7 +104,7 @@ def _tail(path: Path | None, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run(client, command: str, on_line: Callable[[str], None], timeout: float | None = None) -> int:
+def run(client, command: str, on_line: Callable[[str], None]) -> int:
     """Run a command; each line of its output (stdout and stderr merged) goes to on_line."""
     transport = client.get_transport()
     channel = transport.open_session()
@@ -112,18 +112,11 @@ def run(client, command: str, on_line: Callable[[str], None], timeout: float | N
     channel.exec_command(command)
     channel.shutdown_write()
     pending = b""
-    deadline = time.monotonic() + timeout if timeout else None
-    while True:
-        data = channel.recv(32768)
-        if not data:
-            break
+    while data := channel.recv(32768):
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
             on_line(line.decode(errors="replace").rstrip("\r"))
-        if deadline and time.monotonic() > deadline:
-            channel.close()
-            raise VboxError(f"command timed out after {timeout:g} s: {command}")
     if pending:
         on_line(pending.decode(errors="replace").rstrip("\r"))
     return channel.recv_exit_status()

@@ -47,10 +47,23 @@ def summary(step) -> str:
     return f"file: {step.file} -> {step.to}"
 
 
-def run_step(client, machine: str, index: int, step, project_dir: Path, on_line: Callable[[str], None]) -> None:
+def work_dir(client) -> str:
+    """A private folder of the login user for uploaded steps (made once a connection)."""
+    from provisioners.ssh import run
+
+    lines: list[str] = []
+    status = run(client, f'd={WORK_DIR}-$(id -u) && mkdir -p -m 700 "$d" && echo "$d"', lines.append)
+    if status != 0 or not lines:
+        raise VboxError("cannot make a folder for provisioning in the machine: " + " ".join(lines))
+    return lines[-1].strip()
+
+
+def run_step(client, work: str, machine: str, index: int, step, project_dir: Path,
+             on_line: Callable[[str], None]) -> None:
+    """Upload what the step needs into `work` and run it; the upload is removed by the
+    same command, whatever the step's exit status."""
     from provisioners.ssh import run, upload
 
-    work = _work_dir(client)
     sudo = "sudo -n -H " if step.privileged else ""
     if isinstance(step, ShellStep):
         path = f"{work}/{index + 1}.sh"
@@ -66,18 +79,6 @@ def run_step(client, machine: str, index: int, step, project_dir: Path, on_line:
         upload(client, (project_dir / step.file).read_bytes(), path, 0o600)
         owner = "-o root -g root " if step.privileged else ""
         command = f"{sudo}install -D -m {step.mode or '0644'} {owner}{shlex.quote(path)} {shlex.quote(step.to)}"
-    status = run(client, command, on_line)
-    run(client, f"rm -f {shlex.quote(path)}", lambda _: None)
+    status = run(client, f"{command}; status=$?; rm -f {shlex.quote(path)}; exit $status", on_line)
     if status != 0:
         raise StepFailed(machine, index, summary(step), status)
-
-
-def _work_dir(client) -> str:
-    """A private folder of the login user for uploaded steps."""
-    from provisioners.ssh import run
-
-    lines: list[str] = []
-    status = run(client, f'd={WORK_DIR}-$(id -u) && mkdir -p -m 700 "$d" && echo "$d"', lines.append)
-    if status != 0 or not lines:
-        raise VboxError("cannot make a folder for provisioning in the machine: " + " ".join(lines))
-    return lines[-1].strip()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 from vbox_cli.errors import UsageError, VboxError
@@ -73,7 +74,7 @@ class Session:
         """A stable address for every machine of the Envfile, allocated once."""
         from providers.network import FIRST_STATIC, LAST_STATIC
 
-        net = self.network_plan()
+        net = self.network_plan
         indexes: dict[str, int] = {}
 
         def allocate(state: dict) -> None:
@@ -92,27 +93,25 @@ class Session:
         self.project.update_state(allocate)
         return {name: net.address(index) for name, index in indexes.items()}
 
+    @cached_property
     def network_plan(self):
         from providers.network import plan
 
-        if not hasattr(self, "_net"):
-            self._net = plan(self.project, self.conn())
-        return self._net
+        return plan(self.project, self.conn)
 
+    @cached_property
     def conn(self):
+        """The system libvirt, which holds the project network."""
         from providers.libvirt_conn import connect
 
-        if not hasattr(self, "_conn"):
-            self._conn = connect()
-        return self._conn
+        return connect()
 
     # -- building a machine's spec ------------------------------------------------
     def spec(self, name: str, box, address: str, host_key: tuple[str, str] | None = None):
         from providers.base import MachineSpec
 
-        from providers.network import NetworkPlan
-
-        net = self.network_plan() if self.uses_network else NetworkPlan("", "", "0.0.0.0/24", "")
+        # without the project network (a user's libvirt session) a machine has no address there
+        net = self.network_plan if self.uses_network else None
         record = self.project.machine_state(name)
         machine = self.machines[name]
         if self.accel:
@@ -121,8 +120,8 @@ class Session:
         console.mkdir(parents=True, exist_ok=True)
         return MachineSpec(
             project_id=self.project.id, object_name=self.project.object_name(name), machine=machine,
-            box=box, address=address, gateway=net.gateway if address else "", network=net.name, bridge=net.bridge,
-            domain=net.domain,
+            box=box, address=address, gateway=net.gateway if net else "", network=net.name if net else "",
+            bridge=net.bridge if net else "", domain=net.domain if net else "",
             user=box.meta.get("user", "vbox"), authorized_key=self.project.ensure_client_key(),
             host_key_private=host_key[0] if host_key else "",
             host_key_public=host_key[1] if host_key else record.get("host_key", ""),
@@ -144,12 +143,13 @@ class Session:
 # -- up --------------------------------------------------------------------------
 
 
-def up(session: Session, names: list[str], jobs: int | None = None, provision: bool = True,
-       force_provision: bool = False) -> list[Result]:
+def up(session: Session, names: list[str], jobs: int | None = None, provision: bool = True) -> list[Result]:
     from boxes.store import BoxStore
     from providers.base import SupportsPreflight
 
     selected = session.select(names, autostart_only=not names)
+    if not selected:
+        return []  # nothing to bring up: make nothing, not even the network
     for name in selected:  # an unavailable provider, or one that cannot run here, fails before anything is made
         provider = session.provider(name)
         if isinstance(provider, SupportsPreflight):
@@ -164,36 +164,37 @@ def up(session: Session, names: list[str], jobs: int | None = None, provision: b
         from providers.network import ensure
 
         addresses = session.addresses()
-        ensure(session.conn(), session.network_plan(), addresses)
+        ensure(session.conn, session.network_plan, addresses)
     else:
         addresses = {n: "" for n in session.machines}
     session.project.ensure_client_key()
 
-    def bring_up(name: str) -> Result:
+    return _parallel(session, selected, lambda name: _up_one(
+        session, name, boxes[session.machines[name].box], addresses[name], store, provision), jobs)
+
+
+def _parallel(session: Session, names: list[str], work: Callable[[str], str], jobs: int | None) -> list[Result]:
+    """Run work(name) for each machine at once (at most `jobs`). Its return is what was
+    done; an error fails that machine only, and the others finish."""
+
+    def one(name: str) -> Result:
         started = time.monotonic()
         try:
-            action = _up_one(session, name, boxes[session.machines[name].box], addresses[name], store, provision,
-                             force_provision)
-            return Result(name, True, action, seconds=time.monotonic() - started)
+            return Result(name, True, work(name), seconds=time.monotonic() - started)
         except VboxError as exc:
-            session.events.phase(name, "failed")
-            return Result(name, False, "failed", exc, time.monotonic() - started)
-        except Exception as exc:  # a bug: fail this machine, let the others finish
-            session.events.phase(name, "failed")
+            error = exc
+        except Exception as exc:  # a bug: say so, and let the other machines finish
             error = VboxError(f"{name}: internal error: {type(exc).__name__}: {exc}")
-            return Result(name, False, "failed", error, time.monotonic() - started)
+        session.events.phase(name, "failed")
+        return Result(name, False, "failed", error, time.monotonic() - started)
 
-    return _parallel(selected, bring_up, jobs)
-
-
-def _parallel(names: list[str], work: Callable[[str], Result], jobs: int | None) -> list[Result]:
     if len(names) <= 1:
-        return [work(n) for n in names]
+        return [one(n) for n in names]
     with ThreadPoolExecutor(max_workers=jobs or len(names)) as pool:
-        return list(pool.map(work, names))
+        return list(pool.map(one, names))
 
 
-def _up_one(session: Session, name: str, box, address: str, store, provision: bool, force: bool) -> str:
+def _up_one(session: Session, name: str, box, address: str, store, provision: bool) -> str:
     from providers.base import NOT_CREATED, RUNNING
     from vbox_cli.sshkeys import new_ed25519
 
@@ -217,7 +218,6 @@ def _up_one(session: Session, name: str, box, address: str, store, provision: bo
             "provider": provider.name, "box": box.name, "box_version": box.version, "box_digest": box.digest,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "provisioned": [],
         }))
-        project.write_known_hosts()
         store.add_user(box.name, obj, {"project": str(project.folder), "machine": name, "provider": provider.name})
         spec = session.spec(name, box, address, (private, public))
         _say_accel(session, provider, spec)
@@ -233,19 +233,12 @@ def _up_one(session: Session, name: str, box, address: str, store, provision: bo
         provider.start(spec)
         actions.append("started")
     steps = session.machines[name].provision
-    todo = _steps_to_run(project, name, steps, force) if provision else []
-    if todo or actions:
+    todo = _steps_to_run(project, name, steps, force=False) if provision else []
+    if todo or actions:  # a machine just started is ready once SSH answers
         events.phase(name, "waiting for SSH")
-        from provisioners.ssh import wait_for_ssh
-
-        client = wait_for_ssh(session.ssh_target(name), session.machines[name].boot_timeout,
-                              provider.console_log(obj))
-        try:
-            if todo:
-                _provision(session, name, client, steps, todo)
-                actions.append("provisioned")
-        finally:
-            client.close()
+        _provision(session, name, provider, steps, todo)
+        if todo:
+            actions.append("provisioned")
     project.set_machine(name, last_up=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     events.phase(name, "ready")
     return ", ".join(actions) or "nothing to do"
@@ -268,17 +261,26 @@ def _steps_to_run(project, name: str, steps, force: bool) -> list[int]:
     return [i for i, step in enumerate(steps) if force or step.run == "always" or ids[i] not in done]
 
 
-def _provision(session: Session, name: str, client, steps, todo: list[int]) -> None:
-    from provisioners.steps import run_step, step_ids, summary
+def _provision(session: Session, name: str, provider, steps, todo: list[int]) -> None:
+    """Connect (waiting for SSH up to boot_timeout) and run the steps `todo`, recording
+    the run="once" ones as they succeed."""
+    from provisioners.ssh import wait_for_ssh
+    from provisioners.steps import run_step, step_ids, summary, work_dir
 
-    ids = step_ids(steps)
-    for index in todo:
-        step = steps[index]
-        session.events.phase(name, f"provisioning {index + 1}/{len(steps)}: {summary(step)}")
-        run_step(client, name, index, step, session.loaded.project_dir,
-                 lambda line: session.events.output(name, line))
-        if step.run == "once":
-            session.project.update_state(lambda s: _record_step(s, name, ids[index]))
+    obj = session.project.object_name(name)
+    client = wait_for_ssh(session.ssh_target(name), session.machines[name].boot_timeout, provider.console_log(obj))
+    try:
+        ids = step_ids(steps)
+        work = work_dir(client) if todo else ""
+        for index in todo:
+            step = steps[index]
+            session.events.phase(name, f"provisioning {index + 1}/{len(steps)}: {summary(step)}")
+            run_step(client, work, name, index, step, session.loaded.project_dir,
+                     lambda line: session.events.output(name, line))
+            if step.run == "once":
+                session.project.update_state(lambda s: _record_step(s, name, ids[index]))
+    finally:
+        client.close()
 
 
 def _record_step(state: dict, name: str, step_id: str) -> None:
@@ -289,34 +291,20 @@ def _record_step(state: dict, name: str, step_id: str) -> None:
 
 def provision(session: Session, names: list[str], force: bool, jobs: int | None = None) -> list[Result]:
     from providers.base import RUNNING
-    from provisioners.ssh import wait_for_ssh
 
-    selected = session.select(names)
-
-    def run(name: str) -> Result:
-        started = time.monotonic()
-        obj = session.project.object_name(name)
+    def run(name: str) -> str:
         provider = session.provider(name)
-        try:
-            if provider.state(obj) != RUNNING:
-                raise VboxError(f"{name} is not running", hint=f"`env up {name}` brings it up and provisions it")
-            steps = session.machines[name].provision
-            todo = _steps_to_run(session.project, name, steps, force)
-            if not todo:
-                return Result(name, True, "nothing to do (run=\"once\" steps ran already; --force runs them)")
-            client = wait_for_ssh(session.ssh_target(name), session.machines[name].boot_timeout,
-                                  provider.console_log(obj))
-            try:
-                _provision(session, name, client, steps, todo)
-            finally:
-                client.close()
-            session.events.phase(name, "provisioned")
-            return Result(name, True, f"provisioned ({len(todo)} step{'s' if len(todo) != 1 else ''})",
-                          seconds=time.monotonic() - started)
-        except VboxError as exc:
-            return Result(name, False, "failed", exc, time.monotonic() - started)
+        if provider.state(session.project.object_name(name)) != RUNNING:
+            raise VboxError(f"{name} is not running", hint=f"`env up {name}` brings it up and provisions it")
+        steps = session.machines[name].provision
+        todo = _steps_to_run(session.project, name, steps, force)
+        if not todo:
+            return "nothing to do (run=\"once\" steps ran already; --force runs them)"
+        _provision(session, name, provider, steps, todo)
+        session.events.phase(name, "provisioned")
+        return f"provisioned ({len(todo)} step{'s' if len(todo) != 1 else ''})"
 
-    return _parallel(selected, run, jobs)
+    return _parallel(session, session.select(names), run, jobs)
 
 
 # -- halt and destroy ---------------------------------------------------------------
@@ -325,34 +313,25 @@ def provision(session: Session, names: list[str], force: bool, jobs: int | None 
 def halt(session: Session, names: list[str], jobs: int | None = None) -> list[Result]:
     from providers.base import RUNNING
 
-    selected = session.select(names)
-
-    def stop(name: str) -> Result:
-        started = time.monotonic()
+    def stop(name: str) -> str:
         provider = session.provider(name)
         obj = session.project.object_name(name)
         if provider.state(obj) != RUNNING:
-            return Result(name, True, "not running")
+            return "not running"
         session.events.phase(name, "halting")
         clean = provider.halt(obj, HALT_TIMEOUT)
-        return Result(name, True, "halted" if clean else f"powered off (no clean shutdown in {HALT_TIMEOUT:g} s)",
-                      seconds=time.monotonic() - started)
+        return "halted" if clean else f"powered off (no clean shutdown in {HALT_TIMEOUT:g} s)"
 
-    return _parallel(selected, stop, jobs)
+    return _parallel(session, session.select(names), stop, jobs)
 
 
-def leftovers(session: Session) -> list[tuple[object, str]]:
+def leftovers(project, declared_names) -> list[tuple[object, str]]:
     """(provider, object name) of this project's machines that the Envfile does not declare."""
     import providers
 
-    prefix = f"vbox-{session.project.id}-"
-    declared = {session.project.object_name(n) for n in session.machines}
-    found = []
-    for provider in providers.all_available():
-        for obj in provider.objects(prefix):
-            if obj not in declared:
-                found.append((provider, obj))
-    return found
+    declared = {project.object_name(n) for n in declared_names}
+    return [(provider, obj) for provider in providers.all_available()
+            for obj in provider.objects(f"vbox-{project.id}-") if obj not in declared]
 
 
 def destroy(session: Session, names: list[str], jobs: int | None = None) -> list[Result]:
@@ -361,45 +340,37 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
     from boxes.store import BoxStore
 
     everything = not names
-    selected = session.select(names)
     store = BoxStore()
     project = session.project
+    # machine name -> (provider, object): the named ones, or all of the Envfile and the leftovers
+    targets = {name: (session.provider(name), project.object_name(name)) for name in session.select(names)}
+    if everything:
+        for provider, obj in leftovers(project, session.machines):
+            session.events.note(f"removing {obj}, which the Envfile does not declare")
+            targets[obj.removeprefix(f"vbox-{project.id}-")] = (provider, obj)
 
-    def remove(name: str, provider=None, obj: str | None = None) -> Result:
-        started = time.monotonic()
-        provider = provider or session.provider(name)
-        obj = obj or project.object_name(name)
+    def remove(name: str) -> str:
+        provider, obj = targets[name]
         session.events.phase(name, "destroying")
-        try:
-            provider.destroy(obj)
-        except VboxError as exc:
-            session.events.phase(name, "failed")
-            return Result(name, False, "failed", exc, time.monotonic() - started)
+        provider.destroy(obj)
         for box in store.boxes():
             store.remove_user(box.name, obj)
         (project.state_dir / "console" / f"{name}.log").unlink(missing_ok=True)
         project.forget_machine(name)
-        return Result(name, True, "destroyed", seconds=time.monotonic() - started)
+        return "destroyed"
 
     if not everything:
-        results = _parallel(selected, remove, jobs)
+        results = _parallel(session, list(targets), remove, jobs)
         project.write_known_hosts()
         return results
-    # Everything: the machines, those the Envfile no longer declares, and the network,
-    # all at once (the kernel lets a bridge go with ports still on it).
+    # Everything: the network goes while the machines go (the kernel lets a bridge go
+    # with ports still on it), then .vbox/.
     from providers.network import network_name
     from providers.network import remove as remove_network
 
-    prefix = f"vbox-{project.id}-"
-    extra = leftovers(session)
-    for _, obj in extra:
-        session.events.note(f"removing {obj}, which the Envfile does not declare")
-    with ThreadPoolExecutor(max_workers=jobs or (len(selected) + len(extra) + 1)) as pool:
-        network = pool.submit(remove_network, session.conn(), network_name(project.id)) \
-            if session.uses_network else None
-        futures = [pool.submit(remove, name) for name in selected]
-        futures += [pool.submit(remove, obj.removeprefix(prefix), provider, obj) for provider, obj in extra]
-        results = [f.result() for f in futures]
+    with ThreadPoolExecutor(max_workers=1) as side:
+        network = side.submit(remove_network, session.conn, network_name(project.id)) if session.uses_network else None
+        results = _parallel(session, list(targets), remove, jobs)
         if network is not None and network.result():
             session.events.note(f"removed network {network_name(project.id)}")
     _remove_state_dir(project)
@@ -427,11 +398,6 @@ def _remove_state_dir(project) -> None:
         pass
 
 
-def _where(record: dict) -> str:
-    address, port = record.get("address", ""), record.get("port", 22)
-    return address if port == 22 or not address else f"{address}:{port}"
-
-
 # -- status ---------------------------------------------------------------------------
 
 
@@ -454,15 +420,16 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
             "address": _where(record), "box": settings["box"],
             "box_digest": record.get("box_digest", ""),
         })
-    prefix = f"vbox-{project.id}-"
-    declared = {project.object_name(n) for n in machines}
-    for provider in providers.all_available():
-        for obj in provider.objects(prefix):
-            if obj not in declared:
-                rows.append({"name": obj.removeprefix(prefix), "provider": provider.name,
-                             "state": provider.state(obj) + " (not in the Envfile)", "address": "", "box": "",
-                             "box_digest": ""})
+    for provider, obj in leftovers(project, machines):
+        rows.append({"name": obj.removeprefix(f"vbox-{project.id}-"), "provider": provider.name,
+                     "state": provider.state(obj) + " (not in the Envfile)", "address": "", "box": "",
+                     "box_digest": ""})
     return rows
+
+
+def _where(record: dict) -> str:
+    address, port = record.get("address", ""), record.get("port", 22)
+    return address if port == 22 or not address else f"{address}:{port}"
 
 
 def prune_box_users(store, box_name: str) -> list[str]:

@@ -45,12 +45,6 @@ class Output:
     def success(self, text: str) -> None:
         self.line(text, style="green")
 
-    def warn(self, text: str) -> None:
-        if self.plain or not sys.stderr.isatty():
-            print(f"warning: {text}", file=sys.stderr, flush=True)
-        else:
-            self.err_console.print(f"warning: {text}", style="yellow", markup=False)
-
     def error(self, text: str, hint: str | None = None) -> None:
         rich_err = not self.plain and sys.stderr.isatty()
         for prefix, body, style in (("error", text, "bold red"), ("hint", hint, "cyan")):

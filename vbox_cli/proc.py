@@ -60,7 +60,6 @@ def stream(
     *,
     env: Mapping[str, str] | None = None,
     tail_lines: int = 40,
-    hint: str | None = None,
 ) -> str:
     """Run, handing each output line (stdout and stderr merged) to on_line.
 
@@ -90,7 +89,7 @@ def stream(
         raise
     output = "\n".join(tail)
     if returncode != 0:
-        raise CommandError(argv, returncode, output, hint=hint)
+        raise CommandError(argv, returncode, output)
     return output
 
 

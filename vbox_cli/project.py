@@ -33,10 +33,6 @@ def project_id(folder: Path) -> str:
     return f"{slug}-{hashlib.sha256(real.encode()).hexdigest()[:6]}"
 
 
-def machine_object_name(pid: str, machine: str) -> str:
-    return f"vbox-{pid}-{machine}"
-
-
 @dataclass
 class Project:
     folder: Path
@@ -50,7 +46,7 @@ class Project:
         return cls(folder=folder, id=project_id(folder), state_dir=folder / STATE_DIR)
 
     def object_name(self, machine: str) -> str:
-        return machine_object_name(self.id, machine)
+        return f"vbox-{self.id}-{machine}"
 
     # -- lock ------------------------------------------------------------------
     def lock(self, on_wait: Callable[[], None] | None = None):

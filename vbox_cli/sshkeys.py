@@ -6,9 +6,6 @@ formats, so no ssh-keygen run is needed.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-
 
 def new_ed25519(comment: str) -> tuple[str, str]:
     """(private key in OpenSSH PEM format, public key line)."""
@@ -22,8 +19,3 @@ def new_ed25519(comment: str) -> tuple[str, str]:
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, f"{public.decode()} {comment}"
 
-
-def fingerprint(public_line: str) -> str:
-    """SHA256:... as ssh-keygen -l prints it."""
-    blob = base64.b64decode(public_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

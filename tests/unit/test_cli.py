@@ -183,3 +183,13 @@ def test_status_shows_machines_of_a_provider_this_vbox_lacks(tmp_path):
     assert states["guest"].startswith("unknown: provider 'xen' is not available")
     up = vbox("up", "guest", cwd=tmp_path, home=tmp_path / "home", check_rc=1)
     assert "provider 'xen' is not available" in up.stderr and "available providers: kvm, lxc" in up.stderr
+
+
+def test_up_without_names_leaves_autostart_false_machines_alone(tmp_path):
+    (tmp_path / "Envfile").write_text('[machines.manual]\nautostart = false\n')
+    from providers.network import bridge_name
+    from vbox_cli.project import project_id
+
+    result = vbox("up", cwd=tmp_path, home=tmp_path / "home", check_rc=0)
+    assert "no machines selected" in result.stdout and "manual" not in result.stdout
+    assert not Path(f"/sys/class/net/{bridge_name(project_id(tmp_path))}").exists()  # no network made

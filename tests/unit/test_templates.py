@@ -48,6 +48,20 @@ def test_lxc_config(monkeypatch):
     assert "lxc.cgroup.cpuset.cpus = 2,3" in text
 
 
+def test_kvm_credential_writes_the_same_identity_as_lxc(monkeypatch):
+    import base64
+
+    from providers.kvm import tmpfiles_credential
+
+    machine_spec = spec(monkeypatch)
+    lines = base64.b64decode(tmpfiles_credential(machine_spec)).decode().splitlines()
+    written = {line.split()[1]: base64.b64decode(line.split()[-1]).decode() for line in lines if line.startswith("f+~")}
+    lxc = guest_files(machine_spec)
+    for path, content in written.items():
+        assert lxc[path.lstrip("/")][0] == content
+    assert "/etc/ssh/ssh_host_ed25519_key" in written and "/home/vbox/.ssh/authorized_keys" in written
+
+
 def test_guest_files_carry_keys_address_and_names(monkeypatch):
     files = guest_files(spec(monkeypatch))
     assert files["etc/ssh/ssh_host_ed25519_key"] == ("PRIVATE", 0o600, "root")
@@ -107,8 +121,7 @@ def test_domain_xml_defines_on_the_test_driver(monkeypatch):
 
     machine_spec = spec(monkeypatch)
     paths = {"kernel": "/var/lib/vbox/images/box.vmlinuz", "initrd": "/var/lib/vbox/images/box.initrd"}
-    xml = render_domain(machine_spec, "qemu", paths, "vbox-demo-abc123-web.qcow2",
-                        Path("/p/.vbox/console/web.log"))
+    xml = render_domain(machine_spec, "qemu", paths, "vbox-demo-abc123-web.qcow2")
     check_golden("domain-web.xml", xml)
     root = ET.fromstring(xml)
     assert root.get("type") == "qemu" and root.find("cpu") is None
@@ -120,7 +133,7 @@ def test_domain_xml_defines_on_the_test_driver(monkeypatch):
     key_line = next(line for line in lines if " /etc/ssh/ssh_host_ed25519_key " in line)
     assert key_line.startswith("f+~ ") and base64.b64decode(key_line.split()[-1]) == b"PRIVATE"
     assert root.find("devices/interface/mac").get("address") == mac_address("vbox-demo-abc123-web")
-    kvm = ET.fromstring(render_domain(machine_spec, "kvm", paths, "v.qcow2", Path("/c.log")))
+    kvm = ET.fromstring(render_domain(machine_spec, "kvm", paths, "v.qcow2"))
     assert kvm.get("type") == "kvm" and kvm.find("cpu").get("mode") == "host-passthrough"
     conn = libvirt.open("test:///default")
     try:
@@ -155,7 +168,7 @@ def test_domain_xml_of_a_xen_host_box(monkeypatch):
 
     machine_spec = spec(monkeypatch)
     paths = {"kernel": "/i/box.vmlinuz", "initrd": "/i/box.initrd", "hypervisor": "/i/box.xen"}
-    xml = render_domain(machine_spec, "qemu", paths, "v.qcow2", Path("/c.log"))
+    xml = render_domain(machine_spec, "qemu", paths, "v.qcow2")
     check_golden("domain-xen-host.xml", xml)
     root = ET.fromstring(xml)
     assert root.findtext("os/kernel") == "/i/box.xen" and root.find("os/initrd") is None

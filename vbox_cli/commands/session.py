@@ -1,4 +1,4 @@
-"""What the machine verbs share: opening the project under its lock, showing results."""
+"""What the machine verbs share: reading or opening the project, showing results."""
 
 from __future__ import annotations
 
@@ -10,26 +10,31 @@ import typer
 from vbox_cli.errors import EXIT_FAILURE
 
 
+def read_project(ctx: typer.Context):
+    """(project, machines) for the verbs that only read: the machines' settings as plain
+    dicts, from the validated-Envfile cache (no pydantic, no lock)."""
+    from vbox_cli.envfile.cache import read, summarize
+    from vbox_cli.project import Project
+
+    path = ctx.obj.envfile_path()
+    return Project.at(path.parent), summarize(path, read(path))["machines"]
+
+
 @contextmanager
-def open_session(ctx: typer.Context, names: list[str], lock: bool = True) -> Iterator:
-    """The project of the Envfile, loaded and validated, with the project lock held."""
+def open_session(ctx: typer.Context, names: list[str], autostart_only: bool = False) -> Iterator:
+    """The project of the Envfile, loaded and validated, with the project lock held.
+    Progress is shown for the machines the command will act on."""
     from vbox_cli.envfile.load import load
-    from vbox_cli.machines import Session
+    from vbox_cli.machines import Events, Session
     from vbox_cli.output import MachineProgress
     from vbox_cli.project import Project
 
     context = ctx.obj
-    path = context.envfile_path()
-    loaded = load(path)
+    loaded = load(context.envfile_path())
     project = Project.at(loaded.project_dir)
     session = Session(project, loaded)
-    shown = session.select(names)
-    progress = MachineProgress(context.out, shown)
-    session.events.phase, session.events.output, session.events.note = progress.phase, progress.output, progress.note
-    if not lock:
-        with progress:
-            yield session
-        return
+    progress = MachineProgress(context.out, session.select(names, autostart_only=autostart_only))
+    session.events = Events(progress.phase, progress.output, progress.note)
     with project.lock(on_wait=lambda: context.out.line("another env command is running in this project; waiting")):
         with progress:
             yield session

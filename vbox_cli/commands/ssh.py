@@ -11,15 +11,18 @@ from vbox_cli.errors import UsageError, VboxError
 
 
 def _project_and_record(ctx: typer.Context, name: str):
-    from vbox_cli.envfile.cache import read, summarize
-    from vbox_cli.project import Project
+    from vbox_cli.commands.session import read_project
 
-    path = ctx.obj.envfile_path()
-    machines = summarize(path, read(path))["machines"]
-    if name not in machines:
-        raise UsageError(f"no machine named {name!r} in {path}", hint="machines: " + ", ".join(machines))
-    project = Project.at(path.parent)
+    project, machines = read_project(ctx)
+    _check_names(machines, [name])
     return project, machines[name], project.machine_state(name)
+
+
+def _check_names(machines: dict, names: list[str]) -> None:
+    unknown = [n for n in names if n not in machines]
+    if unknown:
+        raise UsageError(f"no machine named {', '.join(map(repr, unknown))} in the Envfile",
+                         hint="machines: " + ", ".join(machines))
 
 
 def ssh_options(project, record: dict) -> list[str]:
@@ -68,17 +71,12 @@ def ssh_config(
 ) -> None:
     """Print an OpenSSH config for the machines (`env ssh-config >> ~/.ssh/config`, then
     `ssh vbox-PROJECT-web`), host key checking included."""
-    from vbox_cli.envfile.cache import read, summarize
-    from vbox_cli.project import Project
+    from vbox_cli.commands.session import read_project
 
-    path = ctx.obj.envfile_path()
-    machines = summarize(path, read(path))["machines"]
-    project = Project.at(path.parent)
+    project, machines = read_project(ctx)
     state = project.load_state()["machines"]
     wanted = names or list(machines)
-    for name in wanted:
-        if name not in machines:
-            raise UsageError(f"no machine named {name!r} in {path}")
+    _check_names(machines, wanted)
     blocks = []
     for name in wanted:
         record = state.get(name, {})

@@ -13,14 +13,11 @@ def status(
     json: Annotated[bool, typer.Option("--json", help="Print the machines as JSON.")] = False,
 ) -> None:
     """Show each machine: provider, state, address, box digest."""
-    from vbox_cli.envfile.cache import read, summarize
+    from vbox_cli.commands.session import read_project
     from vbox_cli.machines import status as machine_status
-    from vbox_cli.project import Project
 
     context = ctx.obj
-    path = context.envfile_path()
-    machines = summarize(path, read(path))["machines"]
-    project = Project.at(path.parent)
+    project, machines = read_project(ctx)
     rows = machine_status(project, machines)
     if json:
         context.out.json({"project": project.id, "machines": rows})

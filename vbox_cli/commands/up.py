@@ -31,7 +31,7 @@ def up(
 
     if accel not in (None, "auto", "kvm", "tcg"):
         raise UsageError(f"--accel must be auto, kvm or tcg, not {accel!r}")
-    with open_session(ctx, names or []) as session:
+    with open_session(ctx, names or [], autostart_only=not names) as session:
         session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision)
     report(ctx, results, "up")

@@ -1,0 +1,26 @@
+"""What vbox writes into every new machine before its first boot, whatever the provider:
+its identity (the SSH host key vbox made for it, the project's authorized key, its
+names). Each provider adds its own files and puts them in its own way."""
+
+from __future__ import annotations
+
+from providers.base import MachineSpec
+
+# path in the machine -> (content, mode, owner)
+Files = dict[str, tuple[str, int, str]]
+
+
+def identity_files(spec: MachineSpec) -> Files:
+    hostname = spec.machine.hostname
+    short = hostname.split(".")[0]
+    return {
+        # the static host name too: systemd-hostnamed (where installed) puts /etc/hostname back
+        "/etc/hostname": (f"{short}\n", 0o644, "root"),
+        "/etc/hosts": (f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname} {short}\n"
+                       "::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644, "root"),
+        # the one host key vbox made and knows; no others for sshd to look for
+        "/etc/ssh/sshd_config.d/vbox-host-key.conf": ("HostKey /etc/ssh/ssh_host_ed25519_key\n", 0o644, "root"),
+        "/etc/ssh/ssh_host_ed25519_key": (spec.host_key_private, 0o600, "root"),
+        "/etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public + "\n", 0o644, "root"),
+        f"/home/{spec.user}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, spec.user),
+    }
