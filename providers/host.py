@@ -147,16 +147,35 @@ def check_accel(cache_dir: Path | None, kernel: Path | None) -> Check:
     return Check("kvm", "warn", f"TCG (software emulation) will be used: {result.reason}")
 
 
-def check_lxcfs() -> Check:
+def check_lxcfs(mount: str = LXCFS_MOUNT) -> Check:
+    """lxcfs mounted at /var/lib/lxcfs and answering. A mount can outlive its daemon (the
+    process ended, the FUSE mount stayed): every access then fails with ENOTCONN and LXC's
+    mount hook silently skips it, so machines would see the host's memory."""
     if not shutil.which("lxcfs"):
         return Check("lxcfs", "missing", "lxcfs not installed", packages=("lxcfs",), daemons=("lxcfs",))
+    if not lxcfs_mounted(mount):
+        return Check("lxcfs", "missing", f"not running (nothing mounted at {mount})", daemons=("lxcfs",))
+    try:
+        os.stat(f"{mount}/proc/meminfo")
+    except OSError as exc:
+        def repair() -> None:
+            from vbox_cli import proc
+
+            # Lazy: containers started while it was alive may still hold bind mounts of it.
+            proc.run(["umount", "-l", mount])
+
+        return Check("lxcfs", "missing", f"the mount at {mount} no longer answers ({exc.strerror}): "
+                     "its lxcfs has ended", hint="unmount it and start lxcfs again",
+                     repair=repair, daemons=("lxcfs",))
+    return Check("lxcfs", "ok", f"mounted at {mount}")
+
+
+def lxcfs_mounted(mount: str = LXCFS_MOUNT) -> bool:
     try:
         mounts = Path("/proc/self/mounts").read_text()
     except OSError:
-        mounts = ""
-    if any(line.split()[1] == LXCFS_MOUNT and "lxcfs" in line.split()[2] for line in mounts.splitlines()):
-        return Check("lxcfs", "ok", f"mounted at {LXCFS_MOUNT}")
-    return Check("lxcfs", "missing", f"not running (nothing mounted at {LXCFS_MOUNT})", daemons=("lxcfs",))
+        return False
+    return any(line.split()[1] == mount and "lxcfs" in line.split()[2] for line in mounts.splitlines())
 
 
 def check_disk(store: Path) -> Check:

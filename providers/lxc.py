@@ -153,6 +153,11 @@ class LxcProvider:
         if os.geteuid() != 0:
             raise VboxError(f"{machine_name}: LXC machines need root (they run under LXC's own runtime "
                             "on the project's network bridge)", hint='use provider = "kvm", or run as root')
+        from providers.host import check_lxcfs
+
+        lxcfs = check_lxcfs()
+        if not lxcfs.ok:  # without it a machine sees the host's memory and CPUs, not its own limits
+            raise VboxError(f"{machine_name}: lxcfs: {lxcfs.detail}", hint="`env doctor --fix` starts it")
 
     def create(self, spec: MachineSpec) -> None:
         self.preflight(spec.machine.name)

@@ -31,3 +31,40 @@ def test_accel_probe_decision_holds_when_tried(debian12):
         # /dev/kvm is there, yet the probe chose TCG: a KVM guest really does not get through
         ok, why = run_guest("kvm", kernel, timeout=15)
         assert not ok and why
+
+
+def test_a_mount_left_by_an_ended_lxcfs_is_found_and_repaired(tmp_path):
+    """A mount outlives its lxcfs (the daemon's process ended, as at the end of a session):
+    the check must not call it fine, since LXC's hook then skips it and machines see the
+    host's memory. Our own lxcfs on a folder of the test's, ended by its PID."""
+    import signal
+    import subprocess
+    import time
+
+    from providers.host import check_lxcfs, lxcfs_mounted
+
+    mount = str(tmp_path / "lxcfs")
+    os.mkdir(mount)
+    daemon = subprocess.Popen(["lxcfs", "-f", "-p", str(tmp_path / "lxcfs.pid"), mount],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not check_lxcfs(mount).ok and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert check_lxcfs(mount).ok
+        assert "MemTotal" in open(f"{mount}/proc/meminfo").read()
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+        assert lxcfs_mounted(mount)  # the mount is still there ...
+        check = check_lxcfs(mount)  # ... and no longer answers
+        assert check.status == "missing" and "no longer answers" in check.detail
+        assert check.repair is not None and check.daemons == ("lxcfs",)
+        check.repair()
+        assert not lxcfs_mounted(mount)
+        assert "nothing mounted" in check_lxcfs(mount).detail
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if lxcfs_mounted(mount):
+            subprocess.run(["umount", "-l", mount], check=False)
