@@ -90,12 +90,19 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
         qemu_args += ["-initrd", modules]
         cmdline = (f"dom0_mem={dom0_mem}M,max:{dom0_mem}M console=com1 com1=115200,8n1 "
                    f"dom0_max_vcpus={spec.machine.cpus}")
+        if domain_type == "qemu":
+            # Under TCG: AMD's SVM (HVM guests), with Intel's vendor string. Xen clears SEP
+            # from its feature words on AMD CPUs, and TCG has no VME; with neither, libvirt's
+            # Xen driver in dom0 cannot name the host CPU ("Cannot find suitable CPU model
+            # for given data") and will not start. As QEMU's own option: libvirt drops the
+            # vendor of a custom CPU model.
+            qemu_args += ["-cpu", "qemu64,vendor=GenuineIntel,svm=on"]
     return render(
         "domain.xml.j2",
         domain_type=domain_type, name=spec.object_name, project=spec.project_id, machine=spec.machine.name,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
         tmpfiles=tmpfiles_credential(spec),
-        kernel=kernel, initrd=initrd, cmdline=cmdline, nested_xen="hypervisor" in paths, qemu_args=qemu_args,
+        kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
         console_log=spec.console_log, ssh_port=ssh_port,
     )
