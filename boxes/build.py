@@ -52,10 +52,42 @@ FILES = {
     "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644),
     # names come from the project network's DNS, not from multicast guesses
     "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644),
+    # Xen guests have no SMBIOS strings: vbox gives them the same tmpfiles lines as KVM's
+    # credential on a small raw disk that starts with "# vbox-seed " (see providers/xen.py)
+    "etc/systemd/system/vbox-seed.service": (
+        "[Unit]\nDescription=vbox: the machine's identity from its seed disk (Xen guests)\n"
+        "ConditionVirtualization=xen\nDefaultDependencies=no\n"
+        "After=local-fs.target\nBefore=ssh.service systemd-user-sessions.service sysinit.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/seed\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/seed": (
+        "#!/bin/sh\n"
+        "# Apply the seed disk vbox gives a Xen guest (its SSH host key, the authorized key).\n"
+        "# Its block device may come a moment after boot: look for up to 10 s.\n"
+        "set -u\n"
+        "i=0\n"
+        "while [ $i -lt 100 ]; do\n"
+        "  for dev in /sys/block/xvd* /sys/block/vd* /sys/block/sd*; do\n"
+        "    [ -e \"$dev\" ] || continue\n"
+        "    node=/dev/${dev##*/}\n"
+        "    if [ \"$(head -c 12 \"$node\" 2>/dev/null)\" = \"# vbox-seed \" ]; then\n"
+        "      head -c 1048576 \"$node\" | tr -d '\\000' > /run/vbox-seed.conf\n"
+        "      systemd-tmpfiles --create /run/vbox-seed.conf; rc=$?\n"
+        "      rm -f /run/vbox-seed.conf\n"
+        "      exit $rc\n"
+        "    fi\n"
+        "  done\n"
+        "  i=$((i + 1)); sleep 0.1\n"
+        "done\n"
+        "echo 'vbox-seed: no seed disk' >&2\n",
+        0o755,
+    ),
     "etc/hostname": ("debian\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
 }
-SERVICES = ("systemd-networkd", "systemd-resolved", "ssh")
+SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed")
 
 
 @dataclass
@@ -178,7 +210,7 @@ def _configure(rootfs: Path, recipe: Recipe) -> None:
         target.write_text(content)
         os.chmod(target, mode)
     user = recipe.user
-    _chroot(rootfs, "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", user)
+    _chroot(rootfs, "useradd", "--create-home", "--shell", "/bin/bash", "--groups", ",".join(recipe.groups), user)
     sudoers = rootfs / "etc/sudoers.d" / user
     sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
     os.chmod(sudoers, 0o440)

@@ -13,7 +13,7 @@ from vbox_cli.errors import UsageError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Bump when the builder's output changes, so cached boxes are rebuilt.
-BUILDER_VERSION = "6"
+BUILDER_VERSION = "7"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -51,6 +51,7 @@ class Recipe(BaseModel):
     components: list[Annotated[str, AfterValidator(_name)]] = ["main"]
     packages: Annotated[list[str], AfterValidator(_packages)] = []
     user: str = Field("vbox", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    groups: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]] = ["sudo"]  # the user's groups
     disk_size: Annotated[str, AfterValidator(_size)] = "4G"
     hypervisor: bool = False  # Xen: the box also carries the hypervisor's multiboot image
 

@@ -54,15 +54,20 @@ def mac_address(object_name: str) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def tmpfiles_credential(spec: MachineSpec) -> str:
-    """tmpfiles.d lines that write the machine's identity at boot, base64 for the credential."""
+def tmpfiles_lines(spec: MachineSpec) -> str:
+    """tmpfiles.d lines that write the machine's identity at boot (KVM: a credential; Xen: a seed disk)."""
     from providers.guest import identity_files
 
     lines = [f"d /home/{spec.user}/.ssh 0700 {spec.user} {spec.user} -"]
     for path, (content, mode, owner) in identity_files(spec).items():
         encoded = base64.b64encode(content.encode()).decode()
         lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")
-    return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
+    return "\n".join(lines) + "\n"
+
+
+def tmpfiles_credential(spec: MachineSpec) -> str:
+    """The tmpfiles lines, base64 for the SMBIOS credential."""
+    return base64.b64encode(tmpfiles_lines(spec).encode()).decode()
 
 
 def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str,

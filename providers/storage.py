@@ -22,16 +22,31 @@ def pool_path() -> Path:
     return vbox_home() / "images"
 
 
+REMOTE_POOL_PATH = "/var/lib/vbox/images"
+CHUNK = 1024**2
+
+
+def is_remote(conn) -> bool:
+    """Whether the connection's libvirt runs on another host (its files are not ours)."""
+    from urllib.parse import urlsplit
+
+    return bool(urlsplit(conn.getURI()).hostname)
+
+
 def ensure_pool(conn):
     import libvirt
 
     try:
         pool = conn.storagePoolLookupByName(POOL)
     except libvirt.libvirtError:
-        path = pool_path()
-        path.mkdir(parents=True, exist_ok=True)
+        if is_remote(conn):
+            path = REMOTE_POOL_PATH
+        else:
+            path = pool_path()
+            path.mkdir(parents=True, exist_ok=True)
         xml = f"<pool type='dir'><name>{POOL}</name><target><path>{path}</path></target></pool>"
         pool = conn.storagePoolDefineXML(xml, 0)
+        pool.build(0)  # makes the folder where it is missing
         pool.setAutostart(True)
     if not pool.isActive():
         pool.create(0)
@@ -42,10 +57,12 @@ def base_name(box, kind: str) -> str:
     return f"box-{box.name}-{box.version}-{box.digest.removeprefix('sha256:')[:12]}.{KINDS[kind]}"
 
 
-def base_volumes(conn, pool, box) -> dict[str, str]:
+def base_volumes(conn, pool, box, progress=None) -> dict[str, str]:
     """Paths of the box's disk, kernel and initrd as volumes of the pool (made if missing)."""
     import libvirt
 
+    if is_remote(conn):
+        return _remote_base_volumes(conn, pool, box, progress)
     paths = {}
     target = Path(ET.fromstring(pool.XMLDesc()).findtext("target/path"))
     missing = False
@@ -69,6 +86,73 @@ def base_volumes(conn, pool, box) -> dict[str, str]:
     if missing:
         pool.refresh(0)
     return paths
+
+
+def _remote_base_volumes(conn, pool, box, progress=None) -> dict[str, str]:
+    """On another host: each file goes up through libvirt's storage API. A volume counts
+    only once its `.ok` marker exists, written after the upload completed; an upload cut
+    short is made again (and a stale one goes with the box's other unused volumes)."""
+    import libvirt
+
+    paths = {}
+    for kind in (k for k in KINDS if k in box.artefacts):
+        name = base_name(box, kind)
+        marker = name.rsplit(".", 1)[0] + ".ok"
+        try:
+            pool.storageVolLookupByName(marker)
+            paths[kind] = pool.storageVolLookupByName(name).path()
+            continue
+        except libvirt.libvirtError:
+            pass
+        source = Path(box.artefact(kind))
+        if progress:
+            progress(f"sending {kind} of {box.name} {box.version} ({source.stat().st_size // 1024**2} MiB)")
+        delete_volume(pool, marker)
+        paths[kind] = upload_volume(conn, pool, name, source).path()
+    for kind in (k for k in KINDS if k in box.artefacts):
+        name = base_name(box, kind)
+        marker = name.rsplit(".", 1)[0] + ".ok"
+        try:
+            pool.storageVolLookupByName(marker)
+        except libvirt.libvirtError:
+            upload_volume(conn, pool, marker, b"ok\n")
+    return paths
+
+
+def upload_volume(conn, pool, name: str, content: bytes | Path):
+    """A raw volume holding `content` (bytes, or a local file's), replacing one of that name."""
+    delete_volume(pool, name)
+    size = len(content) if isinstance(content, bytes) else content.stat().st_size
+    xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
+           f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
+           f"<permissions><mode>0644</mode></permissions></target></volume>")
+    vol = pool.createXML(xml, 0)
+    stream = conn.newStream(0)
+    try:
+        vol.upload(stream, 0, size, 0)
+        if isinstance(content, bytes):
+            for offset in range(0, size, CHUNK):
+                _send(stream, content[offset:offset + CHUNK])
+        else:
+            with open(content, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    _send(stream, chunk)
+        stream.finish()
+    except BaseException:
+        try:
+            stream.abort()
+        except Exception:
+            pass
+        delete_volume(pool, name)
+        raise
+    return vol
+
+
+def _send(stream, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = stream.send(view.tobytes())
+        view = view[sent:]
 
 
 def overlay_xml(name: str, backing: str, capacity: int) -> str:

@@ -19,7 +19,10 @@ fi
 # What building the package needs: Python >= 3.11 with venv, and libvirt's headers for
 # libvirt-python (it is only published as source).
 need=()
-for pkg in python3 python3-venv python3-dev gcc pkg-config libvirt-dev; do
+pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
+# the tests check vbox's libvirt XML against libvirt's own schema (virt-xml-validate needs xmllint)
+[ "$mode" = dev ] && pkgs+=(libxml2-utils libvirt-clients)
+for pkg in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -145,6 +145,19 @@ BoxName = Annotated[str, AfterValidator(_box_name)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Provider = Literal["lxc", "kvm", "xen"]
 Accel = Literal["auto", "kvm", "tcg"]
+XenMode = Literal["pv", "pvh", "hvm"]
+
+_HOST_URI = re.compile(r"^(xen|qemu)(\+(ssh|libssh2|libssh|tcp|tls|unix))?://[^\s/]*/(system|session)?(\?\S*)?$")
+
+
+def _host_uri(value: str) -> str:
+    if not _HOST_URI.match(value):
+        raise ValueError(f"{value!r} is not a libvirt URI of a Xen or QEMU host: like "
+                         "'xen+ssh://root@xenhost/system', 'xen:///system' or 'qemu+ssh://user@server/system'")
+    return value
+
+
+HostURI = Annotated[str, AfterValidator(_host_uri)]
 Cpus = Annotated[int, Field(ge=1, le=256)]
 BootTimeout = Annotated[int, Field(ge=1, le=3600)]
 
@@ -215,6 +228,9 @@ class Defaults(Frozen):
     autostart: bool = Field(True, description="`env up` without names starts this machine")
     boot_timeout: BootTimeout = Field(120, description="seconds to wait for SSH after start")
     accel: Accel = Field("auto", description="kvm machines: auto (KVM if it really works, else TCG), kvm or tcg")
+    host: HostURI | None = Field(None, description="kvm, xen: the libvirt URI of the host that runs the machine; "
+                                 "default this host (qemu:///system, xen:///system)")
+    mode: XenMode = Field("pvh", description="xen machines: pv, pvh or hvm")
     provision: Steps = Field((), description="provisioning steps, run in order over SSH")
 
 
@@ -229,6 +245,8 @@ class MachineSpec(Frozen):
     autostart: bool | None = None
     boot_timeout: BootTimeout | None = None
     accel: Accel | None = None
+    host: HostURI | None = None
+    mode: XenMode | None = None
     provision: Steps | None = Field(None, description="replaces the steps of [defaults] when set")
     hostname: Hostname | None = Field(None, description="host name in the machine; default: the machine's name")
 
@@ -245,6 +263,8 @@ class Machine(Frozen):
     autostart: bool
     boot_timeout: int
     accel: str
+    host: str | None = None
+    mode: str = "pvh"
     provision: tuple[Any, ...]
     hostname: str
 

@@ -1,0 +1,92 @@
+"""Where a machine's libvirt is: this host, another host, or a machine of the same Envfile.
+
+A machine's `host` is a libvirt URI. When the URI's host names a machine of the same
+Envfile (`xen+ssh://xenhost/system`), vbox reaches that machine's libvirt over SSH as
+the box's user with the project's own key, and checks its host key against the one vbox
+made for it: the URI becomes libvirt's libssh transport with `keyfile` and `known_hosts`.
+Any other remote URI is used as written (libvirt then uses the user's SSH setup).
+
+The guests of a remote host sit on that host's project network: SSH to them goes
+through the host (`via`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from vbox_cli.errors import VboxError
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    uri: str  # what libvirt connects to
+    shown: str  # what the Envfile says, for messages
+    machine: str | None = None  # the Envfile's machine that is the host, if one is
+    pending: bool = False  # that machine has no address yet (it is not up)
+    ssh_host: str | None = None  # SSH to the guests goes through this host
+    ssh_port: int = 22
+    ssh_user: str | None = None
+    key_file: str | None = None
+    known_hosts: str | None = None
+    host_key: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.ssh_host is not None
+
+    @property
+    def key(self) -> str:
+        """A short, stable name for this host, used to keep its network's subnet."""
+        return self.machine or self.shown
+
+
+def parse(uri: str):
+    parts = urlsplit(uri)
+    driver, _, transport = parts.scheme.partition("+")
+    return driver, transport, parts
+
+
+def resolve(uri: str | None, default: str, project, machines: dict) -> HostAccess:
+    """The access to the host a machine names (`uri`), or to this host (`default`)."""
+    if not uri:
+        return HostAccess(uri=default, shown=default)
+    driver, transport, parts = parse(uri)
+    if not parts.hostname:
+        return HostAccess(uri=uri, shown=uri)
+    if parts.hostname in machines:
+        record = project.machine_state(parts.hostname)
+        if not record.get("address") or not record.get("host_key"):
+            return HostAccess(uri=uri, shown=uri, machine=parts.hostname, pending=True)
+        user = parts.username or record.get("user", "vbox")
+        address, port = record["address"], record.get("port", 22)
+        query = (f"keyfile={quote(str(project.client_key), safe='/')}"
+                 f"&known_hosts={quote(str(project.known_hosts), safe='/')}"
+                 "&known_hosts_verify=normal&sshauth=privkey")
+        extra = f"&{parts.query}" if parts.query else ""
+        real = f"{driver}+libssh://{user}@{address}:{port}{parts.path or '/system'}?{query}{extra}"
+        return HostAccess(uri=real, shown=uri, machine=parts.hostname, ssh_host=address, ssh_port=port,
+                          ssh_user=user, key_file=str(project.client_key), known_hosts=str(project.known_hosts),
+                          host_key=record["host_key"])
+    return HostAccess(uri=uri, shown=uri, ssh_host=parts.hostname, ssh_port=parts.port or 22,
+                      ssh_user=parts.username)
+
+
+def open_host(access: HostAccess):
+    """A libvirt connection to the host; one clear error naming it when it does not answer."""
+    import libvirt
+
+    if access.pending:
+        raise VboxError(f"the host {access.shown} is a machine of this Envfile that is not up",
+                        hint=f"`env up {access.machine}` first")
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        return libvirt.open(access.uri)
+    except libvirt.libvirtError as exc:
+        tried = f" (tried {access.uri.split('?')[0]} with the project's SSH key)" if access.machine else ""
+        local = not urlsplit(access.uri).hostname
+        hint = ("this host runs no Xen with libvirt's Xen driver: name a Xen host with `host`"
+                if local and access.uri.startswith("xen") else
+                "check that the host is up, that libvirtd runs there and that this user may use it")
+        raise VboxError(f"the host {access.shown} does not answer{tried}: {exc.get_error_message()}",
+                        hint=hint) from None

@@ -1,0 +1,115 @@
+"""Xen guests: the domain XML of each mode (golden files, libvirt's own schema, the test
+driver), the seed disk, and how a machine's `host` is reached."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from providers.remote import resolve
+from providers.xen import SEED_HEADER, render_domain, seed_image
+from tests.unit.test_templates import check_golden, spec
+
+PATHS = {"kernel": "/var/lib/vbox/images/box.vmlinuz", "initrd": "/var/lib/vbox/images/box.initrd"}
+DISK, SEED = "/var/lib/vbox/images/vbox-demo-abc123-web.qcow2", "/var/lib/vbox/images/vbox-demo-abc123-web.seed"
+
+
+@pytest.mark.parametrize("mode", ["pv", "pvh", "hvm"])
+def test_domain_xml_of_each_mode(monkeypatch, tmp_path, mode):
+    xml = render_domain(spec(monkeypatch), mode, PATHS, DISK, SEED)
+    check_golden(f"xen-{mode}.xml", xml)
+    root = ET.fromstring(xml)
+    assert root.get("type") == "xen"
+    os_type = root.find("os/type")
+    assert (os_type.get("machine"), os_type.text) == {"pv": ("xenpv", "linux"), "pvh": ("xenpvh", "xenpvh"),
+                                                      "hvm": ("xenfv", "hvm")}[mode]
+    assert root.findtext("os/kernel") == PATHS["kernel"] and root.findtext("os/initrd") == PATHS["initrd"]
+    cmdline = root.findtext("os/cmdline")
+    assert "systemd.hostname=web" in cmdline
+    assert ("console=ttyS0" if mode == "hvm" else "console=hvc0") in cmdline
+    disks = root.findall("devices/disk")
+    assert [(d.find("source").get("file"), d.find("target").get("dev"), d.find("target").get("bus")) for d in disks] \
+        == [(DISK, "xvda", "xen"), (SEED, "xvdb", "xen")]
+    assert disks[1].find("readonly") is not None
+    # PVH and HVM hide rdtscp (Xen under emulation cannot emulate it); PV has no CPUID policy here
+    hidden = [f.get("name") for f in root.findall("cpu/feature") if f.get("policy") == "disable"]
+    assert hidden == ([] if mode == "pv" else ["rdtscp"])
+    # libvirt's own schema
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+    assert shutil.which("virt-xml-validate") and shutil.which("xmllint"), "scripts/setup.sh dev installs them"
+    result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_domain_xml_defines_on_the_test_driver(monkeypatch):
+    """The test driver knows no Xen: it parses and keeps the same XML as a test domain."""
+    xml = render_domain(spec(monkeypatch), "pvh", PATHS, DISK, SEED).replace("<domain type='xen'>",
+                                                                              "<domain type='test'>")
+    xml = xml.replace("machine='xenpvh'>xenpvh", "machine='pc'>hvm")
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(xml)
+        defined = ET.fromstring(dom.XMLDesc(0))
+        assert [d.find("source").get("file") for d in defined.findall("devices/disk")] == [DISK, SEED]
+        assert defined.find("devices/interface/mac") is not None
+        dom.undefine()
+    finally:
+        conn.close()
+
+
+def test_an_unknown_mode_is_refused(monkeypatch):
+    with pytest.raises(Exception, match="not one of pv, pvh, hvm"):
+        render_domain(spec(monkeypatch), "hvm2", PATHS, DISK, SEED)
+
+
+def test_seed_disk_holds_the_identity_the_kvm_credential_holds(monkeypatch):
+    from providers.kvm import tmpfiles_credential
+
+    machine_spec = spec(monkeypatch)
+    image = seed_image(machine_spec)
+    assert len(image) % 4096 == 0
+    assert image.startswith(SEED_HEADER.encode())  # what the box's seed script looks for
+    text = image.rstrip(b"\0").decode()
+    lines = text.splitlines()
+    assert lines[0].startswith("# vbox-seed 1:")
+    assert "\n".join(lines[1:]) + "\n" == base64.b64decode(tmpfiles_credential(machine_spec)).decode()
+    key_line = next(line for line in lines if " /etc/ssh/ssh_host_ed25519_key " in line)
+    assert base64.b64decode(key_line.split()[-1]) == b"PRIVATE"
+
+
+class _Project:
+    def __init__(self, tmp: Path, records: dict):
+        self.client_key, self.known_hosts, self._records = tmp / "id_ed25519", tmp / "known_hosts", records
+
+    def machine_state(self, name: str) -> dict:
+        return self._records.get(name, {})
+
+
+def test_a_host_that_is_a_machine_of_the_envfile(tmp_path):
+    machines = {"xenhost": object(), "web": object()}
+    project = _Project(tmp_path, {"xenhost": {"address": "10.100.3.5", "host_key": "ssh-ed25519 AAAA", "user": "vbox"}})
+    access = resolve("xen+ssh://xenhost/system", "xen:///system", project, machines)
+    assert access.machine == "xenhost" and not access.pending and access.remote
+    assert access.uri.startswith("xen+libssh://vbox@10.100.3.5:22/system?")
+    assert f"keyfile={tmp_path}/id_ed25519" in access.uri and f"known_hosts={tmp_path}/known_hosts" in access.uri
+    assert "known_hosts_verify=normal" in access.uri  # the host key vbox made for it, checked
+    assert (access.ssh_host, access.ssh_port, access.ssh_user) == ("10.100.3.5", 22, "vbox")
+    # not up yet: known to be pending, not guessed
+    pending = resolve("xen+ssh://xenhost/system", "xen:///system", _Project(tmp_path, {}), machines)
+    assert pending.pending and pending.machine == "xenhost"
+
+
+def test_other_hosts_are_used_as_written(tmp_path):
+    project = _Project(tmp_path, {})
+    assert resolve(None, "xen:///system", project, {}).uri == "xen:///system"
+    assert not resolve("xen:///system", "xen:///system", project, {}).remote
+    other = resolve("xen+ssh://root@server.example:2222/system", "xen:///system", project, {})
+    assert other.uri == "xen+ssh://root@server.example:2222/system"
+    assert (other.ssh_host, other.ssh_port, other.ssh_user, other.machine) == ("server.example", 2222, "root", None)
