@@ -6,24 +6,40 @@ import importlib
 
 from vbox_cli.errors import VboxError
 
-# name -> "module:class"; xen comes with its issue.
+# name -> "module:class"
 REGISTRY = {
     "lxc": "providers.lxc:LxcProvider",
     "kvm": "providers.kvm:KvmProvider",
+    "xen": "providers.xen:XenProvider",
 }
+# Providers whose machines may live on another host take that host's access
+# (providers/remote.py): one instance per provider and host.
+REMOTE_CAPABLE = ("xen",)
 _instances: dict = {}
 
 
-def get(name: str):
+def get(name: str, access=None):
     if name not in REGISTRY:
         available = ", ".join(sorted(REGISTRY))
         raise VboxError(f"provider {name!r} is not available in this version of vbox",
                         hint=f"available providers: {available}")
-    if name not in _instances:
+    key = (name, access.uri if access is not None else None)
+    if key not in _instances:
         module_name, class_name = REGISTRY[name].split(":")
-        _instances[name] = getattr(importlib.import_module(module_name), class_name)()
-    return _instances[name]
+        cls = getattr(importlib.import_module(module_name), class_name)
+        _instances[key] = cls(access) if access is not None else cls()
+    return _instances[key]
 
 
 def all_available() -> list:
-    return [get(name) for name in REGISTRY]
+    """The providers of this host that answer (a host without Xen has no local Xen)."""
+    found = []
+    for name in REGISTRY:
+        try:
+            provider = get(name)
+            if name in REMOTE_CAPABLE:
+                provider.conn  # noqa: B018 - connecting is the question
+            found.append(provider)
+        except VboxError:
+            continue
+    return found

@@ -101,6 +101,23 @@ def plan(project, conn=None) -> NetworkPlan:
     return NetworkPlan(network_name(project.id), bridge_name(project.id), subnet, f"{project.id}.vbox")
 
 
+def plan_on(project, host_key: str, conn, local_plan: NetworkPlan) -> NetworkPlan:
+    """The project's network on another host (the one `conn` reaches): its own subnet,
+    clear of that host's libvirt networks, of this host's and of the local project
+    network (the remote host may itself sit on it), kept in the state per host."""
+    state = project.load_state().get("network", {}).get("hosts", {}).get(host_key, {})
+    subnet = state.get("subnet")
+    if subnet is None:
+        existing = _existing_subnet(conn, network_name(project.id))
+        if existing is None:
+            used = used_subnets(conn) + [ipaddress.ip_network(local_plan.subnet)]
+            existing = choose_subnet(project.id + "@" + host_key, used)
+        subnet = existing
+        project.update_state(lambda s: s.setdefault("network", {}).setdefault("hosts", {})
+                             .setdefault(host_key, {}).update(subnet=subnet))
+    return NetworkPlan(network_name(project.id), bridge_name(project.id), subnet, f"{project.id}.vbox")
+
+
 def _existing_subnet(conn, name: str) -> str | None:
     import libvirt
 

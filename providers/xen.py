@@ -83,7 +83,10 @@ class XenProvider(KvmProvider):
         """The host answers and is a Xen host; one clear error naming it if not."""
         if self.access.pending:
             return  # a machine of this Envfile: it is checked once it is up
-        conn = self.conn
+        try:
+            conn = self.conn
+        except VboxError as exc:
+            raise VboxError(f"{machine_name}: {exc.message}", hint=exc.hint) from None
         try:
             kind = conn.getType()
         except Exception as exc:  # libvirt.libvirtError, with the message we want

@@ -23,8 +23,9 @@ class Target:
     host: str
     port: int
     user: str
-    client_key: Path
-    host_key: str  # "ssh-ed25519 AAAA... [comment]"
+    client_key: Path | None  # None: the user's own keys and agent (a host vbox did not make)
+    host_key: str  # "ssh-ed25519 AAAA... [comment]"; "": the user's known_hosts
+    via: "Target | None" = None  # a host to go through (the guests of a remote libvirt host)
 
 
 class SshTimeout(VboxError):
@@ -50,13 +51,41 @@ def connect(target: Target, timeout: float = 10):
     import paramiko
 
     client = paramiko.SSHClient()
-    name, kind, key = _host_key_entry(target)
-    client.get_host_keys().add(name, kind, key)
+    if target.host_key:
+        name, kind, key = _host_key_entry(target)
+        client.get_host_keys().add(name, kind, key)
+    else:
+        client.load_system_host_keys()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        target.host, target.port, username=target.user, key_filename=str(target.client_key),
-        look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-    )
+    sock = jump = None
+    if target.via is not None:
+        jump = connect(target.via, timeout)
+        try:
+            sock = jump.get_transport().open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0),
+                                                     timeout=timeout)
+        except (paramiko.SSHException, OSError):
+            jump.close()
+            raise
+    try:
+        client.connect(
+            target.host, target.port, username=target.user or None,
+            key_filename=str(target.client_key) if target.client_key else None,
+            look_for_keys=target.client_key is None, allow_agent=target.client_key is None,
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, sock=sock,
+        )
+    except BaseException:
+        if jump is not None:
+            jump.close()
+        raise
+    if jump is not None:
+        client._vbox_jump = jump  # lives as long as the client: closed with it
+        _close = client.close
+
+        def close() -> None:
+            _close()
+            jump.close()
+
+        client.close = close
     return client
 
 
@@ -75,13 +104,14 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
                 + (f"\nlast lines of the console ({console_log}):\n{tail}" if tail else ""),
                 hint="raise boot_timeout in the Envfile if the machine is just slow",
             )
-        try:
-            with socket.create_connection((target.host, target.port), timeout=min(1.0, remaining)):
-                pass
-        except OSError as exc:
-            last_error = exc.strerror or str(exc)
-            time.sleep(0.05)
-            continue
+        if target.via is None:  # behind a host, the host tries the port
+            try:
+                with socket.create_connection((target.host, target.port), timeout=min(1.0, remaining)):
+                    pass
+            except OSError as exc:
+                last_error = exc.strerror or str(exc)
+                time.sleep(0.05)
+                continue
         try:
             # short: behind a user-mode port forward the TCP connection is accepted
             # before the guest's sshd is there to send its banner
@@ -94,7 +124,7 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             # sshd is starting, or the user's key is not in place yet
             last_error = str(exc) or type(exc).__name__
-            time.sleep(0.1)
+            time.sleep(0.1 if target.via is None else 1.0)
 
 
 def _tail(path: Path | None, lines: int = 20) -> str:

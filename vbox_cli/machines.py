@@ -62,19 +62,62 @@ class Session:
     def provider(self, name: str):
         import providers
 
-        return providers.get(self.machines[name].provider)
+        machine = self.machines[name]
+        access = self.access(name)
+        return providers.get(machine.provider, access) if access is not None else providers.get(machine.provider)
+
+    def access(self, name: str):
+        """Where a machine's libvirt is (providers/remote.py), for providers that may be elsewhere."""
+        import providers
+        from providers.remote import resolve
+
+        machine = self.machines[name]
+        if machine.provider not in providers.REMOTE_CAPABLE:
+            if machine.host:
+                raise UsageError(f"{name}: `host` is for xen machines in this version of vbox "
+                                 f"({machine.provider} machines run on this host)",
+                                 hint=f"remove `host` from [machines.{name}] in {self.loaded.path}")
+            return None
+        from providers.xen import LOCAL_URI
+
+        return resolve(machine.host, LOCAL_URI, self.project, self.machines)
+
+    def host_machine(self, name: str) -> str | None:
+        """The machine of this Envfile that hosts `name`, if one does."""
+        access = self.access(name)
+        return access.machine if access is not None else None
+
+    def remote(self, name: str) -> bool:
+        access = self.access(name)
+        return access is not None and (access.remote or access.pending)
 
     @property
     def uses_network(self) -> bool:
-        """Whether any machine of the Envfile joins the project network."""
-        return any(self.provider(n).uses_project_network for n in self.machines)
+        """Whether any machine of the Envfile joins the project network on this host."""
+        return any(not self.remote(n) and self.provider(n).uses_project_network for n in self.machines)
+
+    def network_for(self, name: str):
+        """The project network a machine joins: this host's, or the one on its remote host
+        (a subnet of its own, chosen once and kept in the state)."""
+        if not self.remote(name):
+            return self.network_plan
+        from providers.network import plan_on
+
+        access = self.access(name)
+        return plan_on(self.project, access.key, self.provider(name).conn, self.network_plan)
 
     # -- addresses and the network ---------------------------------------------
-    def addresses(self) -> dict[str, str]:
-        """A stable address for every machine of the Envfile, allocated once."""
+    def addresses(self, names: list[str] | None = None) -> dict[str, str]:
+        """A stable address for every machine of the Envfile (allocated once), on the
+        network each joins; only `names` are looked up (a remote host must be up)."""
+        indexes = self._address_indexes()
+        wanted = names if names is not None else [n for n in self.machines if not self.remote(n)]
+        return {name: self.network_for(name).address(indexes[name])
+                if (self.uses_network or self.remote(name)) else "" for name in wanted}
+
+    def _address_indexes(self) -> dict[str, int]:
         from providers.network import FIRST_STATIC, LAST_STATIC
 
-        net = self.network_plan
         indexes: dict[str, int] = {}
 
         def allocate(state: dict) -> None:
@@ -91,7 +134,7 @@ class Session:
                 indexes[name] = record["address_index"]
 
         self.project.update_state(allocate)
-        return {name: net.address(index) for name, index in indexes.items()}
+        return indexes
 
     @cached_property
     def network_plan(self):
@@ -111,7 +154,7 @@ class Session:
         from providers.base import MachineSpec
 
         # without the project network (a user's libvirt session) a machine has no address there
-        net = self.network_plan if self.uses_network else None
+        net = self.network_for(name) if (self.uses_network or self.remote(name)) else None
         record = self.project.machine_state(name)
         machine = self.machines[name]
         if self.accel:
@@ -137,7 +180,19 @@ class Session:
                             hint=f"`env destroy {name}` then `env up {name}`")
         return Target(name=name, host=record["address"], port=record.get("port", 22),
                       user=record.get("user", "vbox"), client_key=self.project.client_key,
-                      host_key=record["host_key"])
+                      host_key=record["host_key"], via=self._via(name))
+
+    def _via(self, name: str):
+        """SSH to a guest of a remote host goes through that host."""
+        from provisioners.ssh import Target
+
+        access = self.access(name)
+        if access is None or not access.remote:
+            return None
+        if access.machine:
+            return self.ssh_target(access.machine)
+        return Target(name=access.ssh_host, host=access.ssh_host, port=access.ssh_port,
+                      user=access.ssh_user or "", client_key=None, host_key="")
 
 
 # -- up --------------------------------------------------------------------------
@@ -145,32 +200,65 @@ class Session:
 
 def up(session: Session, names: list[str], jobs: int | None = None, provision: bool = True) -> list[Result]:
     from boxes.store import BoxStore
-    from providers.base import SupportsPreflight
 
     selected = session.select(names, autostart_only=not names)
     if not selected:
         return []  # nothing to bring up: make nothing, not even the network
-    for name in selected:  # an unavailable provider, or one that cannot run here, fails before anything is made
-        provider = session.provider(name)
-        if isinstance(provider, SupportsPreflight):
-            provider.preflight(name)
+    for name in list(selected):  # a machine's host, when it is a machine of this Envfile, comes too
+        host = session.host_machine(name)
+        if host and host not in selected:
+            selected.insert(0, host)
+    _preflight(session, selected)
     store = BoxStore()
     boxes = {}
     for name in selected:
         box_name = session.machines[name].box
         if box_name not in boxes:
             boxes[box_name] = store.get(box_name)
-    if session.uses_network:
-        from providers.network import ensure
-
-        addresses = session.addresses()
-        ensure(session.conn, session.network_plan, addresses)
-    else:
-        addresses = {n: "" for n in session.machines}
     session.project.ensure_client_key()
+    # first the machines of this host (a Xen host among them), then the guests of remote hosts
+    first = [n for n in selected if not session.remote(n)]
+    later = [n for n in selected if session.remote(n)]
+    results = []
+    if first:
+        addresses = session.addresses(first)
+        if session.uses_network:
+            from providers.network import ensure
 
-    return _parallel(session, selected, lambda name: _up_one(
-        session, name, boxes[session.machines[name].box], addresses[name], store, provision), jobs)
+            ensure(session.conn, session.network_plan, {n: a for n, a in addresses.items() if a})
+        results += _parallel(session, first, lambda name: _up_one(
+            session, name, boxes[session.machines[name].box], addresses[name], store, provision), jobs)
+    if later:
+        _preflight(session, later)  # their hosts are up now
+        addresses = session.addresses(later)
+        _ensure_remote_networks(session, later, addresses)
+        results += _parallel(session, later, lambda name: _up_one(
+            session, name, boxes[session.machines[name].box], addresses[name], store, provision), jobs)
+    return results
+
+
+def _preflight(session: Session, names: list[str]) -> None:
+    """An unavailable provider, or one that cannot run here, fails before anything is made."""
+    from providers.base import SupportsPreflight
+
+    for name in names:
+        provider = session.provider(name)
+        if isinstance(provider, SupportsPreflight):
+            provider.preflight(name)
+
+
+def _ensure_remote_networks(session: Session, names: list[str], addresses: dict[str, str]) -> None:
+    """The project network on each remote host, with DNS entries for the machines there."""
+    from providers.network import ensure
+
+    by_host: dict[str, list[str]] = {}
+    for name in names:
+        by_host.setdefault(session.access(name).key, []).append(name)
+    for host_names in by_host.values():
+        provider = session.provider(host_names[0])
+        hosts = {n: addresses[n] for n in session.machines
+                 if session.remote(n) and session.access(n).key == session.access(host_names[0]).key}
+        ensure(provider.conn, session.network_for(host_names[0]), hosts)
 
 
 def _parallel(session: Session, names: list[str], work: Callable[[str], str], jobs: int | None) -> list[Result]:
@@ -249,7 +337,7 @@ def _say_accel(session: Session, provider, spec) -> None:
 
     if isinstance(provider, SupportsAccel):
         accel, why = provider.accel_for(spec)
-        label = "KVM" if accel == "kvm" else "TCG (software emulation)"
+        label = {"kvm": "KVM", "xen": "Xen"}.get(accel, "TCG (software emulation)")
         session.events.note(f"{spec.machine.name}: using {label}: {why}")
 
 
@@ -322,7 +410,15 @@ def halt(session: Session, names: list[str], jobs: int | None = None) -> list[Re
         clean = provider.halt(obj, HALT_TIMEOUT)
         return "halted" if clean else f"powered off (no clean shutdown in {HALT_TIMEOUT:g} s)"
 
-    return _parallel(session, session.select(names), stop, jobs)
+    return _in_order(session, session.select(names), stop, jobs)
+
+
+def _in_order(session: Session, names: list[str], work, jobs: int | None) -> list[Result]:
+    """Guests of remote hosts first, then this host's machines (their hosts among them)."""
+    remote = [n for n in names if n in session.machines and session.remote(n)]
+    local = [n for n in names if n not in remote]
+    return (_parallel(session, remote, work, jobs) if remote else []) + \
+        (_parallel(session, local, work, jobs) if local else [])
 
 
 def leftovers(project, declared_names) -> list[tuple[object, str]]:
@@ -360,9 +456,15 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
         return "destroyed"
 
     if not everything:
-        results = _parallel(session, list(targets), remove, jobs)
+        results = _in_order(session, list(targets), remove, jobs)
         project.write_known_hosts()
         return results
+    # the guests of remote hosts, and the project network on those hosts, go first
+    remote = [n for n in targets if n in session.machines and session.remote(n)]
+    results = _parallel(session, remote, remove, jobs) if remote else []
+    _remove_remote_networks(session, remote)
+    for name in remote:
+        del targets[name]
     # Everything: the network goes while the machines go (the kernel lets a bridge go
     # with ports still on it), then .vbox/.
     from providers.network import network_name
@@ -370,11 +472,28 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
 
     with ThreadPoolExecutor(max_workers=1) as side:
         network = side.submit(remove_network, session.conn, network_name(project.id)) if session.uses_network else None
-        results = _parallel(session, list(targets), remove, jobs)
+        results += _parallel(session, list(targets), remove, jobs)
         if network is not None and network.result():
             session.events.note(f"removed network {network_name(project.id)}")
     _remove_state_dir(project)
     return results
+
+
+def _remove_remote_networks(session: Session, names: list[str]) -> None:
+    from providers.network import network_name
+    from providers.network import remove as remove_network
+
+    seen = set()
+    for name in names:
+        access = session.access(name)
+        if access.key in seen or access.pending:
+            continue
+        seen.add(access.key)
+        try:
+            if remove_network(session.provider(name).conn, network_name(session.project.id)):
+                session.events.note(f"removed network {network_name(session.project.id)} on {access.shown}")
+        except VboxError as exc:
+            session.events.note(f"could not remove the network on {access.shown}: {exc.message}")
 
 
 def _remove_state_dir(project) -> None:
@@ -404,14 +523,14 @@ def _remove_state_dir(project) -> None:
 def status(project, machines: dict[str, dict]) -> list[dict]:
     """One row per machine of the Envfile (settings as plain dicts, from the cache),
     then any of the project's machines the Envfile does not declare."""
-    import providers
+    from vbox_cli.commands.session import provider_for
 
     state = project.load_state()["machines"]
     rows = []
     for name, settings in machines.items():
         record = state.get(name, {})
         try:
-            machine_state = providers.get(settings["provider"]).state(project.object_name(name))
+            machine_state = provider_for(project, machines, name).state(project.object_name(name))
         except VboxError as exc:  # a provider this vbox does not have, or a hypervisor that does not answer
             machine_state = f"unknown: {exc.message}"
         rows.append({

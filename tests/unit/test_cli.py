@@ -175,14 +175,23 @@ def test_box_remove_drops_records_of_machines_that_no_longer_exist(tmp_path):
     assert store.boxes() == [] and store.users("tiny") == []
 
 
-def test_status_shows_machines_of_a_provider_this_vbox_lacks(tmp_path):
+def test_xen_where_no_xen_host_answers(tmp_path):
+    """This host runs no Xen: status says so per machine, and up fails before it makes
+    anything, with one error naming the URI it tried."""
+    from providers.network import bridge_name
+    from vbox_cli.project import project_id
+
     (tmp_path / "Envfile").write_text('[machines.guest]\nprovider = "xen"\n[machines.ct]\n')
     rows = json.loads(vbox("status", "--json", cwd=tmp_path, home=tmp_path / "home", check_rc=0).stdout)["machines"]
     states = {r["name"]: r["state"] for r in rows}
     assert states["ct"] == "not created"
-    assert states["guest"].startswith("unknown: provider 'xen' is not available")
+    assert states["guest"].startswith("unknown: the host xen:///system does not answer")
     up = vbox("up", "guest", cwd=tmp_path, home=tmp_path / "home", check_rc=1)
-    assert "provider 'xen' is not available" in up.stderr and "available providers: kvm, lxc" in up.stderr
+    assert "guest" in up.stderr and "the host xen:///system does not answer" in up.stderr
+    assert "name a Xen host with `host`" in up.stderr
+    assert not Path(f"/sys/class/net/{bridge_name(project_id(tmp_path))}").exists()  # no network made
+    state = tmp_path / ".vbox" / "state.json"
+    assert not state.exists() or "guest" not in json.loads(state.read_text()).get("machines", {})
 
 
 def test_up_without_names_leaves_autostart_false_machines_alone(tmp_path):

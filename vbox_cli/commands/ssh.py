@@ -10,14 +10,6 @@ import typer
 from vbox_cli.errors import UsageError, VboxError
 
 
-def _project_and_record(ctx: typer.Context, name: str):
-    from vbox_cli.commands.session import read_project
-
-    project, machines = read_project(ctx)
-    _check_names(machines, [name])
-    return project, machines[name], project.machine_state(name)
-
-
 def _check_names(machines: dict, names: list[str]) -> None:
     unknown = [n for n in names if n not in machines]
     if unknown:
@@ -25,10 +17,27 @@ def _check_names(machines: dict, names: list[str]) -> None:
                          hint="machines: " + ", ".join(machines))
 
 
-def ssh_options(project, record: dict) -> list[str]:
-    return ["-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "LogLevel=ERROR", "-l", record.get("user", "vbox"), "-p", str(record.get("port", 22))]
+def ssh_options(project, record: dict, access=None) -> list[str]:
+    options = ["-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
+               "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+               "-o", "LogLevel=ERROR", "-l", record.get("user", "vbox"), "-p", str(record.get("port", 22))]
+    proxy = proxy_option(project, access)
+    return options + (["-o", f"ProxyCommand={proxy}"] if proxy else [])
+
+
+def proxy_option(project, access) -> str | None:
+    """How OpenSSH reaches a guest of a remote host: through that host."""
+    import shlex
+
+    if access is None or not access.remote:
+        return None
+    if access.machine:  # a machine of the Envfile: the project's key, its own host key
+        return shlex.join(["ssh", "-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
+                           "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                           "-o", "LogLevel=ERROR", "-l", access.ssh_user, "-p", str(access.ssh_port),
+                           "-W", "%h:%p", access.ssh_host])
+    user = ["-l", access.ssh_user] if access.ssh_user else []
+    return shlex.join(["ssh", *user, "-p", str(access.ssh_port), "-W", "%h:%p", access.ssh_host])
 
 
 def ssh(
@@ -39,15 +48,18 @@ def ssh(
 ) -> None:
     """Open a shell in a machine as its default user, or run a command there
     (`env ssh web -- cat /etc/os-release`); the command's exit status is env's."""
-    import providers
     from providers.base import RUNNING
 
-    project, settings, record = _project_and_record(ctx, name)
-    if providers.get(settings["provider"]).state(project.object_name(name)) != RUNNING:
+    from vbox_cli.commands.session import access_for, provider_for, read_project
+
+    project, machines = read_project(ctx)
+    _check_names(machines, [name])
+    record = project.machine_state(name)
+    if provider_for(project, machines, name).state(project.object_name(name)) != RUNNING:
         raise VboxError(f"{name} is not running", hint=f"`env up {name}`")
     if not record.get("address"):
         raise VboxError(f"{name}: vbox has no record of its address", hint=f"`env destroy {name}`, `env up {name}`")
-    argv = ["ssh", *ssh_options(project, record)]
+    argv = ["ssh", *ssh_options(project, record, access_for(project, machines, name))]
     if not command and os.isatty(0):
         argv.append("-t")
     argv.append(record["address"])
@@ -72,6 +84,8 @@ def ssh_config(
     """Print an OpenSSH config for the machines (`env ssh-config >> ~/.ssh/config`, then
     `ssh vbox-PROJECT-web`), host key checking included."""
     from vbox_cli.commands.session import read_project
+
+    from vbox_cli.commands.session import access_for
 
     project, machines = read_project(ctx)
     state = project.load_state()["machines"]
@@ -98,6 +112,8 @@ def ssh_config(
             f"  UserKnownHostsFile {project.known_hosts}",
             "  StrictHostKeyChecking yes",
             f"  HostKeyAlias {alias}",
+            *([f"  ProxyCommand {proxy}"] if (proxy := proxy_option(project, access_for(project, machines, name)))
+              else []),
         ]) + "\n")
     if not blocks:
         raise VboxError("no machine has been created yet", hint="`env up`")
@@ -112,11 +128,12 @@ def console(
 ) -> None:
     """Attach to a machine's console (Ctrl-] leaves a KVM console, Ctrl-a q an LXC one),
     or print the tail of its console log with --tail."""
-    import providers
     from providers.base import SupportsConsole
+    from vbox_cli.commands.session import provider_for, read_project
 
-    project, settings, _ = _project_and_record(ctx, name)
-    provider = providers.get(settings["provider"])
+    project, machines = read_project(ctx)
+    _check_names(machines, [name])
+    provider = provider_for(project, machines, name)
     obj = project.object_name(name)
     if tail is not None:
         log = provider.console_log(obj)
