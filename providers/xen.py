@@ -79,6 +79,14 @@ class XenProvider(KvmProvider):
             self._conn = open_host(self.access)
         return self._conn
 
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
     def preflight(self, machine_name: str) -> None:
         """The host answers and is a Xen host; one clear error naming it if not."""
         if self.access.pending:

@@ -231,7 +231,7 @@ def up(session: Session, names: list[str], jobs: int | None = None, provision: b
     if later:
         _preflight(session, later)  # their hosts are up now
         addresses = session.addresses(later)
-        _ensure_remote_networks(session, later, addresses)
+        _ensure_remote_networks(session, later)
         results += _parallel(session, later, lambda name: _up_one(
             session, name, boxes[session.machines[name].box], addresses[name], store, provision), jobs)
     return results
@@ -247,18 +247,17 @@ def _preflight(session: Session, names: list[str]) -> None:
             provider.preflight(name)
 
 
-def _ensure_remote_networks(session: Session, names: list[str], addresses: dict[str, str]) -> None:
+def _ensure_remote_networks(session: Session, names: list[str]) -> None:
     """The project network on each remote host, with DNS entries for the machines there."""
     from providers.network import ensure
 
     by_host: dict[str, list[str]] = {}
     for name in names:
         by_host.setdefault(session.access(name).key, []).append(name)
-    for host_names in by_host.values():
+    for key, host_names in by_host.items():
         provider = session.provider(host_names[0])
-        hosts = {n: addresses[n] for n in session.machines
-                 if session.remote(n) and session.access(n).key == session.access(host_names[0]).key}
-        ensure(provider.conn, session.network_for(host_names[0]), hosts)
+        on_host = [n for n in session.machines if session.remote(n) and session.access(n).key == key]
+        ensure(provider.conn, session.network_for(host_names[0]), session.addresses(on_host))
 
 
 def _parallel(session: Session, names: list[str], work: Callable[[str], str], jobs: int | None) -> list[Result]:
@@ -417,8 +416,10 @@ def _in_order(session: Session, names: list[str], work, jobs: int | None) -> lis
     """Guests of remote hosts first, then this host's machines (their hosts among them)."""
     remote = [n for n in names if n in session.machines and session.remote(n)]
     local = [n for n in names if n not in remote]
-    return (_parallel(session, remote, work, jobs) if remote else []) + \
-        (_parallel(session, local, work, jobs) if local else [])
+    results = _parallel(session, remote, work, jobs) if remote else []
+    for name in remote:  # before their hosts go: closing a connection to a host that is gone hangs
+        session.provider(name).close()
+    return results + (_parallel(session, local, work, jobs) if local else [])
 
 
 def leftovers(project, declared_names) -> list[tuple[object, str]]:
@@ -448,7 +449,8 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
     def remove(name: str) -> str:
         provider, obj = targets[name]
         session.events.phase(name, "destroying")
-        provider.destroy(obj)
+        if not (name in session.machines and session.remote(name) and session.access(name).pending):
+            provider.destroy(obj)  # (a guest whose host machine is gone went with it)
         for box in store.boxes():
             store.remove_user(box.name, obj)
         (project.state_dir / "console" / f"{name}.log").unlink(missing_ok=True)
@@ -494,6 +496,8 @@ def _remove_remote_networks(session: Session, names: list[str]) -> None:
                 session.events.note(f"removed network {network_name(session.project.id)} on {access.shown}")
         except VboxError as exc:
             session.events.note(f"could not remove the network on {access.shown}: {exc.message}")
+    for name in names:  # before their hosts go: closing a connection to a host that is gone hangs
+        session.provider(name).close()
 
 
 def _remove_state_dir(project) -> None:

@@ -1,8 +1,11 @@
-"""A Xen host that vbox brings up itself: the xen-host box (Xen 4.17 and a Debian dom0)
-booted as a KVM machine, Xen as the multiboot kernel, under TCG where KVM does not work.
-It is where Xen guests will be tested. Slow: it builds a second box the first time."""
+"""Xen end to end on a Xen host that vbox brings up itself: the xen-host box (Xen 4.17 and
+a Debian dom0) as a KVM machine of the Envfile, under TCG where KVM does not work, and a
+Xen guest hosted on it through libvirt's libxl driver. Slow: it builds the xen-host box
+the first time, and everything runs under emulation."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -12,30 +15,86 @@ from tests.integration.test_lxc import Project
 
 pytestmark = pytest.mark.slow
 
+ENVFILE = """\
+[machines.xenhost]
+box = "xen-host"
+provider = "kvm"
+cpus = 2
+memory = "3G"
+boot_timeout = 600
+
+[machines.guest]
+provider = "xen"
+host = "xen+ssh://xenhost/system"
+mode = "{mode}"
+memory = "512M"
+boot_timeout = 900
+provision = [{{ shell = "echo provisioned-on-$(cat /sys/hypervisor/type) | sudo tee /root/mark" }}]
+"""
+
 
 @pytest.fixture(scope="module")
-def xen_host_box(host):
+def xen_host_box(host, debian12):
     from boxes.store import BoxStore
 
     vbox("box", "build", "xen-host", timeout=2400, check_rc=0)
     return BoxStore().get("xen-host")
 
 
-def test_vbox_brings_up_a_xen_host(xen_host_box, tmp_path):
+def _on_host(project: Project, command: str) -> str:
+    return project.ssh("xenhost", command)
+
+
+def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
     project = Project(tmp_path / "xen")
     project.folder.mkdir()
-    project.write('[machines.xenhost]\nbox = "xen-host"\nprovider = "kvm"\ncpus = 2\nmemory = "3G"\n'
-                  "boot_timeout = 600\n")
+    project.write(ENVFILE.format(mode="pv"))
     try:
-        project.env("up", timeout=900)
-        assert project.ssh("xenhost", "cat /sys/hypervisor/type") == "xen\n"  # dom0 runs on Xen
-        assert project.ssh("xenhost", "hostname") == "xenhost\n"
-        info = project.ssh("xenhost", "sudo xl info")
+        # `env up guest` brings its host up first
+        result = project.env("up", "guest", timeout=2400)
+        assert "xenhost" in result.stdout and "guest" in result.stdout
+        # the host: Xen with HVM support, and libvirt's Xen driver answering
+        assert _on_host(project, "cat /sys/hypervisor/type") == "xen\n"
+        info = _on_host(project, "sudo xl info")
         caps = next(line for line in info.splitlines() if line.startswith("virt_caps")).split(":", 1)[1].split()
         assert "pv" in caps and "hvm" in caps, info
-        domains = project.ssh("xenhost", "sudo xl list")
-        assert "Domain-0" in domains
-        assert "xenhost" in project.env("console", "xenhost", "--tail", "200").stdout
+        assert "xenpvh" in _on_host(project, "virsh -c xen:///system capabilities")
+        # the guest: a Xen guest, provisioned, reached through its host with its own host key
+        assert project.ssh("guest", "cat /sys/hypervisor/type") == "xen\n"
+        assert project.ssh("guest", "sudo cat /root/mark") == "provisioned-on-xen\n"
+        assert project.ssh("guest", "hostname") == "guest\n"
+        obj = f"vbox-{project.id}-guest"
+        assert obj in _on_host(project, "virsh -c xen:///system list --name")
+        status = project.status()
+        assert status["guest"]["state"] == "running" and status["guest"]["provider"] == "xen"
+        config = project.env("ssh-config", "guest").stdout
+        assert "ProxyCommand ssh" in config and "StrictHostKeyChecking yes" in config
+        # halt, then up again: the same machine, provisioning not repeated
+        project.env("halt", "guest", timeout=600)
+        assert project.status()["guest"]["state"] == "stopped"
+        again = project.env("up", "guest", timeout=1800)
+        assert "started" in again.stdout and "provisioned" not in again.stdout.split("guest", 1)[-1]
+        assert project.ssh("guest", "sudo cat /root/mark") == "provisioned-on-xen\n"
+        # destroy the guest: nothing of it is left on the Xen host
+        project.env("destroy", "guest", timeout=600)
+        assert obj not in _on_host(project, "virsh -c xen:///system list --all --name")
+        volumes = _on_host(project, "virsh -c xen:///system vol-list vbox")
+        assert project.id not in volumes and "box-" not in volumes, volumes
     finally:
-        project.env("destroy", "-f", check_rc=None)
+        project.env("destroy", "-f", check_rc=None, timeout=900)
     assert find_leaks(project.id) == []
+    assert not (project.folder / ".vbox").exists()
+
+
+def test_up_of_a_guest_whose_host_does_not_answer(debian12, tmp_path):
+    """A Xen host that does not answer (a closed port of this host): one clear error naming
+    the URI, nothing made."""
+    project = Project(tmp_path / "nohost")
+    project.folder.mkdir()
+    project.write('[machines.guest]\nprovider = "xen"\nhost = "xen+ssh://root@127.0.0.1:1/system"\n')
+    result = project.env("up", check_rc=1, timeout=300)
+    assert "xen+ssh://root@127.0.0.1:1/system" in result.stderr and "does not answer" in result.stderr
+    state = project.folder / ".vbox" / "state.json"
+    assert not state.exists() or "guest" not in json.loads(state.read_text()).get("machines", {})
+    assert find_leaks(project.id) == []
+    project.env("destroy", "-f", check_rc=None)
