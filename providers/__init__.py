@@ -31,6 +31,15 @@ def get(name: str, access=None):
     return _instances[key]
 
 
+def for_machine(project, machines: dict, name: str):
+    """The provider of machine `name`, on the host it lives on (see remote.machine_access)."""
+    from providers.remote import machine_access
+
+    machine = machines[name]
+    provider = machine["provider"] if isinstance(machine, dict) else machine.provider
+    return get(provider, machine_access(project, machines, name))
+
+
 def all_available() -> list:
     """The providers of this host that answer (a host without Xen has no local Xen)."""
     found = []

@@ -184,12 +184,7 @@ class KvmProvider:
         pool = ensure_pool(self.conn)
         paths = base_volumes(self.conn, pool, spec.box)
         volume = f"{spec.object_name}.qcow2"
-        box_size = _virtual_size(paths["disk"])
-        if spec.machine.disk < box_size:
-            from vbox_cli.envfile.model import format_size
-
-            raise VboxError(f"{spec.machine.name}: disk {format_size(spec.machine.disk)} is smaller than the box's "
-                            f"disk ({format_size(box_size)})", hint=f'set disk = "{format_size(box_size)}" or more')
+        check_disk_size(spec)
         create_overlay(pool, volume, paths["disk"], spec.machine.disk)
         ssh_port = free_port() if self.session_mode else None
         if not self.session_mode:
@@ -281,6 +276,16 @@ class KvmProvider:
 
     def leaks(self, prefix: str) -> list[str]:
         return []  # domains and volumes are libvirt objects: providers/leaks.py lists them
+
+
+def check_disk_size(spec: MachineSpec) -> None:
+    """A machine's disk may not be smaller than its box's (the overlay could not hold it)."""
+    box_size = _virtual_size(str(spec.box.artefact("disk")))
+    if spec.machine.disk < box_size:
+        from vbox_cli.envfile.model import format_size
+
+        raise VboxError(f"{spec.machine.name}: disk {format_size(spec.machine.disk)} is smaller than the box's "
+                        f"disk ({format_size(box_size)})", hint=f'set disk = "{format_size(box_size)}" or more')
 
 
 def _virtual_size(path: str) -> int:

@@ -27,9 +27,6 @@ class HostAccess:
     ssh_host: str | None = None  # SSH to the guests goes through this host
     ssh_port: int = 22
     ssh_user: str | None = None
-    key_file: str | None = None
-    known_hosts: str | None = None
-    host_key: str | None = None
 
     @property
     def remote(self) -> bool:
@@ -41,17 +38,12 @@ class HostAccess:
         return self.machine or self.shown
 
 
-def parse(uri: str):
-    parts = urlsplit(uri)
-    driver, _, transport = parts.scheme.partition("+")
-    return driver, transport, parts
-
-
 def resolve(uri: str | None, default: str, project, machines: dict) -> HostAccess:
     """The access to the host a machine names (`uri`), or to this host (`default`)."""
     if not uri:
         return HostAccess(uri=default, shown=default)
-    driver, transport, parts = parse(uri)
+    parts = urlsplit(uri)
+    driver = parts.scheme.partition("+")[0]
     if not parts.hostname:
         return HostAccess(uri=uri, shown=uri)
     if parts.hostname in machines:
@@ -66,10 +58,25 @@ def resolve(uri: str | None, default: str, project, machines: dict) -> HostAcces
         extra = f"&{parts.query}" if parts.query else ""
         real = f"{driver}+libssh://{user}@{address}:{port}{parts.path or '/system'}?{query}{extra}"
         return HostAccess(uri=real, shown=uri, machine=parts.hostname, ssh_host=address, ssh_port=port,
-                          ssh_user=user, key_file=str(project.client_key), known_hosts=str(project.known_hosts),
-                          host_key=record["host_key"])
+                          ssh_user=user)
     return HostAccess(uri=uri, shown=uri, ssh_host=parts.hostname, ssh_port=parts.port or 22,
                       ssh_user=parts.username)
+
+
+def machine_access(project, machines: dict, name: str) -> HostAccess | None:
+    """Where the libvirt of machine `name` is, for providers whose machines may be on
+    another host (None for the others). `machines` holds Machine models or the cached
+    settings dicts of `env status` and `env ssh`."""
+    import providers
+
+    machine = machines[name]
+    provider, host = (machine["provider"], machine.get("host")) if isinstance(machine, dict) else \
+        (machine.provider, machine.host)
+    if provider not in providers.REMOTE_CAPABLE:
+        return None
+    from providers.xen import LOCAL_URI
+
+    return resolve(host, LOCAL_URI, project, machines)
 
 
 def open_host(access: HostAccess):

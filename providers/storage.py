@@ -57,12 +57,12 @@ def base_name(box, kind: str) -> str:
     return f"box-{box.name}-{box.version}-{box.digest.removeprefix('sha256:')[:12]}.{KINDS[kind]}"
 
 
-def base_volumes(conn, pool, box, progress=None) -> dict[str, str]:
+def base_volumes(conn, pool, box) -> dict[str, str]:
     """Paths of the box's disk, kernel and initrd as volumes of the pool (made if missing)."""
     import libvirt
 
     if is_remote(conn):
-        return _remote_base_volumes(conn, pool, box, progress)
+        return _remote_base_volumes(conn, pool, box)
     paths = {}
     target = Path(ET.fromstring(pool.XMLDesc()).findtext("target/path"))
     missing = False
@@ -88,34 +88,21 @@ def base_volumes(conn, pool, box, progress=None) -> dict[str, str]:
     return paths
 
 
-def _remote_base_volumes(conn, pool, box, progress=None) -> dict[str, str]:
-    """On another host: each file goes up through libvirt's storage API. A volume counts
-    only once its `.ok` marker exists, written after the upload completed; an upload cut
-    short is made again (and a stale one goes with the box's other unused volumes)."""
+def _remote_base_volumes(conn, pool, box) -> dict[str, str]:
+    """On another host: the box's files go up through libvirt's storage API. They count
+    only once the box's `.ok` marker exists, written after every upload completed; an
+    upload cut short is made again (a stale one goes with the box's other unused volumes)."""
     import libvirt
 
-    paths = {}
-    for kind in (k for k in KINDS if k in box.artefacts):
-        name = base_name(box, kind)
-        marker = name.rsplit(".", 1)[0] + ".ok"
-        try:
-            pool.storageVolLookupByName(marker)
-            paths[kind] = pool.storageVolLookupByName(name).path()
-            continue
-        except libvirt.libvirtError:
-            pass
-        source = Path(box.artefact(kind))
-        if progress:
-            progress(f"sending {kind} of {box.name} {box.version} ({source.stat().st_size // 1024**2} MiB)")
-        delete_volume(pool, marker)
-        paths[kind] = upload_volume(conn, pool, name, source).path()
-    for kind in (k for k in KINDS if k in box.artefacts):
-        name = base_name(box, kind)
-        marker = name.rsplit(".", 1)[0] + ".ok"
-        try:
-            pool.storageVolLookupByName(marker)
-        except libvirt.libvirtError:
-            upload_volume(conn, pool, marker, b"ok\n")
+    names = {kind: base_name(box, kind) for kind in KINDS if kind in box.artefacts}
+    marker = base_name(box, "disk").rsplit(".", 1)[0] + ".ok"
+    try:
+        pool.storageVolLookupByName(marker)
+        return {kind: pool.storageVolLookupByName(name).path() for kind, name in names.items()}
+    except libvirt.libvirtError:
+        pass
+    paths = {kind: upload_volume(conn, pool, name, Path(box.artefact(kind))).path() for kind, name in names.items()}
+    upload_volume(conn, pool, marker, b"ok\n")
     return paths
 
 

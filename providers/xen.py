@@ -14,10 +14,8 @@ files go up through libvirt's storage API and the project network is made there 
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 from providers.base import MachineSpec
-from providers.kvm import KvmProvider, _virtual_size, mac_address, tmpfiles_lines
+from providers.kvm import KvmProvider, check_disk_size, mac_address, tmpfiles_lines
 from providers.libvirt_conn import render
 from vbox_cli.errors import VboxError
 
@@ -117,12 +115,7 @@ class XenProvider(KvmProvider):
         pool = ensure_pool(self.conn)
         paths = base_volumes(self.conn, pool, spec.box)
         disk = f"{spec.object_name}.qcow2"
-        box_size = _virtual_size(spec.box.artefact("disk"))
-        if spec.machine.disk < box_size:
-            from vbox_cli.envfile.model import format_size
-
-            raise VboxError(f"{spec.machine.name}: disk {format_size(spec.machine.disk)} is smaller than the box's "
-                            f"disk ({format_size(box_size)})", hint=f'set disk = "{format_size(box_size)}" or more')
+        check_disk_size(spec)
         overlay = create_overlay(pool, disk, paths["disk"], spec.machine.disk)
         seed = upload_volume(self.conn, pool, f"{spec.object_name}.seed", seed_image(spec))
         add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
@@ -132,22 +125,6 @@ class XenProvider(KvmProvider):
             self.conn.defineXML(xml)
         except Exception as exc:
             raise VboxError(f"{spec.machine.name}: {self.access.shown} refused the domain: {exc}") from None
-
-    def apply_resources(self, spec: MachineSpec) -> None:
-        import libvirt
-
-        dom = self._domain(spec.object_name)
-        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        memory = str(spec.machine.memory // 1024)
-        changed = False
-        for tag in ("memory", "currentMemory"):
-            element = root.find(tag)
-            if element is not None and element.text != memory:
-                element.text, element.attrib, changed = memory, {"unit": "KiB"}, True
-        if root.find("vcpu").text != str(spec.machine.cpus):
-            root.find("vcpu").text, changed = str(spec.machine.cpus), True
-        if changed:
-            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
 
     def destroy(self, object_name: str) -> None:
         import libvirt

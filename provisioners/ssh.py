@@ -77,8 +77,7 @@ def connect(target: Target, timeout: float = 10):
         if jump is not None:
             jump.close()
         raise
-    if jump is not None:
-        client._vbox_jump = jump  # lives as long as the client: closed with it
+    if jump is not None:  # the host lives as long as the client: closed with it
         _close = client.close
 
         def close() -> None:

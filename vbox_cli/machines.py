@@ -62,25 +62,19 @@ class Session:
     def provider(self, name: str):
         import providers
 
-        machine = self.machines[name]
-        access = self.access(name)
-        return providers.get(machine.provider, access) if access is not None else providers.get(machine.provider)
+        return providers.get(self.machines[name].provider, self.access(name))
 
     def access(self, name: str):
-        """Where a machine's libvirt is (providers/remote.py), for providers that may be elsewhere."""
-        import providers
-        from providers.remote import resolve
+        """Where a machine's libvirt is (providers/remote.py); None: this host, always."""
+        from providers.remote import machine_access
 
+        access = machine_access(self.project, self.machines, name)
         machine = self.machines[name]
-        if machine.provider not in providers.REMOTE_CAPABLE:
-            if machine.host:
-                raise UsageError(f"{name}: `host` is for xen machines in this version of vbox "
-                                 f"({machine.provider} machines run on this host)",
-                                 hint=f"remove `host` from [machines.{name}] in {self.loaded.path}")
-            return None
-        from providers.xen import LOCAL_URI
-
-        return resolve(machine.host, LOCAL_URI, self.project, self.machines)
+        if access is None and machine.host:
+            raise UsageError(f"{name}: `host` is for xen machines in this version of vbox "
+                             f"({machine.provider} machines run on this host)",
+                             hint=f"remove `host` from [machines.{name}] in {self.loaded.path}")
+        return access
 
     def host_machine(self, name: str) -> str | None:
         """The machine of this Envfile that hosts `name`, if one does."""
@@ -107,13 +101,13 @@ class Session:
         return plan_on(self.project, access.key, self.provider(name).conn, self.network_plan)
 
     # -- addresses and the network ---------------------------------------------
-    def addresses(self, names: list[str] | None = None) -> dict[str, str]:
-        """A stable address for every machine of the Envfile (allocated once), on the
-        network each joins; only `names` are looked up (a remote host must be up)."""
+    def addresses(self, names: list[str]) -> dict[str, str]:
+        """The stable addresses of `names` (allocated once for every machine of the
+        Envfile), each on the network it joins: a remote host must be up."""
         indexes = self._address_indexes()
-        wanted = names if names is not None else [n for n in self.machines if not self.remote(n)]
+        local_network = self.uses_network
         return {name: self.network_for(name).address(indexes[name])
-                if (self.uses_network or self.remote(name)) else "" for name in wanted}
+                if (local_network or self.remote(name)) else "" for name in names}
 
     def _address_indexes(self) -> dict[str, int]:
         from providers.network import FIRST_STATIC, LAST_STATIC
@@ -251,13 +245,13 @@ def _ensure_remote_networks(session: Session, names: list[str]) -> None:
     """The project network on each remote host, with DNS entries for the machines there."""
     from providers.network import ensure
 
-    by_host: dict[str, list[str]] = {}
+    done = set()
     for name in names:
-        by_host.setdefault(session.access(name).key, []).append(name)
-    for key, host_names in by_host.items():
-        provider = session.provider(host_names[0])
-        on_host = [n for n in session.machines if session.remote(n) and session.access(n).key == key]
-        ensure(provider.conn, session.network_for(host_names[0]), session.addresses(on_host))
+        key = session.access(name).key
+        if key not in done:
+            done.add(key)
+            on_host = [n for n in session.machines if session.remote(n) and session.access(n).key == key]
+            ensure(session.provider(name).conn, session.network_for(name), session.addresses(on_host))
 
 
 def _parallel(session: Session, names: list[str], work: Callable[[str], str], jobs: int | None) -> list[Result]:
@@ -417,9 +411,14 @@ def _in_order(session: Session, names: list[str], work, jobs: int | None) -> lis
     remote = [n for n in names if n in session.machines and session.remote(n)]
     local = [n for n in names if n not in remote]
     results = _parallel(session, remote, work, jobs) if remote else []
-    for name in remote:  # before their hosts go: closing a connection to a host that is gone hangs
-        session.provider(name).close()
+    _close(session, remote)
     return results + (_parallel(session, local, work, jobs) if local else [])
+
+
+def _close(session: Session, remote: list[str]) -> None:
+    """Before their hosts go: closing a connection to a host that is gone hangs."""
+    for name in remote:
+        session.provider(name).close()
 
 
 def leftovers(project, declared_names) -> list[tuple[object, str]]:
@@ -449,8 +448,9 @@ def destroy(session: Session, names: list[str], jobs: int | None = None) -> list
     def remove(name: str) -> str:
         provider, obj = targets[name]
         session.events.phase(name, "destroying")
-        if not (name in session.machines and session.remote(name) and session.access(name).pending):
-            provider.destroy(obj)  # (a guest whose host machine is gone went with it)
+        access = session.access(name) if name in session.machines else None
+        if not (access and access.pending):  # a guest whose host machine is gone went with it
+            provider.destroy(obj)
         for box in store.boxes():
             store.remove_user(box.name, obj)
         (project.state_dir / "console" / f"{name}.log").unlink(missing_ok=True)
@@ -496,8 +496,7 @@ def _remove_remote_networks(session: Session, names: list[str]) -> None:
                 session.events.note(f"removed network {network_name(session.project.id)} on {access.shown}")
         except VboxError as exc:
             session.events.note(f"could not remove the network on {access.shown}: {exc.message}")
-    for name in names:  # before their hosts go: closing a connection to a host that is gone hangs
-        session.provider(name).close()
+    _close(session, names)
 
 
 def _remove_state_dir(project) -> None:
@@ -527,14 +526,14 @@ def _remove_state_dir(project) -> None:
 def status(project, machines: dict[str, dict]) -> list[dict]:
     """One row per machine of the Envfile (settings as plain dicts, from the cache),
     then any of the project's machines the Envfile does not declare."""
-    from vbox_cli.commands.session import provider_for
+    import providers
 
     state = project.load_state()["machines"]
     rows = []
     for name, settings in machines.items():
         record = state.get(name, {})
         try:
-            machine_state = provider_for(project, machines, name).state(project.object_name(name))
+            machine_state = providers.for_machine(project, machines, name).state(project.object_name(name))
         except VboxError as exc:  # a provider this vbox does not have, or a hypervisor that does not answer
             machine_state = f"unknown: {exc.message}"
         rows.append({

@@ -55,24 +55,3 @@ def report(ctx: typer.Context, results, title: str) -> None:
     if failed:
         raise typer.Exit(EXIT_FAILURE)
 
-
-def access_for(project, machines: dict, name: str):
-    """Where a machine's libvirt is, from the cached settings (None: not a remote-capable provider)."""
-    import providers
-
-    settings = machines[name]
-    if settings["provider"] not in providers.REMOTE_CAPABLE:
-        return None
-    from providers.remote import resolve
-    from providers.xen import LOCAL_URI
-
-    return resolve(settings.get("host"), LOCAL_URI, project, machines)
-
-
-def provider_for(project, machines: dict, name: str):
-    """The provider of a machine, on its host, from the cached settings."""
-    import providers
-
-    access = access_for(project, machines, name)
-    settings = machines[name]
-    return providers.get(settings["provider"], access) if access is not None else providers.get(settings["provider"])

@@ -50,16 +50,18 @@ def ssh(
     (`env ssh web -- cat /etc/os-release`); the command's exit status is env's."""
     from providers.base import RUNNING
 
-    from vbox_cli.commands.session import access_for, provider_for, read_project
+    import providers
+    from providers.remote import machine_access
+    from vbox_cli.commands.session import read_project
 
     project, machines = read_project(ctx)
     _check_names(machines, [name])
     record = project.machine_state(name)
-    if provider_for(project, machines, name).state(project.object_name(name)) != RUNNING:
+    if providers.for_machine(project, machines, name).state(project.object_name(name)) != RUNNING:
         raise VboxError(f"{name} is not running", hint=f"`env up {name}`")
     if not record.get("address"):
         raise VboxError(f"{name}: vbox has no record of its address", hint=f"`env destroy {name}`, `env up {name}`")
-    argv = ["ssh", *ssh_options(project, record, access_for(project, machines, name))]
+    argv = ["ssh", *ssh_options(project, record, machine_access(project, machines, name))]
     if not command and os.isatty(0):
         argv.append("-t")
     argv.append(record["address"])
@@ -85,7 +87,7 @@ def ssh_config(
     `ssh vbox-PROJECT-web`), host key checking included."""
     from vbox_cli.commands.session import read_project
 
-    from vbox_cli.commands.session import access_for
+    from providers.remote import machine_access
 
     project, machines = read_project(ctx)
     state = project.load_state()["machines"]
@@ -112,7 +114,7 @@ def ssh_config(
             f"  UserKnownHostsFile {project.known_hosts}",
             "  StrictHostKeyChecking yes",
             f"  HostKeyAlias {alias}",
-            *([f"  ProxyCommand {proxy}"] if (proxy := proxy_option(project, access_for(project, machines, name)))
+            *([f"  ProxyCommand {proxy}"] if (proxy := proxy_option(project, machine_access(project, machines, name)))
               else []),
         ]) + "\n")
     if not blocks:
@@ -129,11 +131,12 @@ def console(
     """Attach to a machine's console (Ctrl-] leaves a KVM console, Ctrl-a q an LXC one),
     or print the tail of its console log with --tail."""
     from providers.base import SupportsConsole
-    from vbox_cli.commands.session import provider_for, read_project
+    import providers
+    from vbox_cli.commands.session import read_project
 
     project, machines = read_project(ctx)
     _check_names(machines, [name])
-    provider = provider_for(project, machines, name)
+    provider = providers.for_machine(project, machines, name)
     obj = project.object_name(name)
     if tail is not None:
         log = provider.console_log(obj)
