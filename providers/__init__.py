@@ -14,7 +14,9 @@ REGISTRY = {
 }
 # Providers whose machines may live on another host take that host's access
 # (providers/remote.py): one instance per provider and host.
-REMOTE_CAPABLE = ("xen",)
+REMOTE_CAPABLE = ("kvm", "xen")
+# Providers that a host may well not have (most hosts run no Xen): listed only if they answer.
+OPTIONAL_HERE = ("xen",)
 _instances: dict = {}
 
 
@@ -46,7 +48,7 @@ def all_available() -> list:
     for name in REGISTRY:
         try:
             provider = get(name)
-            if name in REMOTE_CAPABLE:
+            if name in OPTIONAL_HERE:
                 provider.conn  # noqa: B018 - connecting is the question
             found.append(provider)
         except VboxError:

@@ -119,3 +119,78 @@ def run_guest(accel: str, kernel: Path | None, timeout: float) -> tuple[bool, st
             if "Kernel panic" not in console:
                 return False, f"a {accel.upper()} guest stopped before its kernel ran"
         return True, ""
+
+
+PROBE_PREFIX = "vbox-accel-probe-"
+
+
+def probe_libvirt(conn, kernel: str, timeout: float = KVM_TIMEOUT, virt_type: str = "kvm") -> Accel:
+    """The same question asked of another host's libvirt (its QEMU, its /dev/kvm): a
+    transient KVM domain boots `kernel` (a path on that host), and its console, read
+    through libvirt, must show the kernel's panic within `timeout`. (`virt_type` "qemu"
+    asks it of TCG: the tests check the probe itself with it.)"""
+    import secrets
+    import threading
+
+    import libvirt
+
+    from providers.libvirt_conn import render
+
+    try:
+        conn.getDomainCapabilities(None, "x86_64", None, virt_type, 0)
+    except libvirt.libvirtError as exc:
+        return Accel("tcg", f"the host's libvirt offers no KVM ({exc.get_error_message()})")
+    name = PROBE_PREFIX + secrets.token_hex(4)
+    xml = render("accel-probe.xml.j2", domain_type=virt_type, name=name, kernel=kernel)
+    label = "KVM" if virt_type == "kvm" else virt_type.upper()
+    started = time.monotonic()
+    try:
+        dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+    except libvirt.libvirtError as exc:
+        return Accel("tcg", f"the host could not start a {label} guest: {exc.get_error_message()}")
+    seen = threading.Event()
+    stream, hung = None, False
+    try:
+        stream = conn.newStream(0)
+        dom.openConsole(None, stream, 0)
+        dom.resume()
+
+        def read() -> None:
+            console = b""
+            while not seen.is_set():
+                try:
+                    data = stream.recv(4096)
+                except libvirt.libvirtError:
+                    return
+                if isinstance(data, int) and data == -2:  # nothing yet (non-blocking)
+                    time.sleep(0.05)
+                    continue
+                if not data or isinstance(data, int):
+                    return  # the domain is gone
+                console = (console + data)[-65536:]
+                if b"Kernel panic" in console:
+                    seen.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        hung = reader.is_alive()
+    finally:
+        try:
+            dom.destroy()  # ends the console stream, and the reader with it
+        except libvirt.libvirtError:
+            pass  # it rebooted after its panic: gone
+    if stream is not None:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+    seconds = round(time.monotonic() - started, 1)
+    if seen.is_set():
+        return Accel(virt_type if virt_type == "kvm" else "tcg",
+                     f"a {label} guest on the host booted a kernel in {seconds} s", seconds)
+    if hung:
+        return Accel("tcg", f"the host offers {label} but a {label} guest there hung (no progress in {timeout:g} s)",
+                     seconds)
+    return Accel("tcg", f"the host offers {label} but a {label} guest there stopped before its kernel ran",
+                 seconds)

@@ -71,8 +71,9 @@ def tmpfiles_credential(spec: MachineSpec) -> str:
 
 
 def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str,
-                  ssh_port: int | None = None) -> str:
-    """The domain of a new machine (its identity goes in the credential: made once)."""
+                  ssh_port: int | None = None, console_log: bool = True) -> str:
+    """The domain of a new machine (its identity goes in the credential: made once).
+    `console_log`: the console is logged to the project's .vbox/console/ (this host only)."""
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
@@ -109,20 +110,30 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
         tmpfiles=tmpfiles_credential(spec),
         kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
-        console_log=spec.console_log, ssh_port=ssh_port,
+        console_log=spec.console_log if console_log else "", ssh_port=ssh_port,
     )
 
 
 class KvmProvider:
     name = "kvm"
+    host_types = ("qemu",)  # what libvirt's getType() says on a host this provider can use
 
-    def __init__(self, uri: str | None = None):
-        self.uri = uri or choose_uri()
+    def __init__(self, access=None):
+        """`access`: another host's libvirt (providers/remote.py); None: this host's."""
+        self.access = access
+        self.uri = access.uri if access is not None else choose_uri()
         self._conn = None
+        self._accel = None
+
+    @property
+    def remote(self) -> bool:
+        return self.access is not None and self.access.remote
 
     @property
     def session_mode(self) -> bool:
-        return self.uri.endswith("/session")
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.uri).path.rstrip("/") == "/session"
 
     @property
     def uses_project_network(self) -> bool:
@@ -132,8 +143,45 @@ class KvmProvider:
     @property
     def conn(self):
         if self._conn is None:
-            self._conn = connect(self.uri)
+            if self.access is None:
+                self._conn = connect(self.uri)
+            else:
+                from providers.remote import open_host
+
+                self._conn = open_host(self.access)
         return self._conn
+
+    def close(self) -> None:
+        """Close the connection (to a remote host: before that host goes, see machines._close)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def preflight(self, machine_name: str) -> None:
+        """A host named with `host` answers, and is a host of this provider's kind."""
+        if self.access is None or self.access.pending:
+            return  # this host (`env doctor`), or a machine of this Envfile not up yet (checked later)
+        try:
+            conn = self.conn
+        except VboxError as exc:
+            raise VboxError(f"{machine_name}: {exc.message}", hint=exc.hint) from None
+        try:
+            kind = conn.getType()
+        except Exception as exc:  # libvirt.libvirtError, with the message we want
+            raise VboxError(f"{machine_name}: the host {self.access.shown} does not answer: {exc}") from None
+        if kind.lower() not in self.host_types:
+            raise self._wrong_host(machine_name, kind)
+        if self.session_mode and self.remote:
+            raise VboxError(f"{machine_name}: {self.access.shown} is a user's session on another host; "
+                            "its machines have no address vbox could reach",
+                            hint="name the host's system libvirt: qemu+ssh://user@HOST/system")
+
+    def _wrong_host(self, machine_name: str, kind: str) -> VboxError:
+        return VboxError(f"{machine_name}: {self.access.shown} is a {kind} host, not a QEMU/KVM host",
+                         hint='a QEMU URI starts with "qemu": qemu+ssh://root@HOST/system')
 
     def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
         if not self.session_mode:
@@ -168,12 +216,27 @@ class KvmProvider:
         from providers.accel import detect
         from vbox_cli.paths import vbox_home
 
-        mode = f"; libvirt {self.uri}" + (" (user-mode networking, SSH through 127.0.0.1)"
-                                            if self.session_mode else "")
+        where = self.access.shown if self.access is not None else self.uri
+        mode = f"; libvirt {where}" + (" (user-mode networking, SSH through 127.0.0.1)"
+                                       if self.session_mode else "")
         if spec.machine.accel in ("kvm", "tcg"):
             return spec.machine.accel, "set in the Envfile or with --accel" + mode
-        result = detect(vbox_home(), spec.box.artefact("kernel"))
+        if self.remote:
+            result = self._remote_accel(spec)
+        else:
+            result = detect(vbox_home(), spec.box.artefact("kernel"))
         return result.accel, result.reason + mode
+
+    def _remote_accel(self, spec: MachineSpec):
+        """Another host's KVM, tried there through its libvirt with the box's kernel (sent
+        up first if it is not there yet); once per host and command."""
+        from providers.accel import probe_libvirt
+        from providers.storage import base_volumes, ensure_pool
+
+        if self._accel is None:
+            paths = base_volumes(self.conn, ensure_pool(self.conn), spec.box)
+            self._accel = probe_libvirt(self.conn, paths["kernel"])
+        return self._accel
 
     # -- life cycle ------------------------------------------------------------
     def create(self, spec: MachineSpec) -> None:
@@ -191,7 +254,8 @@ class KvmProvider:
             add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
                           spec.machine.hostname.split(".")[0])
         accel, _ = self.accel_for(spec)
-        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, ssh_port)
+        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, ssh_port,
+                            console_log=not self.remote)
         self.conn.defineXML(xml)
 
     def apply_resources(self, spec: MachineSpec) -> None:

@@ -3,8 +3,11 @@
 A machine's `host` is a libvirt URI. When the URI's host names a machine of the same
 Envfile (`xen+ssh://xenhost/system`), vbox reaches that machine's libvirt over SSH as
 the box's user with the project's own key, and checks its host key against the one vbox
-made for it: the URI becomes libvirt's libssh transport with `keyfile` and `known_hosts`.
-Any other remote URI is used as written (libvirt then uses the user's SSH setup).
+made for it: the URI becomes libvirt's libssh2 transport with `keyfile` and `known_hosts`
+(libssh2, not libssh: with libvirt 9.0 and libssh 0.10, Debian 12's, a call whose reply is
+more than a few KiB, `getCapabilities` for one, never returns over libssh).
+Any other remote URI is used as written: libvirt, and vbox's own SSH through that host,
+then use the user's SSH setup, or the `keyfile` and `known_hosts` the URI names.
 
 The guests of a remote host sit on that host's project network: SSH to them goes
 through the host (`via`).
@@ -13,7 +16,7 @@ through the host (`via`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from vbox_cli.errors import VboxError
 
@@ -27,6 +30,8 @@ class HostAccess:
     ssh_host: str | None = None  # SSH to the guests goes through this host
     ssh_port: int = 22
     ssh_user: str | None = None
+    key_file: str | None = None  # a host vbox did not make: the URI's keyfile, else the user's keys
+    known_hosts: str | None = None  # ... and its known_hosts, else the user's
 
     @property
     def remote(self) -> bool:
@@ -52,27 +57,30 @@ def resolve(uri: str | None, default: str, project, machines: dict) -> HostAcces
             return HostAccess(uri=uri, shown=uri, machine=parts.hostname, pending=True)
         user = parts.username or record.get("user", "vbox")
         address, port = record["address"], record.get("port", 22)
+        # libssh2 refuses a host key that is absent from known_hosts or differs from it
         query = (f"keyfile={quote(str(project.client_key), safe='/')}"
-                 f"&known_hosts={quote(str(project.known_hosts), safe='/')}"
-                 "&known_hosts_verify=normal&sshauth=privkey")
+                 f"&known_hosts={quote(str(project.known_hosts), safe='/')}&sshauth=privkey")
         extra = f"&{parts.query}" if parts.query else ""
-        real = f"{driver}+libssh://{user}@{address}:{port}{parts.path or '/system'}?{query}{extra}"
+        real = f"{driver}+libssh2://{user}@{address}:{port}{parts.path or '/system'}?{query}{extra}"
         return HostAccess(uri=real, shown=uri, machine=parts.hostname, ssh_host=address, ssh_port=port,
                           ssh_user=user)
-    return HostAccess(uri=uri, shown=uri, ssh_host=parts.hostname, ssh_port=parts.port or 22,
-                      ssh_user=parts.username)
+    query = parse_qs(parts.query)
+    return HostAccess(uri=uri, shown=uri.split("?")[0], ssh_host=parts.hostname, ssh_port=parts.port or 22,
+                      ssh_user=parts.username, key_file=query.get("keyfile", [None])[0],
+                      known_hosts=query.get("known_hosts", [None])[0])
 
 
 def machine_access(project, machines: dict, name: str) -> HostAccess | None:
     """Where the libvirt of machine `name` is, for providers whose machines may be on
-    another host (None for the others). `machines` holds Machine models or the cached
-    settings dicts of `env status` and `env ssh`."""
+    another host; None: this host, the provider's own default (an LXC machine; a KVM
+    machine without `host`). `machines` holds Machine models or the cached settings
+    dicts of `env status` and `env ssh`."""
     import providers
 
     machine = machines[name]
     provider, host = (machine["provider"], machine.get("host")) if isinstance(machine, dict) else \
         (machine.provider, machine.host)
-    if provider not in providers.REMOTE_CAPABLE:
+    if provider not in providers.REMOTE_CAPABLE or (provider == "kvm" and not host):
         return None
     from providers.xen import LOCAL_URI
 

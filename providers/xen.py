@@ -58,48 +58,20 @@ class XenProvider(KvmProvider):
     differs in the domain it defines and in where its host is."""
 
     name = "xen"
+    host_types = ("xen", "libxl")
 
     def __init__(self, access=None):
         from providers.remote import HostAccess
 
-        self.access = access or HostAccess(uri=LOCAL_URI, shown=LOCAL_URI)
-        super().__init__(self.access.uri)
+        super().__init__(access or HostAccess(uri=LOCAL_URI, shown=LOCAL_URI))
 
     @property
     def session_mode(self) -> bool:
         return False
 
-    @property
-    def conn(self):
-        if self._conn is None:
-            from providers.remote import open_host
-
-            self._conn = open_host(self.access)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
-
-    def preflight(self, machine_name: str) -> None:
-        """The host answers and is a Xen host; one clear error naming it if not."""
-        if self.access.pending:
-            return  # a machine of this Envfile: it is checked once it is up
-        try:
-            conn = self.conn
-        except VboxError as exc:
-            raise VboxError(f"{machine_name}: {exc.message}", hint=exc.hint) from None
-        try:
-            kind = conn.getType()
-        except Exception as exc:  # libvirt.libvirtError, with the message we want
-            raise VboxError(f"{machine_name}: the Xen host {self.access.shown} does not answer: {exc}") from None
-        if kind.lower() not in ("xen", "libxl"):
-            raise VboxError(f"{machine_name}: {self.access.shown} is a {kind} host, not a Xen host",
-                            hint='a Xen URI starts with "xen": xen:///system, xen+ssh://root@HOST/system')
+    def _wrong_host(self, machine_name: str, kind: str) -> VboxError:
+        return VboxError(f"{machine_name}: {self.access.shown} is a {kind} host, not a Xen host",
+                         hint='a Xen URI starts with "xen": xen:///system, xen+ssh://root@HOST/system')
 
     def accel_for(self, spec: MachineSpec):
         return "xen", f"Xen {spec.machine.mode.upper()} guest on {self.access.shown}"

@@ -24,8 +24,9 @@ class Target:
     port: int
     user: str
     client_key: Path | None  # None: the user's own keys and agent (a host vbox did not make)
-    host_key: str  # "ssh-ed25519 AAAA... [comment]"; "": the user's known_hosts
+    host_key: str  # "ssh-ed25519 AAAA... [comment]"; "": known_hosts (below, else the user's)
     via: "Target | None" = None  # a host to go through (the guests of a remote libvirt host)
+    known_hosts: Path | None = None  # with host_key "": this known_hosts file, not the user's
 
 
 class SshTimeout(VboxError):
@@ -54,6 +55,12 @@ def connect(target: Target, timeout: float = 10):
     if target.host_key:
         name, kind, key = _host_key_entry(target)
         client.get_host_keys().add(name, kind, key)
+    elif target.known_hosts is not None:
+        try:
+            client.get_host_keys().load(str(target.known_hosts))
+        except OSError as exc:
+            raise VboxError(f"{target.name}: cannot read the known_hosts file {target.known_hosts}: "
+                            f"{exc.strerror}") from None
     else:
         client.load_system_host_keys()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())

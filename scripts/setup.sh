@@ -20,15 +20,23 @@ fi
 # libvirt-python (it is only published as source).
 need=()
 pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
-# the tests check vbox's libvirt XML against libvirt's own schema (virt-xml-validate needs xmllint)
-[ "$mode" = dev ] && pkgs+=(libxml2-utils libvirt-clients)
+# the tests check vbox's libvirt XML against libvirt's own schema (virt-xml-validate needs
+# xmllint), and reach this host's libvirt as a remote host through an sshd of their own
+[ "$mode" = dev ] && pkgs+=(libxml2-utils libvirt-clients openssh-server)
 for pkg in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+    # openssh-server's package would start the system's sshd: the tests start their own
+    guard=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" || status=$?
+    [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+    [ "${status:-0}" -eq 0 ] || exit "$status"
 fi
 
 python=${VBOX_PYTHON:-python3}

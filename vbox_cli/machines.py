@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 from vbox_cli.errors import UsageError, VboxError
@@ -71,7 +72,7 @@ class Session:
         access = machine_access(self.project, self.machines, name)
         machine = self.machines[name]
         if access is None and machine.host:
-            raise UsageError(f"{name}: `host` is for xen machines in this version of vbox "
+            raise UsageError(f"{name}: `host` is for kvm and xen machines "
                              f"({machine.provider} machines run on this host)",
                              hint=f"remove `host` from [machines.{name}] in {self.loaded.path}")
         return access
@@ -186,7 +187,8 @@ class Session:
         if access.machine:
             return self.ssh_target(access.machine)
         return Target(name=access.ssh_host, host=access.ssh_host, port=access.ssh_port,
-                      user=access.ssh_user or "", client_key=None, host_key="")
+                      user=access.ssh_user or "", client_key=Path(access.key_file) if access.key_file else None,
+                      host_key="", known_hosts=Path(access.known_hosts) if access.known_hosts else None)
 
 
 # -- up --------------------------------------------------------------------------

@@ -97,9 +97,9 @@ def test_a_host_that_is_a_machine_of_the_envfile(tmp_path):
     project = _Project(tmp_path, {"xenhost": {"address": "10.100.3.5", "host_key": "ssh-ed25519 AAAA", "user": "vbox"}})
     access = resolve("xen+ssh://xenhost/system", "xen:///system", project, machines)
     assert access.machine == "xenhost" and not access.pending and access.remote
-    assert access.uri.startswith("xen+libssh://vbox@10.100.3.5:22/system?")
+    assert access.uri.startswith("xen+libssh2://vbox@10.100.3.5:22/system?")
     assert f"keyfile={tmp_path}/id_ed25519" in access.uri and f"known_hosts={tmp_path}/known_hosts" in access.uri
-    assert "known_hosts_verify=normal" in access.uri  # the host key vbox made for it, checked
+    assert "sshauth=privkey" in access.uri  # the project's key only
     assert (access.ssh_host, access.ssh_port, access.ssh_user) == ("10.100.3.5", 22, "vbox")
     # not up yet: known to be pending, not guessed
     pending = resolve("xen+ssh://xenhost/system", "xen:///system", _Project(tmp_path, {}), machines)
@@ -113,3 +113,10 @@ def test_other_hosts_are_used_as_written(tmp_path):
     other = resolve("xen+ssh://root@server.example:2222/system", "xen:///system", project, {})
     assert other.uri == "xen+ssh://root@server.example:2222/system"
     assert (other.ssh_host, other.ssh_port, other.ssh_user, other.machine) == ("server.example", 2222, "root", None)
+    assert other.key_file is None and other.known_hosts is None  # the user's own SSH setup
+    # a URI that names a key and a known_hosts file: vbox's own SSH through the host uses them too
+    named = resolve("qemu+libssh2://root@server.example/system?keyfile=/k/id&known_hosts=/k/kh&sshauth=privkey",
+                    "xen:///system", project, {})
+    assert (named.key_file, named.known_hosts, named.ssh_port) == ("/k/id", "/k/kh", 22)
+    assert named.shown == "qemu+libssh2://root@server.example/system"  # messages leave the query out
+    assert named.uri.endswith("&sshauth=privkey")

@@ -36,8 +36,12 @@ def proxy_option(project, access) -> str | None:
                            "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                            "-o", "LogLevel=ERROR", "-l", access.ssh_user, "-p", str(access.ssh_port),
                            "-W", "%h:%p", access.ssh_host])
-    user = ["-l", access.ssh_user] if access.ssh_user else []
-    return shlex.join(["ssh", *user, "-p", str(access.ssh_port), "-W", "%h:%p", access.ssh_host])
+    options = ["-l", access.ssh_user] if access.ssh_user else []
+    if access.key_file:  # the host's URI names the key and known_hosts libvirt uses: these too
+        options += ["-i", access.key_file, "-o", "IdentitiesOnly=yes"]
+    if access.known_hosts:
+        options += ["-o", f"UserKnownHostsFile={access.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    return shlex.join(["ssh", *options, "-p", str(access.ssh_port), "-W", "%h:%p", access.ssh_host])
 
 
 def ssh(

@@ -228,8 +228,8 @@ class Defaults(Frozen):
     autostart: bool = Field(True, description="`env up` without names starts this machine")
     boot_timeout: BootTimeout = Field(120, description="seconds to wait for SSH after start")
     accel: Accel = Field("auto", description="kvm machines: auto (KVM if it really works, else TCG), kvm or tcg")
-    host: HostURI | None = Field(None, description="xen: the libvirt URI of the host that runs the machine; "
-                                 "default this host (xen:///system)")
+    host: HostURI | None = Field(None, description="kvm, xen: the libvirt URI of the host that runs the machine; "
+                                 "default this host")
     mode: XenMode = Field("pvh", description="xen machines: pv, pvh or hvm")
     provision: Steps = Field((), description="provisioning steps, run in order over SSH")
 
