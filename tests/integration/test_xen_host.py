@@ -75,6 +75,12 @@ def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
         again = project.env("up", "guest", timeout=1800)
         assert "started" in again.stdout and "provisioned" not in again.stdout.split("guest", 1)[-1]
         assert project.ssh("guest", "sudo cat /root/mark") == "provisioned-on-xen\n"
+        # reload applies a memory change from the Envfile (halt, then up)
+        project.write(ENVFILE.format(mode="pv").replace('memory = "512M"', 'memory = "640M"'))
+        project.env("reload", "guest", timeout=1800)
+        mem_kib = int(project.ssh("guest", "awk '/MemTotal/ {print $2}' /proc/meminfo"))
+        assert 540 * 1024 < mem_kib <= 640 * 1024, mem_kib
+        assert project.ssh("guest", "sudo cat /root/mark") == "provisioned-on-xen\n"
         # destroy the guest: nothing of it is left on the Xen host
         project.env("destroy", "guest", timeout=600)
         assert obj not in _on_host(project, "virsh -c xen:///system list --all --name")
