@@ -52,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="pv", help="comma-separated: pv, pvh, hvm")
     modes = parser.parse_args().modes.split(",")
+    if unknown := set(modes) - {"pv", "pvh", "hvm"}:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="vbox-bench-xen-") as tmp:
         folder = Path(tmp)
         (folder / "Envfile").write_text(HOST + "".join(GUEST.format(name=f"g{m}", mode=m) for m in modes))

@@ -27,7 +27,7 @@ boot_timeout = 600
 provider = "xen"
 host = "xen+ssh://xenhost/system"
 mode = "{mode}"
-memory = "512M"
+memory = "{memory}"
 boot_timeout = 900
 provision = [{{ shell = "echo provisioned-on-$(cat /sys/hypervisor/type) | sudo tee /root/mark" }}]
 """
@@ -48,7 +48,7 @@ def _on_host(project: Project, command: str) -> str:
 def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
     project = Project(tmp_path / "xen")
     project.folder.mkdir()
-    project.write(ENVFILE.format(mode="pv"))
+    project.write(ENVFILE.format(mode="pv", memory="512M"))
     try:
         # `env up guest` brings its host up first
         result = project.env("up", "guest", timeout=2400)
@@ -76,7 +76,7 @@ def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
         assert "started" in again.stdout and "provisioned" not in again.stdout.split("guest", 1)[-1]
         assert project.ssh("guest", "sudo cat /root/mark") == "provisioned-on-xen\n"
         # reload applies a memory change from the Envfile (halt, then up)
-        project.write(ENVFILE.format(mode="pv").replace('memory = "512M"', 'memory = "640M"'))
+        project.write(ENVFILE.format(mode="pv", memory="640M"))
         project.env("reload", "guest", timeout=1800)
         mem_kib = int(project.ssh("guest", "awk '/MemTotal/ {print $2}' /proc/meminfo"))
         assert 540 * 1024 < mem_kib <= 640 * 1024, mem_kib
