@@ -11,14 +11,14 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from boxes.meta import Boot, BoxMeta
 from boxes.recipe import Recipe
 from boxes.store import ARTEFACTS, Box, BoxStore, discard
 from vbox_cli import proc
 from vbox_cli.errors import CommandError, VboxError
+from vbox_cli.events import Phase
 
 ROOT_LABEL = "vbox-root"
 REQUIRED_TOOLS = ("debootstrap", "mke2fs", "qemu-img", "chroot")
@@ -90,10 +90,20 @@ FILES = {
 SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed")
 
 
-@dataclass
 class Reporter:
-    phase: Callable[[str], None] = lambda text: None
-    detail: Callable[[str], None] = lambda text: None
+    """A build's progress as events of the command's stream, about the box."""
+
+    def __init__(self, events=None, subject: str = ""):
+        from vbox_cli.events import EventStream
+
+        self.events = events or EventStream()
+        self.subject = subject
+
+    def phase(self, phase, detail: str = "") -> None:
+        self.events.phase(self.subject, phase, detail)
+
+    def detail(self, line: str) -> None:
+        self.events.output(self.subject, line)
 
 
 def build(
@@ -106,10 +116,10 @@ def build(
 ) -> tuple[Box, bool]:
     """Build the box of `recipe` into `store`. Returns (box, built): built is False when the
     store already had this recipe's box (nothing was done)."""
-    report = report or Reporter()
-    with store.lock(recipe.name, on_wait=lambda: report.phase("waiting for another build of this box")):
+    report = report or Reporter(subject=recipe.name)
+    with store.lock(recipe.name, on_wait=lambda: report.phase(Phase.WAITING, "another build of this box")):
         current = store.find(recipe.name, recipe.version)
-        if current and current.meta.get("recipe_digest") == recipe.digest and not force:
+        if current and current.meta.recipe_digest == recipe.digest and not force:
             return current, False
         if current and store.users(recipe.name):
             # Never replace a box under machines: LXC machines have its root tree as their lower layer.
@@ -121,7 +131,7 @@ def build(
         staged = store.staging(recipe.name)
         try:
             meta = _build_into(staged, recipe, report, mirror or recipe.mirror, cache_dir)
-            report.phase("moving the box into the store")
+            report.phase(Phase.INSTALLING, "moving the box into the store")
             return store.install(staged, recipe.name, recipe.version, meta), True
         finally:
             discard(staged)
@@ -135,43 +145,34 @@ def check_host() -> None:
         raise VboxError(f"missing tools for a box build: {', '.join(missing)}", hint="run `env doctor --fix`")
 
 
-def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> dict:
+def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> BoxMeta:
     started = time.monotonic()
     rootfs = staged / ARTEFACTS["rootfs"]
     _debootstrap(rootfs, recipe, report, mirror, cache_dir)
-    report.phase("configuring the root tree")
+    report.phase(Phase.CONFIGURING, "the root tree")
     _configure(rootfs, recipe)
-    report.phase("extracting the kernel and initrd")
+    report.phase(Phase.KERNEL, "extracting the kernel and initrd")
     kernel, initrd = _kernel_files(rootfs)
     shutil.copy2(kernel, staged / ARTEFACTS["kernel"])
     shutil.copy2(initrd, staged / ARTEFACTS["initrd"])
     if recipe.hypervisor:
         _extract_hypervisor(rootfs, staged / ARTEFACTS["hypervisor"])
-    report.phase("making the disk image")
+    report.phase(Phase.DISK, "making the disk image")
     _make_disk(rootfs, staged / ARTEFACTS["disk"], recipe)
-    report.phase("computing the digest")
+    report.phase(Phase.DIGEST, "computing the digest")
     digest = _digest(staged)
-    return {
-        "name": recipe.name,
-        "version": recipe.version,
-        "description": recipe.description,
-        "digest": f"sha256:{digest}",
-        "recipe_digest": recipe.digest,
-        "recipe": recipe.source,
-        "suite": recipe.suite,
-        "mirror": mirror,
-        "user": recipe.user,
-        "root_label": ROOT_LABEL,
-        "kernel_version": kernel.name.removeprefix("vmlinuz-"),
-        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": round(time.monotonic() - started, 1),
-        "size": _tree_size(staged),
-        "artefacts": dict(ARTEFACTS),
-    }
+    return BoxMeta(
+        name=recipe.name, version=recipe.version, description=recipe.description, digest=f"sha256:{digest}",
+        recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
+        boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
+        kernel_version=kernel.name.removeprefix("vmlinuz-"),
+        built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),
+    )
 
 
 def _debootstrap(rootfs: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> None:
-    report.phase(f"debootstrap {recipe.suite} from {mirror}")
+    report.phase(Phase.BOOTSTRAPPING, f"debootstrap {recipe.suite} from {mirror}")
     argv = ["debootstrap", f"--variant={recipe.variant}", f"--components={','.join(recipe.components)}"]
     if recipe.packages:
         argv.append(f"--include={','.join(recipe.packages)}")

@@ -22,14 +22,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from boxes.meta import ARTEFACTS, BoxMeta
 from vbox_cli.errors import UsageError, VboxError
 
+__all__ = ["ARTEFACTS", "Box", "BoxStore", "discard", "mounts_under"]
 META = "box.json"
 STAGING = ".build"
 LOCKS = ".locks"
 USES = "uses"
-ARTEFACTS = {"rootfs": "rootfs", "disk": "disk.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img",
-             "hypervisor": "xen"}
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,19 @@ class Box:
     name: str
     version: str
     path: Path
-    meta: dict
+    meta: BoxMeta
+
+    def __post_init__(self) -> None:
+        if isinstance(self.meta, dict):
+            object.__setattr__(self, "meta", BoxMeta.from_dict(self.meta))
 
     @property
     def digest(self) -> str:
-        return self.meta["digest"]
+        return self.meta.digest
 
     @property
     def size(self) -> int:
-        return int(self.meta.get("size", 0))
+        return int(self.meta.size)
 
     def artefact(self, kind: str) -> Path:
         return self.path / ARTEFACTS[kind]
@@ -89,8 +93,8 @@ class BoxStore:
             if name.startswith(".") or name == USES:
                 continue
             try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
+                meta = BoxMeta.from_dict(json.loads(meta_path.read_text()))
+            except (OSError, ValueError, TypeError):
                 continue
             found.append(Box(name, version, meta_path.parent, meta))
         return found
@@ -100,7 +104,7 @@ class BoxStore:
         matches = [b for b in self.boxes() if b.name == name and (version is None or b.version == version)]
         if not matches:
             return None
-        return max(matches, key=lambda b: b.meta.get("built", ""))
+        return max(matches, key=lambda b: b.meta.built)
 
     def get(self, name: str) -> Box:
         box = self.find(name)
@@ -139,9 +143,12 @@ class BoxStore:
             removed.append(path)
         return removed
 
-    def install(self, staged: Path, name: str, version: str, meta: dict) -> Box:
+    def install(self, staged: Path, name: str, version: str, meta: BoxMeta | dict) -> Box:
         """Move a finished staging folder into place, replacing an older build of that version."""
-        (staged / META).write_text(json.dumps(meta, indent=2) + "\n")
+        from vbox_cli.files import atomic_write
+
+        meta = BoxMeta.from_dict(meta) if isinstance(meta, dict) else meta
+        atomic_write(staged / META, json.dumps(meta.to_dict(), indent=2) + "\n")
         target = self.root / name / version
         target.parent.mkdir(parents=True, exist_ok=True)
         old = None
@@ -172,11 +179,11 @@ class BoxStore:
 
     # -- who uses a box --------------------------------------------------------
     def add_user(self, box_name: str, machine_id: str, info: dict) -> None:
+        from vbox_cli.files import atomic_write
+
         folder = self.root / USES / box_name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{machine_id}.tmp"
-        tmp.write_text(json.dumps(info) + "\n")
-        os.replace(tmp, folder / f"{machine_id}.json")
+        atomic_write(folder / f"{machine_id}.json", json.dumps(info) + "\n")
 
     def remove_user(self, box_name: str, machine_id: str) -> None:
         (self.root / USES / box_name / f"{machine_id}.json").unlink(missing_ok=True)

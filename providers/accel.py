@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -63,11 +62,11 @@ def detect(cache_dir: Path | None, kernel: Path | None = None) -> Accel:
             pass
     result = probe(kernel)
     if cache and kernel:  # a boot sector alone can run where a kernel hangs: not final
+        from vbox_cli.files import atomic_write
+
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "result": asdict(result)}))
-            os.replace(tmp, cache)
+            atomic_write(cache, json.dumps({"key": key, "result": asdict(result)}))
         except OSError:
             pass
     return result
@@ -104,15 +103,15 @@ def run_guest(accel: str, kernel: Path | None, timeout: float) -> tuple[bool, st
             argv += ["-drive", f"file={image},format=raw,if=ide",
                      "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
             expected = 3
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        from vbox_cli import proc
+        from vbox_cli.proc import CommandTimeout
+
         try:
-            _, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            process = proc.run(argv, check=False, timeout=timeout)
+        except CommandTimeout:  # killed
             return False, f"a {accel.upper()} guest hung (no progress in {timeout:g} s)"
         if process.returncode != expected:
-            detail = (err or "").strip().splitlines()
+            detail = (process.stderr or "").strip().splitlines()
             return False, f"QEMU with {accel} failed: {detail[-1] if detail else f'exit status {process.returncode}'}"
         if kernel:
             console = Path(tmp, "console.log").read_text(errors="replace")
@@ -134,7 +133,7 @@ def probe_libvirt(conn, kernel: str, timeout: float = KVM_TIMEOUT, virt_type: st
 
     import libvirt
 
-    from providers.libvirt_conn import render
+    from providers.render import render
 
     try:
         conn.getDomainCapabilities(None, "x86_64", None, virt_type, 0)

@@ -1,15 +1,21 @@
 """What a provider is given, and what it must do.
 
 A provider gets one machine's resolved settings, its box and the project context
-(`MachineSpec`), and nothing else. Commands check the optional capability protocols
-(`isinstance(provider, SupportsConsole)`) and say clearly when one is absent.
+(`MachineSpec`), and nothing else. One small required Protocol (`Provider`); optional
+capabilities beside it (`SupportsResources`, `SupportsConsole`, ...), which an instance
+declares through `unsupported(capability, spec)`: a provider may offer a capability
+in one setting and not in another (a user's libvirt session, a remote host). Commands
+call `require()` and get one clear error naming the provider and the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from vbox_cli.errors import VboxError
 
 NOT_CREATED = "not created"
 STOPPED = "stopped"
@@ -24,29 +30,32 @@ class MachineSpec:
     object_name: str  # vbox-<project>-<machine>: every object the provider makes is named from it
     machine: Any  # vbox_cli.envfile.model.Machine (resolved settings)
     box: Any  # boxes.store.Box
-    address: str  # the machine's static address on the project network
+    address: str  # the machine's static address on the project network ("" without one)
     gateway: str
     network: str  # the project's libvirt network
     bridge: str
     domain: str
     user: str  # the box's default user, who gets the project's key
     authorized_key: str  # the project's public key line
-    host_key_private: str  # the machine's SSH host key (OpenSSH PEM), made by vbox
+    host_key_private: str  # the machine's SSH host key (OpenSSH PEM), made by vbox; "" after creation
     host_key_public: str
     index: int  # the machine's position in the Envfile (spreads CPUs)
     console_log: Path  # where a provider that can choose writes the console (under .vbox/)
 
 
-@runtime_checkable
-class SupportsAccel(Protocol):
-    def accel_for(self, spec: MachineSpec) -> tuple[str, str]:
-        """(accelerator, why): "kvm" or "tcg", and how that was decided."""
+class Capability(str, Enum):
+    """Optional things a provider may do; each is a Protocol below."""
+
+    RESOURCES = "change cpus and memory of a created machine"
+    CONSOLE = "attach a terminal to the console"
+    ACCEL = "choose a CPU accelerator"
+    PREFLIGHT = "check the host before anything is made"
 
 
 @runtime_checkable
-class SupportsPreflight(Protocol):
-    def preflight(self, machine_name: str) -> None:
-        """Raise a clear error, before anything is made, if this host or user cannot run it."""
+class SupportsResources(Protocol):
+    def apply_resources(self, spec: MachineSpec) -> None:
+        """Bring cpus and memory of a created, stopped machine in line with the spec."""
 
 
 @runtime_checkable
@@ -56,9 +65,50 @@ class SupportsConsole(Protocol):
 
 
 @runtime_checkable
+class SupportsAccel(Protocol):
+    def accel_for(self, spec: MachineSpec) -> tuple[str, str]:
+        """(accelerator, why): "kvm", "tcg", "xen", and how that was decided."""
+
+
+@runtime_checkable
+class SupportsPreflight(Protocol):
+    def preflight(self, machine_name: str) -> None:
+        """Raise a clear error, before anything is made, if this host or user cannot run it."""
+
+
+_PROTOCOLS = {
+    Capability.RESOURCES: SupportsResources,
+    Capability.CONSOLE: SupportsConsole,
+    Capability.ACCEL: SupportsAccel,
+    Capability.PREFLIGHT: SupportsPreflight,
+}
+
+
+class NetworkHost(Protocol):
+    """The host that holds a machine's project network (providers/hosts.py)."""
+
+    key: str  # "local", or the remote host's short name
+    remote: bool
+    shown: str
+
+    def plan_network(self, project, avoid: tuple[str, ...] = ()) -> Any: ...
+    def ensure_network(self, plan, dns: dict[str, str]) -> None: ...
+    def remove_network(self, project_id: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class Provider(Protocol):
     name: str
-    uses_project_network: bool  # machines join the project's libvirt network
+    label: str  # how messages name its machines: "KVM machine"
+
+    @property
+    def network_host(self) -> NetworkHost | None:
+        """The host whose project network the machines join; None: no project network
+        (a user's libvirt session: user-mode networking)."""
+
+    def unsupported(self, capability: Capability, spec: MachineSpec | None = None) -> str | None:
+        """Why this instance cannot do `capability` (for this machine), or None if it can."""
 
     def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
         """Where SSH to the machine is reached: (host, port). `address` is its address on the
@@ -69,13 +119,11 @@ class Provider(Protocol):
 
     def create(self, spec: MachineSpec) -> None:
         """Make the machine, stopped. MUST leave either a complete machine or, after a
-        failure, something `destroy` removes; MUST NOT be called on an existing one."""
+        failure, something `destroy` removes. Called on a machine that a creation cut
+        short, it MUST remove what is there first."""
 
     def start(self, spec: MachineSpec) -> None:
         """Start a created machine; returns once it is booting."""
-
-    def apply_resources(self, spec: MachineSpec) -> None:
-        """Bring cpus and memory of a created, stopped machine in line with the spec."""
 
     def halt(self, object_name: str, timeout: float) -> bool:
         """Shut down cleanly within timeout, else power off; True if it was clean.
@@ -90,5 +138,37 @@ class Provider(Protocol):
     def objects(self, prefix: str) -> list[str]:
         """Names of the machines this provider holds whose name starts with prefix."""
 
+    def owned(self, project_id: str) -> dict[str, str]:
+        """machine name -> object name of the machines that belong to this project, matched
+        exactly by what vbox wrote into each (never by a name prefix)."""
+
     def leaks(self, prefix: str) -> list[str]:
         """Anything left on the host for objects named with prefix (mounts, links, processes)."""
+
+
+class ProviderBase:
+    """What every provider shares: a capability is offered when the instance implements
+    its Protocol; a subclass narrows that with `_unsupported` for its own reasons."""
+
+    name = ""
+    label = ""
+
+    def unsupported(self, capability: Capability, spec: MachineSpec | None = None) -> str | None:
+        if not isinstance(self, _PROTOCOLS[capability]):
+            return f"the {self.name} provider does not offer it"
+        return self._unsupported(capability, spec)
+
+    def _unsupported(self, capability: Capability, spec: MachineSpec | None) -> str | None:
+        return None
+
+
+def require(provider, capability: Capability, machine: str, spec: MachineSpec | None = None):
+    """The provider, if it can do `capability` for `machine`; else one clear error."""
+    reason = provider.unsupported(capability, spec)
+    if reason:
+        raise VboxError(f"{machine}: a {provider.label} cannot {capability.value}: {reason}")
+    return provider
+
+
+def supports(provider, capability: Capability, spec: MachineSpec | None = None) -> bool:
+    return provider.unsupported(capability, spec) is None

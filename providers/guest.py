@@ -24,3 +24,15 @@ def identity_files(spec: MachineSpec) -> Files:
         "/etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public + "\n", 0o644, "root"),
         f"/home/{spec.user}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, spec.user),
     }
+
+
+def tmpfiles_lines(spec: MachineSpec) -> str:
+    """The identity files as systemd tmpfiles.d lines, written at boot by the machine's own
+    systemd (KVM: an SMBIOS credential; Xen: a seed disk)."""
+    import base64
+
+    lines = [f"d /home/{spec.user}/.ssh 0700 {spec.user} {spec.user} -"]
+    for path, (content, mode, owner) in identity_files(spec).items():
+        encoded = base64.b64encode(content.encode()).decode()
+        lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")
+    return "\n".join(lines) + "\n"

@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-LIBVIRT_URI = "qemu:///system"
 LXCFS_MOUNT = "/var/lib/lxcfs"
 MIN_FREE_GIB = 10
 
@@ -49,9 +47,12 @@ def systemd_is_init() -> bool:
 
 
 def _version(argv: list[str]) -> str:
+    from vbox_cli import proc
+    from vbox_cli.errors import VboxError
+
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = proc.run(argv, check=False, timeout=10).stdout
+    except VboxError:
         return ""
     return out.strip().splitlines()[0] if out.strip() else ""
 
@@ -74,19 +75,20 @@ def _socket_answers(path: str) -> bool:
 
 
 def check_libvirt() -> Check:
+    from providers.hosts import SYSTEM_URI, open_libvirt
+    from vbox_cli.errors import VboxError
+
     packages = ("libvirt-daemon-system", "libvirt-clients")
     try:
-        import libvirt
+        import libvirt  # noqa: F401 - the binding itself is the question
     except ImportError:
         return Check("libvirt", "missing", "libvirt-python is not installed", hint="reinstall vbox-cli")
     if not shutil.which("libvirtd"):
         return Check("libvirt", "missing", "libvirtd not installed", packages=packages, daemons=("libvirtd",))
-    libvirt.registerErrorHandler(lambda *_: None, None)
     try:
-        conn = libvirt.open(LIBVIRT_URI)
-    except libvirt.libvirtError as exc:
-        return Check("libvirt", "missing", f"{LIBVIRT_URI}: {exc.get_error_message()}",
-                     daemons=("virtlogd", "libvirtd"))
+        conn = open_libvirt(SYSTEM_URI)
+    except VboxError as exc:
+        return Check("libvirt", "missing", exc.message, daemons=("virtlogd", "libvirtd"))
     try:
         caps = conn.getCapabilities()
         version = conn.getLibVersion()
@@ -96,7 +98,7 @@ def check_libvirt() -> Check:
         return Check("libvirt", "missing", "libvirtd answers but has no QEMU driver",
                      packages=("libvirt-daemon-driver-qemu", "qemu-system-x86"))
     v = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
-    return Check("libvirt", "ok", f"libvirtd {v} at {LIBVIRT_URI}, QEMU driver")
+    return Check("libvirt", "ok", f"libvirtd {v} at {SYSTEM_URI}, QEMU driver")
 
 
 def check_virtlogd() -> Check:
@@ -216,7 +218,10 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> Host
 DAEMON_ORDER = ("virtlogd", "libvirtd", "lxcfs")
 
 
-def fix(report: HostReport, say: Callable[[str], None]) -> None:
+def fix(report: HostReport, say: Callable[[str], None], recheck: Callable[[], HostReport]) -> HostReport:
+    """Install the missing packages, then check again (packages change what is there: apt
+    makes the kvm group, and a daemon's package may start it), then repair and start what
+    is still missing. Returns the report after the repairs."""
     from vbox_cli import proc
 
     packages = sorted({p for c in report.checks if not c.ok for p in c.packages})
@@ -225,6 +230,7 @@ def fix(report: HostReport, say: Callable[[str], None]) -> None:
         proc.run(["apt-get", "update", "-q"], timeout=600)
         proc.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
                  env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=1800)
+        report = recheck()
     for check in report.checks:
         if not check.ok and check.repair is not None:
             say(f"fixing {check.name}: {check.hint}")
@@ -234,6 +240,7 @@ def fix(report: HostReport, say: Callable[[str], None]) -> None:
         if daemon in wanted:
             say(f"starting {daemon}")
             start_daemon(daemon)
+    return recheck()
 
 
 def start_daemon(name: str) -> None:
@@ -249,9 +256,7 @@ def start_daemon(name: str) -> None:
         ready = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock"}[name]
     else:
         os.makedirs(LXCFS_MOUNT, exist_ok=True)
-        log = open("/var/log/vbox-lxcfs.log", "ab")
-        subprocess.Popen(["lxcfs", LXCFS_MOUNT], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True)
+        proc.spawn_daemon(["lxcfs", LXCFS_MOUNT], "/var/log/vbox-lxcfs.log")
         ready = None
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -11,19 +11,17 @@ from a DHCP host entry of the project network.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
-import time
-import xml.etree.ElementTree as ET
-from pathlib import Path
+from urllib.parse import urlsplit
 
-from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec
-from providers.libvirt_conn import connect, render
+from providers.base import MachineSpec
+from providers.hosts import SESSION_URI, SYSTEM_URI, open_libvirt
+from providers.libvirt_domain import LibvirtDomainProvider, mac_address
+from providers.render import render
 from vbox_cli.errors import VboxError
 
-SYSTEM_URI = "qemu:///system"
-SESSION_URI = "qemu:///session"
+__all__ = ["KvmProvider", "render_domain", "mac_address"]
 _HOSTFWD = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22")
 
 
@@ -31,13 +29,10 @@ def choose_uri() -> str:
     """qemu:///system where this user may use it; else the user's own qemu:///session."""
     if os.geteuid() == 0:
         return SYSTEM_URI
-    import libvirt
-
-    libvirt.registerErrorHandler(lambda *_: None, None)
     try:
-        libvirt.open(SYSTEM_URI).close()
+        open_libvirt(SYSTEM_URI).close()
         return SYSTEM_URI
-    except libvirt.libvirtError:
+    except VboxError:
         return SESSION_URI
 
 
@@ -49,24 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mac_address(object_name: str) -> str:
-    digest = hashlib.sha256(object_name.encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-
-
-def tmpfiles_lines(spec: MachineSpec) -> str:
-    """tmpfiles.d lines that write the machine's identity at boot (KVM: a credential; Xen: a seed disk)."""
-    from providers.guest import identity_files
-
-    lines = [f"d /home/{spec.user}/.ssh 0700 {spec.user} {spec.user} -"]
-    for path, (content, mode, owner) in identity_files(spec).items():
-        encoded = base64.b64encode(content.encode()).decode()
-        lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")
-    return "\n".join(lines) + "\n"
-
-
 def tmpfiles_credential(spec: MachineSpec) -> str:
-    """The tmpfiles lines, base64 for the SMBIOS credential."""
+    """The identity as tmpfiles lines, base64 for the SMBIOS credential."""
+    from providers.guest import tmpfiles_lines
+
     return base64.b64encode(tmpfiles_lines(spec).encode()).decode()
 
 
@@ -77,7 +58,7 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
-    linux_cmdline = (f"root=LABEL={spec.box.meta.get('root_label', 'vbox-root')} rw console=ttyS0 "
+    linux_cmdline = (f"root=LABEL={spec.box.meta.boot.root_label} rw console=ttyS0 "
                      f"systemd.hostname={short} net.ifnames=0")
     kernel, initrd, cmdline = paths["kernel"], paths["initrd"], linux_cmdline
     qemu_args = []
@@ -114,67 +95,27 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     )
 
 
-class KvmProvider:
+class KvmProvider(LibvirtDomainProvider):
     name = "kvm"
-    host_types = ("qemu",)  # what libvirt's getType() says on a host this provider can use
+    label = "KVM machine"
+    host_types = ("qemu",)
 
     def __init__(self, access=None):
-        """`access`: another host's libvirt (providers/remote.py); None: this host's."""
-        self.access = access
-        self.uri = access.uri if access is not None else choose_uri()
-        self._conn = None
+        super().__init__(access.uri if access is not None else choose_uri(), access)
         self._accel = None
 
     @property
-    def remote(self) -> bool:
-        return self.access is not None and self.access.remote
-
-    @property
     def session_mode(self) -> bool:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.uri).path.rstrip("/") == "/session"
 
     @property
-    def uses_project_network(self) -> bool:
-        # a session has no bridges: user-mode networking, SSH through a forwarded port
-        return not self.session_mode
-
-    @property
-    def conn(self):
-        if self._conn is None:
-            if self.access is None:
-                self._conn = connect(self.uri)
-            else:
-                from providers.remote import open_host
-
-                self._conn = open_host(self.access)
-        return self._conn
-
-    def close(self) -> None:
-        """Close the connection (to a remote host: before that host goes, see machines._close)."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+    def network_host(self):
+        # a user's session has no bridges: user-mode networking, SSH through a forwarded port
+        return None if self.session_mode else self.host
 
     def preflight(self, machine_name: str) -> None:
-        """A host named with `host` answers, and is a host of this provider's kind."""
-        if self.access is None or self.access.pending:
-            return  # this host (`env doctor`), or a machine of this Envfile not up yet (checked later)
-        try:
-            conn = self.conn
-        except VboxError as exc:
-            raise VboxError(f"{machine_name}: {exc.message}", hint=exc.hint) from None
-        try:
-            kind = conn.getType()
-        except Exception as exc:  # libvirt.libvirtError, with the message we want
-            raise VboxError(f"{machine_name}: the host {self.access.shown} does not answer: {exc}") from None
-        if kind.lower() not in self.host_types:
-            raise self._wrong_host(machine_name, kind)
-        if self.session_mode and self.remote:
+        super().preflight(machine_name)
+        if self.access is not None and not self.access.pending and self.session_mode and self.remote:
             raise VboxError(f"{machine_name}: {self.access.shown} is a user's session on another host; "
                             "its machines have no address vbox could reach",
                             hint="name the host's system libvirt: qemu+ssh://user@HOST/system")
@@ -192,33 +133,14 @@ class KvmProvider:
             raise VboxError(f"{object_name} has no SSH port forward", hint="destroy it and `env up` again")
         return "127.0.0.1", int(match[1])
 
-    def _domain(self, object_name: str):
-        import libvirt
-
-        try:
-            return self.conn.lookupByName(object_name)
-        except libvirt.libvirtError:
-            return None
-
-    # -- state -----------------------------------------------------------------
-    def state(self, object_name: str) -> str:
-        dom = self._domain(object_name)
-        if dom is None:
-            return NOT_CREATED
-        return RUNNING if dom.isActive() else STOPPED
-
-    def objects(self, prefix: str) -> list[str]:
-        return sorted(d.name() for d in self.conn.listAllDomains() if d.name().startswith(prefix))
-
     # -- acceleration ----------------------------------------------------------
     def accel_for(self, spec: MachineSpec):
         """(accel, reason): what this machine will run with, decided by trying (cached)."""
         from providers.accel import detect
         from vbox_cli.paths import vbox_home
 
-        where = self.access.shown if self.access is not None else self.uri
-        mode = f"; libvirt {where}" + (" (user-mode networking, SSH through 127.0.0.1)"
-                                       if self.session_mode else "")
+        mode = f"; libvirt {self.host.shown}" + (" (user-mode networking, SSH through 127.0.0.1)"
+                                                  if self.session_mode else "")
         if spec.machine.accel in ("kvm", "tcg"):
             return spec.machine.accel, "set in the Envfile or with --accel" + mode
         if self.remote:
@@ -239,122 +161,8 @@ class KvmProvider:
         return self._accel
 
     # -- life cycle ------------------------------------------------------------
-    def create(self, spec: MachineSpec) -> None:
-        from providers.network import add_dhcp_host
-        from providers.storage import base_volumes, create_overlay, ensure_pool
-
-        self.destroy(spec.object_name)  # whatever a creation cut short left
-        pool = ensure_pool(self.conn)
-        paths = base_volumes(self.conn, pool, spec.box)
-        volume = f"{spec.object_name}.qcow2"
-        check_disk_size(spec)
-        create_overlay(pool, volume, paths["disk"], spec.machine.disk)
+    def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:
         ssh_port = free_port() if self.session_mode else None
-        if not self.session_mode:
-            add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
-                          spec.machine.hostname.split(".")[0])
         accel, _ = self.accel_for(spec)
-        xml = render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, volume, ssh_port,
-                            console_log=not self.remote)
-        self.conn.defineXML(xml)
-
-    def apply_resources(self, spec: MachineSpec) -> None:
-        import libvirt
-
-        dom = self._domain(spec.object_name)
-        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        memory = str(spec.machine.memory // 1024)
-        for tag in ("memory", "currentMemory"):
-            element = root.find(tag)
-            if element is not None:
-                element.text, element.attrib = memory, {"unit": "KiB"}
-        root.find("vcpu").text = str(spec.machine.cpus)
-        self.conn.defineXML(ET.tostring(root, encoding="unicode"))
-
-    def start(self, spec: MachineSpec) -> None:
-        import libvirt
-
-        self.apply_resources(spec)
-        log = self.console_log(spec.object_name)
-        if log and log.exists():
-            log.write_text("")  # the console of this boot only
-        try:
-            self._domain(spec.object_name).create()
-        except libvirt.libvirtError as exc:
-            raise VboxError(f"libvirt could not start {spec.object_name}: {exc.get_error_message()}") from None
-
-    def halt(self, object_name: str, timeout: float = 30) -> bool:
-        """ACPI shutdown, then power off if the guest has not stopped within timeout."""
-        import libvirt
-
-        dom = self._domain(object_name)
-        if dom is None or not dom.isActive():
-            return True
-        try:
-            dom.shutdown()
-        except libvirt.libvirtError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not dom.isActive():
-                return True
-            time.sleep(0.2)
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass
-        return False
-
-    def destroy(self, object_name: str) -> None:
-        import libvirt
-
-        from providers.network import remove_dhcp_host
-        from providers.storage import POOL, delete_volume, unused_bases
-
-        dom = self._domain(object_name)
-        if dom is not None:
-            if dom.isActive():
-                try:
-                    dom.destroy()
-                except libvirt.libvirtError:
-                    pass
-            dom.undefine()
-        remove_dhcp_host(self.conn, mac_address(object_name))
-        try:
-            pool = self.conn.storagePoolLookupByName(POOL)
-        except libvirt.libvirtError:
-            return
-        delete_volume(pool, f"{object_name}.qcow2")
-        for name in unused_bases(pool):
-            delete_volume(pool, name)
-
-    def console_log(self, object_name: str) -> Path | None:
-        dom = self._domain(object_name)
-        if dom is None:
-            return None
-        log = ET.fromstring(dom.XMLDesc(0)).find("devices/serial/log")
-        return Path(log.get("file")) if log is not None else None
-
-    def console_command(self, object_name: str) -> list[str]:
-        return ["virsh", "-c", self.uri, "console", object_name]
-
-    def leaks(self, prefix: str) -> list[str]:
-        return []  # domains and volumes are libvirt objects: providers/leaks.py lists them
-
-
-def check_disk_size(spec: MachineSpec) -> None:
-    """A machine's disk may not be smaller than its box's (the overlay could not hold it)."""
-    box_size = _virtual_size(str(spec.box.artefact("disk")))
-    if spec.machine.disk < box_size:
-        from vbox_cli.envfile.model import format_size
-
-        raise VboxError(f"{spec.machine.name}: disk {format_size(spec.machine.disk)} is smaller than the box's "
-                        f"disk ({format_size(box_size)})", hint=f'set disk = "{format_size(box_size)}" or more')
-
-
-def _virtual_size(path: str) -> int:
-    import json
-
-    from vbox_cli import proc
-
-    return int(json.loads(proc.run(["qemu-img", "info", "--output=json", path]).stdout)["virtual-size"])
+        return render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, overlay.name(), ssh_port,
+                             console_log=not self.remote)

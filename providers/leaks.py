@@ -10,15 +10,18 @@ def find(project_id: str | None = None) -> list[str]:
     """Leftovers of one project (by id), or of every vbox project."""
     import libvirt
 
-    import providers
-    from providers.libvirt_conn import connect
+    from providers.hosts import SYSTEM_URI, open_libvirt
+    from providers.registry import local_providers
 
     prefix = f"vbox-{project_id}-" if project_id else "vbox-"
     network = f"vbox-{project_id}" if project_id else None
     found = []
-    for provider in providers.all_available():
+    for name, provider, why in local_providers():
+        if provider is None:
+            found.append(f"{name} machines could not be listed: {why}")
+            continue
         found += provider.leaks(prefix)
-    conn = connect()
+    conn = open_libvirt(SYSTEM_URI)
     try:
         for net in conn.listAllNetworks():
             name = net.name()

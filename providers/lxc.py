@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec
+from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
 from vbox_cli import proc
 from vbox_cli.errors import VboxError
 
@@ -57,12 +57,14 @@ def cpuset(cpus: int, index: int, host_cpus: int) -> str:
 
 
 def render_config(spec: MachineSpec, folder: Path) -> str:
-    from providers.libvirt_conn import render
+    from providers.render import render
 
     memory_key, cpuset_key = cgroup_keys()
     return render(
         "lxc.conf.j2",
         object_name=spec.object_name,
+        project=spec.project_id,
+        machine=spec.machine.name,
         hostname=spec.machine.hostname.split(".")[0],
         lower=spec.box.artefact("rootfs"),
         upper=folder / UPPER,
@@ -120,12 +122,19 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
             os.chmod(current_upper, 0o755)
 
 
-class LxcProvider:
+class LxcProvider(ProviderBase):
     name = "lxc"
-    uses_project_network = True
+    label = "LXC container"
 
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()
+
+    @property
+    def network_host(self):
+        # the veth joins the bridge of the project network that this host's libvirt holds
+        from providers.hosts import local
+
+        return local()
 
     def _folder(self, object_name: str) -> Path:
         return self.path / object_name
@@ -144,6 +153,21 @@ class LxcProvider:
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name.startswith(prefix) and p.is_dir())
+
+    def owned(self, project_id: str) -> dict[str, str]:
+        """machine -> container of that project, by the marker line in each config."""
+        found = {}
+        for name in self.objects("vbox-"):
+            try:
+                with open(self._folder(name) / CONFIG) as f:
+                    head = [f.readline() for _ in range(3)]
+            except OSError:
+                continue
+            for line in head:
+                fields = dict(part.split("=", 1) for part in line[1:].split() if "=" in part)
+                if line.startswith("# vbox project=") and fields.get("project") == project_id:
+                    found[fields.get("machine", "")] = name
+        return {machine: name for machine, name in found.items() if machine}
 
     def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
         return address, 22
@@ -177,10 +201,10 @@ class LxcProvider:
         self._write_config(spec)  # last: a folder with a config is a complete machine
 
     def _write_config(self, spec: MachineSpec) -> None:
+        from vbox_cli.files import atomic_write
+
         folder = self._folder(spec.object_name)
-        tmp = folder / f"{CONFIG}.tmp"
-        tmp.write_text(render_config(spec, folder))
-        os.replace(tmp, folder / CONFIG)
+        atomic_write(folder / CONFIG, render_config(spec, folder), 0o600)
 
     def apply_resources(self, spec: MachineSpec) -> None:
         self._write_config(spec)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from providers.libvirt_conn import connect, render
+from providers.render import render
 from vbox_cli.errors import VboxError
 
 FIRST_STATIC, LAST_STATIC = 2, 99
@@ -56,11 +55,13 @@ def bridge_name(project_id: str) -> str:
 
 def used_subnets(conn) -> list[ipaddress.IPv4Network]:
     """Subnets on the host's interfaces and routes, and those of every libvirt network."""
+    from vbox_cli import proc
+
     used = []
     for argv in (["ip", "-j", "-4", "addr"], ["ip", "-j", "-4", "route", "show", "table", "all"]):
         try:
-            data = json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout or "[]")
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+            data = json.loads(proc.run(argv, check=False, timeout=10).stdout or "[]")
+        except (VboxError, ValueError):
             continue
         for item in data:
             for info in item.get("addr_info", []):
@@ -90,31 +91,23 @@ def choose_subnet(project_id: str, used: list[ipaddress.IPv4Network]) -> str:
                     hint="destroy the machines of projects you no longer use")
 
 
-def plan(project, conn=None) -> NetworkPlan:
-    """The project's network, with the subnet recorded in its state (chosen once)."""
-    state = project.load_state().get("network", {})
-    subnet = state.get("subnet")
-    if subnet is None:
-        existing = _existing_subnet(conn or connect(), network_name(project.id))
-        subnet = existing or choose_subnet(project.id, used_subnets(conn or connect()))
-        project.update_state(lambda s: s.setdefault("network", {}).update(subnet=subnet))
-    return NetworkPlan(network_name(project.id), bridge_name(project.id), subnet, f"{project.id}.vbox")
+def plan(project, conn, host_key: str = "local", avoid: tuple[str, ...] = ()) -> NetworkPlan:
+    """The project's network on the host `conn` reaches, with its subnet chosen once and
+    kept in the project's state: this host's under "network", another host's under
+    "network.hosts.KEY" (clear of that host's networks and of `avoid`: the remote host may
+    itself sit on this host's project network)."""
+    def record(state: dict) -> dict:
+        network = state.setdefault("network", {})
+        return network if host_key == "local" else network.setdefault("hosts", {}).setdefault(host_key, {})
 
-
-def plan_on(project, host_key: str, conn, local_plan: NetworkPlan) -> NetworkPlan:
-    """The project's network on another host (the one `conn` reaches): its own subnet,
-    clear of that host's libvirt networks, of this host's and of the local project
-    network (the remote host may itself sit on it), kept in the state per host."""
-    state = project.load_state().get("network", {}).get("hosts", {}).get(host_key, {})
-    subnet = state.get("subnet")
+    subnet = record(project.load_state()).get("subnet")
     if subnet is None:
-        existing = _existing_subnet(conn, network_name(project.id))
-        if existing is None:
-            used = used_subnets(conn) + [ipaddress.ip_network(local_plan.subnet)]
-            existing = choose_subnet(project.id + "@" + host_key, used)
-        subnet = existing
-        project.update_state(lambda s: s.setdefault("network", {}).setdefault("hosts", {})
-                             .setdefault(host_key, {}).update(subnet=subnet))
+        subnet = _existing_subnet(conn, network_name(project.id))
+        if subnet is None:
+            used = used_subnets(conn) + [ipaddress.ip_network(a) for a in avoid]
+            subnet = choose_subnet(project.id if host_key == "local" else f"{project.id}@{host_key}", used)
+        chosen = subnet
+        project.update_state(lambda s: record(s).update(subnet=chosen))
     return NetworkPlan(network_name(project.id), bridge_name(project.id), subnet, f"{project.id}.vbox")
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit
 
-from vbox_cli.errors import VboxError
 
 
 @dataclass(frozen=True)
@@ -75,33 +74,15 @@ def machine_access(project, machines: dict, name: str) -> HostAccess | None:
     another host; None: this host, the provider's own default (an LXC machine; a KVM
     machine without `host`). `machines` holds Machine models or the cached settings
     dicts of `env status` and `env ssh`."""
-    import providers
+    from providers.registry import info
 
-    machine = machines[name]
-    provider, host = (machine["provider"], machine.get("host")) if isinstance(machine, dict) else \
-        (machine.provider, machine.host)
-    if provider not in providers.REMOTE_CAPABLE or (provider == "kvm" and not host):
+    provider, host = setting(machines[name], "provider"), setting(machines[name], "host")
+    entry = info(provider)
+    if not entry.remote or (not host and entry.default_uri is None):
         return None
-    from providers.xen import LOCAL_URI
-
-    return resolve(host, LOCAL_URI, project, machines)
+    return resolve(host, entry.default_uri, project, machines)
 
 
-def open_host(access: HostAccess):
-    """A libvirt connection to the host; one clear error naming it when it does not answer."""
-    import libvirt
-
-    if access.pending:
-        raise VboxError(f"the host {access.shown} is a machine of this Envfile that is not up",
-                        hint=f"`env up {access.machine}` first")
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    try:
-        return libvirt.open(access.uri)
-    except libvirt.libvirtError as exc:
-        tried = f" (tried {access.uri.split('?')[0]} with the project's SSH key)" if access.machine else ""
-        local = not urlsplit(access.uri).hostname
-        hint = ("this host runs no Xen with libvirt's Xen driver: name a Xen host with `host`"
-                if local and access.uri.startswith("xen") else
-                "check that the host is up, that libvirtd runs there and that this user may use it")
-        raise VboxError(f"the host {access.shown} does not answer{tried}: {exc.get_error_message()}",
-                        hint=hint) from None
+def setting(machine, key: str):
+    """A machine's setting, from a Machine model or a cached settings dict."""
+    return machine.get(key) if isinstance(machine, dict) else getattr(machine, key, None)

@@ -143,7 +143,7 @@ def _send(stream, data: bytes) -> None:
 
 
 def overlay_xml(name: str, backing: str, capacity: int) -> str:
-    from providers.libvirt_conn import render
+    from providers.render import render
 
     return render("volume.xml.j2", name=name, backing=backing, capacity=capacity)
 

@@ -15,11 +15,13 @@ files go up through libvirt's storage API and the project network is made there 
 from __future__ import annotations
 
 from providers.base import MachineSpec
-from providers.kvm import KvmProvider, check_disk_size, mac_address, tmpfiles_lines
-from providers.libvirt_conn import render
+from providers.guest import tmpfiles_lines
+from providers.libvirt_domain import LibvirtDomainProvider, mac_address
+from providers.registry import REGISTRY
+from providers.render import render
 from vbox_cli.errors import VboxError
 
-LOCAL_URI = "xen:///system"
+LOCAL_URI = REGISTRY["xen"].default_uri
 SEED_HEADER = "# vbox-seed "
 SEED_VERSION = "1"
 MODES = ("pv", "pvh", "hvm")
@@ -37,7 +39,7 @@ def seed_image(spec: MachineSpec) -> bytes:
 def kernel_cmdline(spec: MachineSpec, mode: str) -> str:
     short = spec.machine.hostname.split(".")[0]
     console = "ttyS0" if mode == "hvm" else "hvc0"
-    return (f"root=LABEL={spec.box.meta.get('root_label', 'vbox-root')} rw console={console} "
+    return (f"root=LABEL={spec.box.meta.boot.root_label} rw console={console} "
             f"systemd.hostname={short} net.ifnames=0")
 
 
@@ -53,21 +55,19 @@ def render_domain(spec: MachineSpec, mode: str, paths: dict[str, str], disk: str
     )
 
 
-class XenProvider(KvmProvider):
-    """Shares the KVM provider's life cycle (libvirt domains, volumes, DHCP entries);
-    differs in the domain it defines and in where its host is."""
+class XenProvider(LibvirtDomainProvider):
+    """A libvirt domain of the libxl driver, with its identity on a seed disk."""
 
     name = "xen"
+    label = "Xen guest"
     host_types = ("xen", "libxl")
+    extra_volumes = (".seed",)
 
     def __init__(self, access=None):
         from providers.remote import HostAccess
 
-        super().__init__(access or HostAccess(uri=LOCAL_URI, shown=LOCAL_URI))
-
-    @property
-    def session_mode(self) -> bool:
-        return False
+        access = access or HostAccess(uri=LOCAL_URI, shown=LOCAL_URI)
+        super().__init__(access.uri, access)
 
     def _wrong_host(self, machine_name: str, kind: str) -> VboxError:
         return VboxError(f"{machine_name}: {self.access.shown} is a {kind} host, not a Xen host",
@@ -76,42 +76,11 @@ class XenProvider(KvmProvider):
     def accel_for(self, spec: MachineSpec):
         return "xen", f"Xen {spec.machine.mode.upper()} guest on {self.access.shown}"
 
-    def ssh_endpoint(self, object_name: str, address: str) -> tuple[str, int]:
-        return address, 22
+    def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:
+        from providers.storage import upload_volume
 
-    def create(self, spec: MachineSpec) -> None:
-        from providers.network import add_dhcp_host
-        from providers.storage import base_volumes, create_overlay, ensure_pool, upload_volume
-
-        self.destroy(spec.object_name)  # whatever a creation cut short left
-        pool = ensure_pool(self.conn)
-        paths = base_volumes(self.conn, pool, spec.box)
-        disk = f"{spec.object_name}.qcow2"
-        check_disk_size(spec)
-        overlay = create_overlay(pool, disk, paths["disk"], spec.machine.disk)
         seed = upload_volume(self.conn, pool, f"{spec.object_name}.seed", seed_image(spec))
-        add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
-                      spec.machine.hostname.split(".")[0])
-        xml = render_domain(spec, spec.machine.mode, paths, overlay.path(), seed.path())
-        try:
-            self.conn.defineXML(xml)
-        except Exception as exc:
-            raise VboxError(f"{spec.machine.name}: {self.access.shown} refused the domain: {exc}") from None
-
-    def destroy(self, object_name: str) -> None:
-        import libvirt
-
-        from providers.storage import POOL, delete_volume
-
-        super().destroy(object_name)
-        try:
-            pool = self.conn.storagePoolLookupByName(POOL)
-        except libvirt.libvirtError:
-            return
-        delete_volume(pool, f"{object_name}.seed")
+        return render_domain(spec, spec.machine.mode, paths, overlay.path(), seed.path())
 
     def console_log(self, object_name: str):
         return None  # the console is on the Xen host: `env console` attaches to it
-
-    def console_command(self, object_name: str) -> list[str]:
-        return ["virsh", "-c", self.access.uri, "console", object_name]

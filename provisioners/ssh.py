@@ -95,7 +95,7 @@ def connect(target: Target, timeout: float = 10):
     return client
 
 
-def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None):
+def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None) -> "Connection":
     """Connect as soon as sshd answers; on time-out, show the console's tail."""
     import paramiko
 
@@ -121,7 +121,7 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
         try:
             # short: behind a user-mode port forward the TCP connection is accepted
             # before the guest's sshd is there to send its banner
-            return connect(target, timeout=min(5.0, max(remaining, 1.0)))
+            return Connection(connect(target, timeout=min(5.0, max(remaining, 1.0))))
         except paramiko.BadHostKeyException:
             raise VboxError(
                 f"{target.name}: the machine's SSH host key is not the one vbox made for it",
@@ -140,29 +140,36 @@ def _tail(path: Path | None, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run(client, command: str, on_line: Callable[[str], None]) -> int:
-    """Run a command; each line of its output (stdout and stderr merged) goes to on_line."""
-    transport = client.get_transport()
-    channel = transport.open_session()
-    channel.set_combine_stderr(True)
-    channel.exec_command(command)
-    channel.shutdown_write()
-    pending = b""
-    while data := channel.recv(32768):
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            on_line(line.decode(errors="replace").rstrip("\r"))
-    if pending:
-        on_line(pending.decode(errors="replace").rstrip("\r"))
-    return channel.recv_exit_status()
+class Connection:
+    """One SSH connection to a machine, as the provisioning steps use it."""
 
+    def __init__(self, client):
+        self.client = client  # paramiko.SSHClient
 
-def upload(client, data: bytes, remote_path: str, mode: int = 0o600) -> None:
-    sftp = client.open_sftp()
-    try:
-        with sftp.open(remote_path, "wb") as f:
-            f.write(data)
-        sftp.chmod(remote_path, mode)
-    finally:
-        sftp.close()
+    def run(self, command: str, on_line: Callable[[str], None]) -> int:
+        """Run a command; each line of its output (stdout and stderr merged) goes to on_line."""
+        channel = self.client.get_transport().open_session()
+        channel.set_combine_stderr(True)
+        channel.exec_command(command)
+        channel.shutdown_write()
+        pending = b""
+        while data := channel.recv(32768):
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                on_line(line.decode(errors="replace").rstrip("\r"))
+        if pending:
+            on_line(pending.decode(errors="replace").rstrip("\r"))
+        return channel.recv_exit_status()
+
+    def upload(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        sftp = self.client.open_sftp()
+        try:
+            with sftp.open(remote_path, "wb") as f:
+                f.write(data)
+            sftp.chmod(remote_path, mode)
+        finally:
+            sftp.close()
+
+    def close(self) -> None:
+        self.client.close()

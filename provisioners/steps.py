@@ -1,4 +1,5 @@
-"""Provisioning steps, run over SSH: shell (inline), script (uploaded), file (uploaded).
+"""Running provisioning steps over one SSH connection, whatever their kind
+(provisioners/kinds/).
 
 Steps run as root (through sudo) unless `privileged = false`. A step's identity is a
 hash of its definition and its occurrence, so `run = "once"` steps are recorded per
@@ -10,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vbox_cli.envfile.model import ScriptStep, ShellStep
 from vbox_cli.errors import VboxError
 
 WORK_DIR = "/tmp/vbox-provision"
+MAX_UPLOAD = 256 * 1024**2  # a script or file of the project sent to a machine
 
 
 class StepFailed(VboxError):
@@ -39,46 +41,60 @@ def step_ids(steps) -> list[str]:
 
 
 def summary(step) -> str:
-    if isinstance(step, ShellStep):
-        first = next((line.strip() for line in step.shell.splitlines() if line.strip()), "")
-        return f"shell: {first[:60]}"
-    if isinstance(step, ScriptStep):
-        return f"script: {step.script}"
-    return f"file: {step.file} -> {step.to}"
+    from provisioners.kinds import summary as kind_summary
+
+    return kind_summary(step)
 
 
-def work_dir(client) -> str:
+@dataclass
+class StepContext:
+    """What a step kind is given to run one step."""
+
+    conn: object  # provisioners.ssh.Connection: run(command, on_line) -> status; upload(data, path, mode)
+    work: str  # a private folder of the login user in the machine
+    machine: str
+    index: int
+    project_dir: Path
+    on_line: Callable[[str], None]
+
+    @staticmethod
+    def sudo(step) -> str:
+        return "sudo -n -H " if step.privileged else ""
+
+    def read(self, relative: str) -> bytes:
+        """A file of the project: it must resolve (symlinks followed) inside the project
+        folder and be a regular file."""
+        from vbox_cli.files import project_file, read_regular
+
+        try:
+            return read_regular(project_file(self.project_dir, relative), MAX_UPLOAD)
+        except ValueError as exc:
+            raise VboxError(f"{self.machine}: {exc}") from None
+        except OSError as exc:
+            raise VboxError(f"{self.machine}: cannot read {relative!r}: {exc.strerror or exc}") from None
+
+    def upload(self, data: bytes, name: str, mode: int) -> str:
+        path = f"{self.work}/{self.index + 1}-{name}"
+        self.conn.upload(data, path, mode)
+        return path
+
+    def run(self, command: str, uploaded: str) -> int:
+        """Run `command`; the uploaded file goes with the same command, whatever its exit status."""
+        return self.conn.run(f"{command}; status=$?; rm -f {shlex.quote(uploaded)}; exit $status", self.on_line)
+
+
+def work_dir(conn) -> str:
     """A private folder of the login user for uploaded steps (made once a connection)."""
-    from provisioners.ssh import run
-
     lines: list[str] = []
-    status = run(client, f'd={WORK_DIR}-$(id -u) && mkdir -p -m 700 "$d" && echo "$d"', lines.append)
+    status = conn.run(f'd={WORK_DIR}-$(id -u) && mkdir -p -m 700 "$d" && echo "$d"', lines.append)
     if status != 0 or not lines:
         raise VboxError("cannot make a folder for provisioning in the machine: " + " ".join(lines))
     return lines[-1].strip()
 
 
-def run_step(client, work: str, machine: str, index: int, step, project_dir: Path,
-             on_line: Callable[[str], None]) -> None:
-    """Upload what the step needs into `work` and run it; the upload is removed by the
-    same command, whatever the step's exit status."""
-    from provisioners.ssh import run, upload
+def run_step(ctx: StepContext, step) -> None:
+    from provisioners.kinds import kind_of, module
 
-    sudo = "sudo -n -H " if step.privileged else ""
-    if isinstance(step, ShellStep):
-        path = f"{work}/{index + 1}.sh"
-        upload(client, step.shell.encode(), path, 0o700)
-        command = f"{sudo}/bin/sh -e {shlex.quote(path)}"
-    elif isinstance(step, ScriptStep):
-        path = f"{work}/{index + 1}-{Path(step.script).name}"
-        upload(client, (project_dir / step.script).read_bytes(), path, 0o700)
-        assignments = [f"{key}={value}" for key, value in step.env.items()]
-        command = f"{sudo}env {shlex.join(assignments)} {shlex.quote(path)} {shlex.join(step.args)}"
-    else:
-        path = f"{work}/{index + 1}.file"
-        upload(client, (project_dir / step.file).read_bytes(), path, 0o600)
-        owner = "-o root -g root " if step.privileged else ""
-        command = f"{sudo}install -D -m {step.mode or '0644'} {owner}{shlex.quote(path)} {shlex.quote(step.to)}"
-    status = run(client, f"{command}; status=$?; rm -f {shlex.quote(path)}; exit $status", on_line)
+    status = module(kind_of(step)).run(step, ctx)
     if status != 0:
-        raise StepFailed(machine, index, summary(step), status)
+        raise StepFailed(ctx.machine, ctx.index, summary(step), status)

@@ -30,7 +30,28 @@ As `env`, any arguments that are not a vbox verb go to the system's env unchange
 @dataclass
 class Context:
     out: Output
-    envfile: Optional[Path]
+    envfile: Optional[Path] = None
+    ndjson: object = None  # vbox_cli.events.NdjsonSink, with --events
+    failure: Optional[tuple[str, Optional[str]]] = None  # (message, hint) of a command that exits 1
+
+    def start_events(self, command: str, subject_key: str = "machine"):
+        """NDJSON on stdout from here on: every other line the command prints goes to stderr."""
+        from vbox_cli.events import NdjsonSink
+
+        if self.ndjson is None:
+            self.ndjson = NdjsonSink(command, subject_key)
+            self.out.to_stderr = True
+        return self.ndjson
+
+    def finish(self, exit_code: int, error: Optional[str] = None, hint: Optional[str] = None) -> None:
+        """The last NDJSON line: the command's result, naming its failure."""
+        if self.ndjson is None:
+            return
+        from vbox_cli.events import Event
+
+        if exit_code and error is None and self.failure:
+            error, hint = self.failure
+        self.ndjson.handle(Event("result", None, ok=exit_code == 0, exit_code=exit_code, error=error, hint=hint))
 
     def envfile_path(self) -> Path:
         """The Envfile given with --file, else the nearest one from here upwards."""
@@ -76,7 +97,10 @@ def make_app() -> typer.Typer:
             bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
         ] = False,
     ) -> None:
-        ctx.obj = Context(out=Output(plain=True if plain else None), envfile=file)
+        context = ctx.obj
+        if plain:
+            context.out.plain = True
+        context.envfile = file
 
     from vbox_cli.commands import box, doctor, init, schema, ssh, status, up, validate
 
@@ -106,42 +130,53 @@ def _click_exceptions():
 def run(args: list[str], prog_name: str) -> int:
     import signal
 
-    click_exceptions = _click_exceptions()
     # SIGTERM unwinds like Ctrl-C, so that cleanup (a half-built box) runs.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     app = make_app()
     out = Output()
+    context = Context(out=out)
+    code, error = _invoke(app, args, prog_name, context)
+    context.finish(code, *(error or (None, None)))
+    return code
+
+
+def _invoke(app, args: list[str], prog_name: str, context: Context):
+    """(exit code, (error, hint) or None): the one place errors become exit codes."""
+    click_exceptions = _click_exceptions()
+    out = context.out
     try:
-        result = typer.main.get_command(app).main(args=args, prog_name=prog_name, standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        result = typer.main.get_command(app).main(args=args, prog_name=prog_name, standalone_mode=False,
+                                                  obj=context)
+        return (result if isinstance(result, int) else 0), None
     except VboxError as exc:
         _report(out, exc)
-        return exc.exit_code
+        return exc.exit_code, (exc.message, exc.hint)
     except typer.Exit as exc:
-        return exc.exit_code
+        return exc.exit_code, None
     except typer.Abort:
         out.error("aborted")
-        return 130
+        return 130, ("aborted", None)
     except click_exceptions.NoArgsIsHelpError as exc:
         print(exc.format_message())
-        return EXIT_USAGE
+        return EXIT_USAGE, None
     except click_exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else prog_name
         out.error(exc.format_message(), hint=f"see `{command} --help`")
-        return EXIT_USAGE
+        return EXIT_USAGE, (exc.format_message(), None)
     except click_exceptions.ClickException as exc:
         out.error(exc.format_message())
-        return exc.exit_code
+        return exc.exit_code, (exc.format_message(), None)
     except KeyboardInterrupt:
         out.error("interrupted")
-        return 130
+        return 130, ("interrupted", None)
     except BrokenPipeError:
-        return EXIT_FAILURE
+        return EXIT_FAILURE, None
     except Exception as exc:  # a bug: say so plainly, show the traceback on request
         if os.environ.get("VBOX_DEBUG"):
             raise
-        out.error(f"internal error: {type(exc).__name__}: {exc}", hint="run again with VBOX_DEBUG=1 for a traceback")
-        return EXIT_FAILURE
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        out.error(message, hint="run again with VBOX_DEBUG=1 for a traceback")
+        return EXIT_FAILURE, (message, None)
 
 
 def _raise_interrupt(signum, frame) -> None:

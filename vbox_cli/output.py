@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 
 class Output:
     def __init__(self, plain: bool | None = None):
         self.plain = plain if plain is not None else not sys.stdout.isatty()
+        self.to_stderr = False  # with --events, stdout carries NDJSON only
         self._console = None
         self._err_console = None
+
+    @property
+    def _stdout(self):
+        return sys.stderr if self.to_stderr else sys.stdout
 
     # -- consoles --------------------------------------------------------------
     @property
@@ -24,7 +28,7 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(highlight=False)
+            self._console = Console(highlight=False, stderr=self.to_stderr)
         return self._console
 
     @property
@@ -37,8 +41,8 @@ class Output:
 
     # -- messages --------------------------------------------------------------
     def line(self, text: str = "", style: str | None = None) -> None:
-        if self.plain:
-            print(text, flush=True)
+        if self.plain or self.to_stderr:
+            print(text, file=self._stdout, flush=True)
         else:
             self.console.print(text, style=style, markup=False)
 
@@ -56,138 +60,28 @@ class Output:
                 print(f"{prefix}: {body}", file=sys.stderr, flush=True)
 
     def json(self, data: Any) -> None:
-        print(json.dumps(data, indent=2, sort_keys=False), flush=True)
+        print(json.dumps(data, indent=2, sort_keys=False), file=self._stdout, flush=True)
 
     # -- tables ----------------------------------------------------------------
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
         cells = [[str(c) for c in row] for row in rows]
-        if self.plain:
+        if self.plain or self.to_stderr:
+            stream = self._stdout
             widths = [max([len(col), *(len(row[i]) for row in cells)]) for i, col in enumerate(columns)]
             if title:
-                print(title)
-            print("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths)).rstrip())
+                print(title, file=stream)
+            print("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths)).rstrip(), file=stream)
             for row in cells:
-                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-            sys.stdout.flush()
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=stream)
+            stream.flush()
             return
         from rich.table import Table
 
         table = Table(title=title, title_justify="left", header_style="bold")
         for col in columns:
             table.add_column(col)
+        from rich.text import Text
+
         for row in cells:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))
         self.console.print(table)
-
-    # -- progress --------------------------------------------------------------
-    @contextmanager
-    def progress(self, title: str) -> Iterator["Progress"]:
-        """A task with phases; each phase is a line in plain mode, a spinner on a terminal."""
-        if self.plain:
-            yield _PlainProgress(title)
-            return
-        with self.console.status(title) as status:
-            yield _RichProgress(title, status, self.console)
-
-
-class Progress:
-    def phase(self, text: str) -> None:
-        """A new step of the task: always shown."""
-
-    def detail(self, text: str) -> None:
-        """A passing detail (a log line): shown on a terminal, dropped from plain output."""
-
-
-class _PlainProgress(Progress):
-    def __init__(self, title: str):
-        self.title = title
-
-    def phase(self, text: str) -> None:
-        print(f"{self.title}: {text}", flush=True)
-
-
-class _RichProgress(Progress):
-    def __init__(self, title: str, status, console):
-        self.title = title
-        self.status = status
-        self.console = console
-        self.current = ""
-
-    def phase(self, text: str) -> None:
-        if self.current:
-            from rich.markup import escape
-
-            self.console.print(f"[green]✓[/green] {escape(self.current)}", highlight=False)
-        self.current = text
-        from rich.markup import escape
-
-        self.status.update(f"{escape(self.title)}: {escape(text)}")
-
-    def detail(self, text: str) -> None:
-        from rich.markup import escape
-
-        text = text.strip()
-        if text:
-            self.status.update(f"{escape(self.title)}: {escape(self.current)} [dim]{escape(text[:80])}[/dim]")
-
-
-class MachineProgress:
-    """Progress of several machines at once: a live table on a terminal, plain lines
-    elsewhere. Thread-safe: machines report from their own threads."""
-
-    def __init__(self, out: Output, names: Sequence[str]):
-        import threading
-
-        self.out = out
-        self.names = list(names)
-        self.phases = {name: "waiting" for name in names}
-        self.lock = threading.Lock()
-        self.live = None
-        self.width = max([len(n) for n in names] + [1])
-
-    def __enter__(self) -> "MachineProgress":
-        if not self.out.plain:
-            from rich.live import Live
-
-            self.live = Live(self._render(), console=self.out.console, refresh_per_second=8, transient=True)
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-    def _render(self):
-        from rich.spinner import Spinner
-        from rich.table import Table
-
-        table = Table.grid(padding=(0, 1))
-        for name in self.names:
-            phase = self.phases[name]
-            done = phase in ("ready", "failed", "halted", "destroyed", "provisioned")
-            mark = ("[red]✗[/red]" if phase == "failed" else "[green]✓[/green]") if done else Spinner("dots")
-            table.add_row(mark, f"[bold]{name}[/bold]", phase)
-        return table
-
-    def phase(self, machine: str, text: str) -> None:
-        with self.lock:
-            self.phases[machine] = text
-            if self.live is None:
-                print(f"{machine}: {text}", flush=True)
-            else:
-                self.live.update(self._render())
-
-    def output(self, machine: str, line: str) -> None:
-        with self.lock:
-            text = f"{machine.ljust(self.width)} | {line}"
-            if self.live is None:
-                print(text, flush=True)
-            else:
-                self.out.console.print(text, markup=False, highlight=False)
-
-    def note(self, text: str) -> None:
-        with self.lock:
-            if self.live is None:
-                print(text, flush=True)
-            else:
-                self.out.console.print(text, markup=False, highlight=False)

@@ -15,6 +15,14 @@ from typing import Callable, Mapping, Sequence
 from vbox_cli.errors import CommandError, VboxError
 
 
+class CommandTimeout(VboxError):
+    """A command ran past its time-out; it was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, stderr: str = ""):
+        super().__init__(f"command timed out after {timeout:g} s: {shlex.join(argv)}")
+        self.argv, self.timeout, self.stderr = list(argv), timeout, stderr
+
+
 def _not_found(argv: Sequence[str]) -> VboxError:
     return VboxError(f"program not found: {argv[0]} (running {shlex.join(argv)})", hint="run `env doctor --fix`")
 
@@ -37,8 +45,9 @@ def run(
         )
     except FileNotFoundError:
         raise _not_found(argv) from None
-    except subprocess.TimeoutExpired as exc:
-        raise VboxError(f"command timed out after {timeout:g} s: {shlex.join(argv)}") from exc
+    except subprocess.TimeoutExpired as exc:  # subprocess.run has killed it
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise CommandTimeout(argv, timeout or 0, stderr) from None
     if check and result.returncode != 0:
         raise CommandError(argv, result.returncode, (result.stdout or "") + (result.stderr or ""))
     return result
@@ -91,6 +100,18 @@ def stream(
     if returncode != 0:
         raise CommandError(argv, returncode, output)
     return output
+
+
+def spawn_daemon(argv: Sequence[str], log: str | os.PathLike) -> int:
+    """Start a long-lived program in a session of its own (it outlives vbox), its output
+    appended to `log`; returns its PID."""
+    argv = [str(a) for a in argv]
+    with open(log, "ab") as out:
+        try:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        except FileNotFoundError:
+            raise _not_found(argv) from None
+    return child.pid
 
 
 def terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:

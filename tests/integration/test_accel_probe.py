@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from providers.accel import PROBE_PREFIX, probe_libvirt
-from providers.libvirt_conn import connect
+from providers.hosts import open_libvirt as connect
 
 pytestmark = pytest.mark.integration
 

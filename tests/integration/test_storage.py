@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from providers.libvirt_conn import connect
+from providers.hosts import open_libvirt as connect
 from providers.storage import delete_volume, ensure_pool, is_remote, upload_volume
 
 pytestmark = pytest.mark.integration

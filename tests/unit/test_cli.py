@@ -194,11 +194,14 @@ def test_xen_where_no_xen_host_answers(tmp_path):
     assert not state.exists() or "guest" not in json.loads(state.read_text()).get("machines", {})
 
 
-def test_host_is_refused_for_lxc_machines(tmp_path):
+def test_host_is_refused_for_lxc_machines_at_validate(tmp_path):
     (tmp_path / "Envfile").write_text('[machines.ct]\nhost = "qemu+ssh://root@server/system"\n')
-    up = vbox("up", cwd=tmp_path, home=tmp_path / "home", check_rc=2)
-    assert "ct: `host` is for kvm and xen machines (lxc machines run on this host)" in up.stderr
-    assert "remove `host` from [machines.ct]" in up.stderr
+    for verb in ("validate", "up"):
+        result = vbox(verb, cwd=tmp_path, home=tmp_path / "home", check_rc=2)
+        assert "Envfile:2:1: machines.ct.host: `host` is for machines that can live on another libvirt host; " \
+               "machine 'ct' is lxc" in result.stderr
+        assert "remove `host` from [machines.ct]" in result.stderr
+    assert not (tmp_path / ".vbox").exists()
 
 
 def test_up_without_names_leaves_autostart_false_machines_alone(tmp_path):

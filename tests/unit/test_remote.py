@@ -6,7 +6,7 @@ import shlex
 
 from providers.remote import machine_access
 from tests.unit.test_xen import _Project
-from vbox_cli.commands.ssh import proxy_option
+from provisioners.openssh import proxy_command as proxy_option
 
 
 def test_kvm_machines_are_local_unless_they_name_a_host(tmp_path):
@@ -31,10 +31,10 @@ def test_the_proxy_uses_the_key_and_known_hosts_the_uri_names(tmp_path):
         "provider": "kvm",
         "host": "qemu+libssh2://root@server:2222/system?keyfile=/k/id&known_hosts=/k/kh&sshauth=privkey"}}, "web")
     argv = shlex.split(proxy_option(project, named))
-    assert argv[:1] == ["ssh"] and argv[-3:] == ["-W", "%h:%p", "server"]
+    assert argv[:1] == ["ssh"] and argv[-4:] == ["-W", "%h:%p", "--", "server"]
     assert ["-i", "/k/id"] == argv[argv.index("-i"):argv.index("-i") + 2]
     assert "UserKnownHostsFile=/k/kh" in argv and "StrictHostKeyChecking=yes" in argv
     assert ["-p", "2222"] == argv[argv.index("-p"):argv.index("-p") + 2] and ["-l", "root"] == argv[:3][1:]
     # without them: the user's own SSH setup, nothing added
     plain = machine_access(project, {"web": {"provider": "kvm", "host": "qemu+ssh://server/system"}}, "web")
-    assert shlex.split(proxy_option(project, plain)) == ["ssh", "-p", "22", "-W", "%h:%p", "server"]
+    assert shlex.split(proxy_option(project, plain)) == ["ssh", "-p", "22", "-W", "%h:%p", "--", "server"]

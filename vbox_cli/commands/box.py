@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vbox_cli.commands.session import Events
+
 app = typer.Typer(help="Base boxes: build them from recipes, list them, remove them.", no_args_is_help=True)
 
 
@@ -17,6 +19,7 @@ def build(
     mirror: Annotated[
         Optional[str], typer.Option("--mirror", help="Debian mirror to use instead of the recipe's.", metavar="URL")
     ] = None,
+    events: Events = False,
 ) -> None:
     """Build a box from its recipe (debootstrap from the Debian mirror; needs root).
 
@@ -26,18 +29,23 @@ def build(
     from boxes.build import Reporter
     from boxes.build import build as build_box
     from boxes.store import BoxStore
+    from vbox_cli.commands.session import event_stream
+    from vbox_cli.events import Phase
     from vbox_cli.paths import vbox_cache
 
     out = ctx.obj.out
+    if events:
+        ctx.obj.start_events("box build", subject_key="box")
     spec = recipes.load(recipe)
     store = BoxStore()
-    with out.progress(f"box {spec.name} {spec.version}") as progress:
+    with event_stream(ctx, "box build", [spec.name], events, subject_key="box", show_output=False) as stream:
         box, built = build_box(
-            spec, store, Reporter(progress.phase, progress.detail), force=force, mirror=mirror,
+            spec, store, Reporter(stream, spec.name), force=force, mirror=mirror,
             cache_dir=vbox_cache() / "debootstrap",
         )
+        stream.phase(spec.name, Phase.BUILT, f"{box.version} {box.digest[:19]}" + ("" if built else " (up to date)"))
     if built:
-        seconds = box.meta.get("build_seconds")
+        seconds = box.meta.build_seconds
         out.success(f"built box {box.name} {box.version} in {seconds} s: {box.digest[:19]}, "
                     f"{format_size_human(box.size)}")
     else:
@@ -58,7 +66,7 @@ def list_boxes(
     if json:
         out.json([
             {"name": b.name, "version": b.version, "digest": b.digest, "size": b.size, "artefacts": b.artefacts,
-             "built": b.meta.get("built"), "path": str(b.path), "used_by": store.users(b.name)}
+             "built": b.meta.built, "path": str(b.path), "used_by": store.users(b.name)}
             for b in boxes
         ])
         return
@@ -67,7 +75,7 @@ def list_boxes(
         return
     out.table(
         ["name", "version", "digest", "size", "artefacts", "built"],
-        [(b.name, b.version, b.digest[:19], format_size_human(b.size), ",".join(b.artefacts), b.meta.get("built", ""))
+        [(b.name, b.version, b.digest[:19], format_size_human(b.size), ",".join(b.artefacts), b.meta.built)
          for b in boxes],
     )
 
@@ -89,7 +97,7 @@ def remove(
     if not targets:
         raise UsageError(f"no box named {name!r}" + (f" version {version!r}" if version else ""),
                          hint="see `env box list`")
-    from vbox_cli.machines import prune_box_users
+    from vbox_cli.machines.status import prune_box_users
 
     for machine_id in prune_box_users(store, name):
         out.line(f"dropped the record of {machine_id}, which no longer exists")

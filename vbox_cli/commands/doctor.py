@@ -48,8 +48,7 @@ def doctor(
 
     report = check()
     if fix and not report.ok:
-        fix_host(report, lambda text: out.line(f"doctor: {text}") if not json else None)
-        report = check()
+        report = fix_host(report, lambda text: out.line(f"doctor: {text}") if not json else None, check)
     if json:
         out.json({"ok": report.ok, "checks": [
             {"name": c.name, "status": c.status, "detail": c.detail, "packages": list(c.packages), "hint": c.hint}

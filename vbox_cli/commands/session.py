@@ -1,13 +1,17 @@
-"""What the machine verbs share: reading or opening the project, showing results."""
+"""What the machine verbs share: reading or opening the project, choosing where events
+go, showing results."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Annotated, Iterator
 
 import typer
 
 from vbox_cli.errors import EXIT_FAILURE
+
+Events = Annotated[bool, typer.Option(
+    "--events", help="Report as NDJSON on stdout, one event per line (docs/events.md); nothing else on stdout.")]
 
 
 def read_project(ctx: typer.Context):
@@ -21,22 +25,42 @@ def read_project(ctx: typer.Context):
 
 
 @contextmanager
-def open_session(ctx: typer.Context, names: list[str], autostart_only: bool = False) -> Iterator:
-    """The project of the Envfile, loaded and validated, with the project lock held.
-    Progress is shown for the machines the command will act on."""
+def event_stream(ctx: typer.Context, command: str, names: list[str], events: bool,
+                 subject_key: str = "machine", show_output: bool = True) -> Iterator:
+    """The command's EventStream: NDJSON on stdout with --events (the final `result` line
+    is written by vbox_cli.app once the exit code is known), a live view on a terminal,
+    plain lines elsewhere."""
+    from vbox_cli.events import EventStream, LiveSink, PlainSink
+
+    context = ctx.obj
+    if events:
+        yield EventStream([context.start_events(command, subject_key)])
+        return
+    if context.out.plain:
+        yield EventStream([PlainSink(names, show_output=show_output)])
+        return
+    with LiveSink(context.out.console, names, show_output=show_output) as live:
+        yield EventStream([live])
+
+
+@contextmanager
+def open_session(ctx: typer.Context, command: str, names: list[str], events: bool = False,
+                 autostart_only: bool = False) -> Iterator:
+    """The project of the Envfile, loaded and validated, with the project lock held."""
     from vbox_cli.envfile.load import load
-    from vbox_cli.machines import Events, Session
-    from vbox_cli.output import MachineProgress
+    from vbox_cli.machines import Session
     from vbox_cli.project import Project
 
     context = ctx.obj
+    if events:
+        context.start_events(command)  # a failure before the session exists still ends with a result
     loaded = load(context.envfile_path())
     project = Project.at(loaded.project_dir)
     session = Session(project, loaded)
-    progress = MachineProgress(context.out, session.select(names, autostart_only=autostart_only))
-    session.events = Events(progress.phase, progress.output, progress.note)
-    with project.lock(on_wait=lambda: context.out.line("another env command is running in this project; waiting")):
-        with progress:
+    shown = session.select(names, autostart_only=autostart_only)
+    with event_stream(ctx, command, shown, events) as stream:
+        session.events = stream
+        with project.lock(on_wait=lambda: stream.note("another env command is running in this project; waiting")):
             yield session
 
 
@@ -53,5 +77,7 @@ def report(ctx: typer.Context, results, title: str) -> None:
     for result in failed:
         out.error(result.error.message, result.error.hint)
     if failed:
+        first = failed[0].error
+        ctx.obj.failure = (f"{len(failed)} of {len(results)} machines failed; first: {first.message.splitlines()[0]}",
+                           first.hint)
         raise typer.Exit(EXIT_FAILURE)
-

@@ -1,4 +1,5 @@
-"""`env ssh` and `env ssh-config`: reach a machine with OpenSSH, its host key checked."""
+"""`env ssh`, `env ssh-config` and `env console`: reach a machine with OpenSSH (its host
+key checked), or its console."""
 
 from __future__ import annotations
 
@@ -17,33 +18,6 @@ def _check_names(machines: dict, names: list[str]) -> None:
                          hint="machines: " + ", ".join(machines))
 
 
-def ssh_options(project, record: dict, access=None) -> list[str]:
-    options = ["-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
-               "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-               "-o", "LogLevel=ERROR", "-l", record.get("user", "vbox"), "-p", str(record.get("port", 22))]
-    proxy = proxy_option(project, access)
-    return options + (["-o", f"ProxyCommand={proxy}"] if proxy else [])
-
-
-def proxy_option(project, access) -> str | None:
-    """How OpenSSH reaches a guest of a remote host: through that host."""
-    import shlex
-
-    if access is None or not access.remote:
-        return None
-    if access.machine:  # a machine of the Envfile: the project's key, its own host key
-        return shlex.join(["ssh", "-i", str(project.client_key), "-o", "IdentitiesOnly=yes",
-                           "-o", f"UserKnownHostsFile={project.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                           "-o", "LogLevel=ERROR", "-l", access.ssh_user, "-p", str(access.ssh_port),
-                           "-W", "%h:%p", access.ssh_host])
-    options = ["-l", access.ssh_user] if access.ssh_user else []
-    if access.key_file:  # the host's URI names the key and known_hosts libvirt uses: these too
-        options += ["-i", access.key_file, "-o", "IdentitiesOnly=yes"]
-    if access.known_hosts:
-        options += ["-o", f"UserKnownHostsFile={access.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    return shlex.join(["ssh", *options, "-p", str(access.ssh_port), "-W", "%h:%p", access.ssh_host])
-
-
 def ssh(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The machine.")],
@@ -53,28 +27,17 @@ def ssh(
     """Open a shell in a machine as its default user, or run a command there
     (`env ssh web -- cat /etc/os-release`); the command's exit status is env's."""
     from providers.base import RUNNING
-
-    import providers
-    from providers.remote import machine_access
+    from provisioners.openssh import endpoint
     from vbox_cli.commands.session import read_project
+    from vbox_cli.machines.placement import Placements
 
     project, machines = read_project(ctx)
     _check_names(machines, [name])
-    record = project.machine_state(name)
-    if providers.for_machine(project, machines, name).state(project.object_name(name)) != RUNNING:
+    placement = Placements(project, machines)[name]
+    if placement.provider.state(project.object_name(name)) != RUNNING:
         raise VboxError(f"{name} is not running", hint=f"`env up {name}`")
-    if not record.get("address"):
-        raise VboxError(f"{name}: vbox has no record of its address", hint=f"`env destroy {name}`, `env up {name}`")
-    argv = ["ssh", *ssh_options(project, record, machine_access(project, machines, name))]
-    if not command and os.isatty(0):
-        argv.append("-t")
-    argv.append(record["address"])
-    if command:
-        # One argument is a shell command line (`-- 'ls | wc -l'`); several are argv,
-        # quoted so that each reaches the machine as it was given.
-        import shlex
-
-        argv += ["--", command[0] if len(command) == 1 else shlex.join(command)]
+    argv = endpoint(project, name, project.machine_state(name), placement.access).argv(
+        command, tty=not command and os.isatty(0))
     try:
         os.execvp("ssh", argv)
     except FileNotFoundError:
@@ -89,9 +52,9 @@ def ssh_config(
 ) -> None:
     """Print an OpenSSH config for the machines (`env ssh-config >> ~/.ssh/config`, then
     `ssh vbox-PROJECT-web`), host key checking included."""
-    from vbox_cli.commands.session import read_project
-
     from providers.remote import machine_access
+    from provisioners.openssh import address, endpoint
+    from vbox_cli.commands.session import read_project
 
     project, machines = read_project(ctx)
     state = project.load_state()["machines"]
@@ -102,28 +65,21 @@ def ssh_config(
         record = state.get(name, {})
         if not (record.get("address") and record.get("host_key")):
             continue
-        alias = project.object_name(name)
-        port = record.get("port", 22)
         if known_hosts:
-            where = record["address"] if port == 22 else f"[{record['address']}]:{port}"
-            blocks.append(f"{alias},{where} {record['host_key']}")
+            port = record.get("port", 22)
+            where = address(record["address"]) if port == 22 else f"[{address(record['address'])}]:{port}"
+            blocks.append(f"{project.object_name(name)},{where} {_one_line(record['host_key'])}")
             continue
-        blocks.append("\n".join([
-            f"Host {alias}",
-            f"  HostName {record['address']}",
-            f"  Port {port}",
-            f"  User {record.get('user', 'vbox')}",
-            f"  IdentityFile {project.client_key}",
-            "  IdentitiesOnly yes",
-            f"  UserKnownHostsFile {project.known_hosts}",
-            "  StrictHostKeyChecking yes",
-            f"  HostKeyAlias {alias}",
-            *([f"  ProxyCommand {proxy}"] if (proxy := proxy_option(project, machine_access(project, machines, name)))
-              else []),
-        ]) + "\n")
+        blocks.append(endpoint(project, name, record, machine_access(project, machines, name)).config_block())
     if not blocks:
         raise VboxError("no machine has been created yet", hint="`env up`")
     print("\n".join(blocks))
+
+
+def _one_line(key: str) -> str:
+    from provisioners.openssh import checked
+
+    return checked(key, "host key")
 
 
 def console(
@@ -134,22 +90,25 @@ def console(
 ) -> None:
     """Attach to a machine's console (Ctrl-] leaves a KVM console, Ctrl-a q an LXC one),
     or print the tail of its console log with --tail."""
-    from providers.base import SupportsConsole
-    import providers
+    from providers.base import Capability, require
     from vbox_cli.commands.session import read_project
+    from vbox_cli.files import read_regular
+    from vbox_cli.machines.placement import Placements
 
     project, machines = read_project(ctx)
     _check_names(machines, [name])
-    provider = providers.for_machine(project, machines, name)
+    provider = Placements(project, machines).provider(name)
     obj = project.object_name(name)
     if tail is not None:
         log = provider.console_log(obj)
-        if not log or not log.exists():
+        try:
+            text = read_regular(log, 64 * 1024**2).decode(errors="replace") if log else None
+        except OSError:
+            text = None
+        if text is None:
             raise VboxError(f"{name} has no console log yet", hint=f"`env up {name}`")
-        text = log.read_text(errors="replace").replace("\r", "")
-        print("\n".join(text.splitlines()[-tail:]) if tail > 0 else "")
+        lines = text.replace("\r", "").splitlines()
+        print("\n".join(lines[-tail:]) if tail > 0 else "")
         return
-    if not isinstance(provider, SupportsConsole):
-        raise VboxError(f"the {provider.name} provider has no console to attach to", hint="try --tail")
-    argv = provider.console_command(obj)
+    argv = require(provider, Capability.CONSOLE, name).console_command(obj)
     os.execvp(argv[0], argv)

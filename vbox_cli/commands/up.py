@@ -1,4 +1,4 @@
-"""`env up`: create, start and provision the machines of the Envfile."""
+"""`env up`, `reload`, `provision`, `halt`, `destroy`: the verbs that change machines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vbox_cli.commands.session import open_session, report
+from vbox_cli.commands.session import Events, open_session, report
 
 Names = Annotated[Optional[list[str]], typer.Argument(help="Machines to act on (default: all).", show_default=False)]
 Jobs = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Machines at once (default: all).")]
@@ -20,28 +20,32 @@ def up(
     = False,
     accel: Annotated[Optional[str], typer.Option(
         "--accel", help="kvm machines made by this command: auto, kvm or tcg (overrides the Envfile).")] = None,
+    events: Events = False,
 ) -> None:
     """Bring machines up: create them from their box, start them, wait for SSH and run
     the provisioning steps not yet run. Machines come up in parallel; a machine that is
     already up and provisioned is left alone.
 
     Without names, every machine with autostart = true."""
+    from typing import get_args
+
     from vbox_cli import machines
+    from vbox_cli.envfile.types import Accel
     from vbox_cli.errors import UsageError
 
-    if accel not in (None, "auto", "kvm", "tcg"):
-        raise UsageError(f"--accel must be auto, kvm or tcg, not {accel!r}")
-    with open_session(ctx, names or [], autostart_only=not names) as session:
+    if accel is not None and accel not in get_args(Accel):
+        raise UsageError(f"--accel must be one of {', '.join(get_args(Accel))}, not {accel!r}")
+    with open_session(ctx, "up", names or [], events, autostart_only=not names) as session:
         session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision)
     report(ctx, results, "up")
 
 
-def reload(ctx: typer.Context, names: Names = None, jobs: Jobs = None) -> None:
+def reload(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
     """Halt and bring up again, applying Envfile changes to cpus and memory."""
     from vbox_cli import machines
 
-    with open_session(ctx, names or []) as session:
+    with open_session(ctx, "reload", names or [], events) as session:
         machines.halt(session, names or [], jobs=jobs)
         results = machines.up(session, session.select(names or []), jobs=jobs)
     report(ctx, results, "reload")
@@ -53,21 +57,22 @@ def provision(
     jobs: Jobs = None,
     force: Annotated[bool, typer.Option("--force", help='Also run the run = "once" steps that ran already.')]
     = False,
+    events: Events = False,
 ) -> None:
     """Run the provisioning steps on running machines: run = "always" steps, and
     run = "once" steps not yet run (all of them with --force)."""
     from vbox_cli import machines
 
-    with open_session(ctx, names or []) as session:
+    with open_session(ctx, "provision", names or [], events) as session:
         results = machines.provision(session, names or [], force=force, jobs=jobs)
     report(ctx, results, "provision")
 
 
-def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None) -> None:
+def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
     """Shut machines down cleanly (powered off if they do not stop in 30 s)."""
     from vbox_cli import machines
 
-    with open_session(ctx, names or []) as session:
+    with open_session(ctx, "halt", names or [], events) as session:
         results = machines.halt(session, names or [], jobs=jobs)
     report(ctx, results, "halt")
 
@@ -77,6 +82,7 @@ def destroy(
     names: Names = None,
     jobs: Jobs = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
+    events: Events = False,
 ) -> None:
     """Destroy machines, leaving no trace. Without names: every machine of the project,
     machines it no longer declares, its network and .vbox/. Boxes stay in the store."""
@@ -84,9 +90,9 @@ def destroy(
 
     from vbox_cli import machines
 
-    if not force and sys.stdin.isatty():
+    if not force and sys.stdin.isatty() and not events:
         what = ", ".join(names) if names else "every machine of this project"
         typer.confirm(f"Destroy {what}?", abort=True)
-    with open_session(ctx, names or []) as session:
+    with open_session(ctx, "destroy", names or [], events) as session:
         results = machines.destroy(session, names or [], jobs=jobs)
     report(ctx, results, "destroy")

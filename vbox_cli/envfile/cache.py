@@ -12,24 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from vbox_cli import __version__
-from vbox_cli.errors import UsageError
+from vbox_cli.envfile.source import read  # noqa: F401 - the readers' entry point
 
 KEEP = 200  # entries; the oldest go first
-
-
-def read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"no Envfile at {path}", hint="run `env init` to write one") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a folder, not an Envfile") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _entry(path: Path, data: bytes) -> Path:
@@ -45,8 +33,13 @@ def lookup(path: Path, data: bytes) -> dict | None:
         summary = json.loads(_entry(path, data).read_text())
     except (OSError, ValueError):
         return None
-    if not all((path.parent / relative).is_file() for relative in summary.get("files", [])):
-        return None  # a script or file went missing: validate in full to report it
+    from vbox_cli.files import project_file
+
+    try:
+        if not all(project_file(path.parent, relative).is_file() for relative in summary.get("files", [])):
+            return None  # a script or file went missing: validate in full to report it
+    except ValueError:
+        return None  # a link now leads out of the project: validate in full to report it
     return summary
 
 
@@ -59,18 +52,18 @@ def summarize(path: Path, data: bytes) -> dict:
     loaded = load(path, data)
     summary = {
         "machines": {name: m.model_dump(mode="json", exclude={"name"}) for name, m in loaded.machines.items()},
-        "files": sorted({relative for _, _, relative in referenced_files(loaded.envfile)}),
+        "files": sorted({relative for _, relative in referenced_files(loaded.envfile)}),
     }
     _remember(_entry(path, data), summary)
     return summary
 
 
 def _remember(entry: Path, summary: dict) -> None:
+    from vbox_cli.files import atomic_write
+
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(summary))
-        os.replace(tmp, entry)
+        atomic_write(entry, json.dumps(summary), durable=False)
         entries = sorted(entry.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for old in entries[:-KEEP]:
             old.unlink(missing_ok=True)

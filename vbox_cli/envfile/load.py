@@ -12,16 +12,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vbox_cli.envfile.cache import read
 from vbox_cli.envfile.locate import Positions
-from vbox_cli.envfile.model import (
-    STEP_KINDS,
-    Envfile,
-    FileStep,
-    Machine,
-    ScriptStep,
-    fields_of,
-)
+from vbox_cli.envfile.model import STEP_KINDS, Envfile, Machine, fields_of
+from vbox_cli.envfile.source import read
 from vbox_cli.errors import EnvfileError, Problem
 from vbox_cli.paths import display_name
 
@@ -48,8 +41,10 @@ def load(path: Path, data: bytes | None = None) -> LoadedEnvfile:
     return LoadedEnvfile(path=path.resolve(), envfile=envfile, machines=envfile.machines_resolved())
 
 
-def referenced_files(envfile: Envfile) -> list[tuple[tuple, str, str]]:
-    """(location, key, relative path) of every script and file the steps name."""
+def referenced_files(envfile: Envfile) -> list[tuple[tuple, str]]:
+    """(location, relative path) of every project file the steps read."""
+    from provisioners.kinds import files, kind_of
+
     step_lists: list[tuple[tuple, tuple]] = [(("defaults", "provision"), envfile.defaults.provision)]
     for machine, spec in envfile.machines.items():
         if spec.provision is not None:
@@ -57,10 +52,7 @@ def referenced_files(envfile: Envfile) -> list[tuple[tuple, str, str]]:
     found = []
     for prefix, steps in step_lists:
         for index, step in enumerate(steps):
-            if isinstance(step, ScriptStep):
-                found.append(((*prefix, index, "script"), "script", step.script))
-            elif isinstance(step, FileStep):
-                found.append(((*prefix, index, "file"), "file", step.file))
+            found += [((*prefix, index, kind_of(step)), relative) for relative in files(step)]
     return found
 
 
@@ -221,8 +213,14 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
         problems.append(Problem(name, line, column, dotted(path), message, hint))
 
     if base_dir is not None:
-        for location, _key, relative in referenced_files(envfile):
-            target = base_dir / relative
+        from vbox_cli.files import project_file
+
+        for location, relative in referenced_files(envfile):
+            try:
+                target = project_file(base_dir, relative)
+            except ValueError as exc:
+                report(location, str(exc), hint="a step may only read files of the project folder")
+                continue
             if not target.is_file():
                 what = "no such file" if not target.exists() else "not a regular file"
                 report(location, f"{what}: {relative!r} (relative to {base_dir})")
@@ -238,4 +236,43 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
                    f"host name {machine.hostname!r} is also the host name of machine {twin!r}",
                    hint="each machine needs a host name of its own")
         seen[machine.hostname] = machine_name
+    _check_hosts(envfile, report)
     return problems
+
+
+def _check_hosts(envfile: Envfile, report) -> None:
+    """`host` only where the provider can live on another host; a machine that hosts
+    itself or a cycle of hosts; no more machines than the project network has addresses."""
+    from urllib.parse import urlsplit
+
+    from providers.registry import info
+    from vbox_cli.machines.placement import MAX_MACHINES
+
+    resolved = envfile.machines_resolved()
+    hosted_by: dict[str, str] = {}
+    for name, machine in resolved.items():
+        if not machine.host:
+            continue
+        where = ("machines", name, "host") if envfile.machines[name].host else ("defaults", "host")
+        if not info(machine.provider).remote:
+            report(where, f"`host` is for machines that can live on another libvirt host; machine {name!r} is "
+                          f"{machine.provider}, which runs on this host",
+                   hint=f"remove `host` from [machines.{name}]" if where[0] == "machines" else
+                   f"set host in [machines.NAME] for those machines, or give [machines.{name}] another provider")
+            continue
+        target = urlsplit(machine.host).hostname
+        if target == name:
+            report(where, f"machine {name!r} names itself as its host")
+        elif target in resolved:
+            hosted_by[name] = target
+    for start in hosted_by:
+        seen, current = [start], hosted_by[start]
+        while current in hosted_by and current not in seen:
+            seen.append(current)
+            current = hosted_by[current]
+        if current == start:
+            where = ("machines", start, "host") if envfile.machines[start].host else ("defaults", "host")
+            report(where, "machines host each other: " + " -> ".join([*seen, start]),
+                   hint="a host machine must run on this host or on a host outside the Envfile")
+    if len(resolved) > MAX_MACHINES:
+        report(("machines",), f"{len(resolved)} machines; a project network has addresses for {MAX_MACHINES}")

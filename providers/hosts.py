@@ -1,0 +1,129 @@
+"""The libvirt hosts of one command: this host's system libvirt and any remote host a
+machine names. This is the one place libvirt connections are opened, and each host owns
+the project network on it. Nothing outside providers/ sees a connection: the core asks
+a host to plan, make or remove the project network.
+"""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import urlsplit
+
+from vbox_cli.errors import VboxError
+
+SYSTEM_URI = "qemu:///system"
+SESSION_URI = "qemu:///session"
+
+
+def open_libvirt(uri: str, shown: str | None = None, hint: str | None = None):
+    """A libvirt connection; libvirt's errors become one VboxError naming the URI."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda *_: None, None)  # errors come as exceptions
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise VboxError(f"cannot reach libvirt at {shown or uri}: {exc.get_error_message()}",
+                        hint=hint or "run `env doctor --fix` to start libvirtd") from None
+
+
+class LibvirtHost:
+    """One libvirt host: its connection (opened when first needed) and the project network there."""
+
+    def __init__(self, uri: str, access=None):
+        self.uri = uri
+        self.access = access  # providers.remote.HostAccess, or None for this host's own libvirt
+        self._conn = None
+        self._lock = threading.Lock()
+
+    @property
+    def remote(self) -> bool:
+        """Another host (or a machine of the Envfile that will be one, not up yet)."""
+        return self.access is not None and (self.access.remote or self.access.pending)
+
+    @property
+    def key(self) -> str:
+        """A short, stable name of the host; the project's network there is kept under it.
+        "local" is this host's system libvirt, which also holds the LXC machines' network."""
+        if self.uri == SYSTEM_URI:
+            return "local"
+        return self.access.key if self.access is not None else self.uri
+
+    @property
+    def shown(self) -> str:
+        return self.access.shown if self.access is not None else self.uri
+
+    @property
+    def conn(self):
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+            return self._conn
+
+    def _open(self):
+        access = self.access
+        if access is None:
+            return open_libvirt(self.uri)
+        if access.pending:
+            raise VboxError(f"the host {access.shown} is a machine of this Envfile that is not up",
+                            hint=f"`env up {access.machine}` first")
+        tried = f" (tried {access.uri.split('?')[0]} with the project's SSH key)" if access.machine else ""
+        local = not urlsplit(access.uri).hostname
+        hint = ("this host runs no Xen with libvirt's Xen driver: name a Xen host with `host`"
+                if local and access.uri.startswith("xen") else
+                "check that the host is up, that libvirtd runs there and that this user may use it")
+        try:
+            return open_libvirt(access.uri, hint=hint)
+        except VboxError as exc:
+            detail = exc.message.split(": ", 1)[-1]
+            raise VboxError(f"the host {access.shown} does not answer{tried}: {detail}", hint=hint) from None
+
+    def close(self) -> None:
+        """Close the connection (to a remote host: before that host goes; closing one to a
+        host that is gone hangs)."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass
+                self._conn = None
+
+    # -- the project network on this host ----------------------------------------
+    def plan_network(self, project, avoid: tuple[str, ...] = ()):
+        """The project's network here; its subnet is chosen once and kept in the project's
+        state (on a remote host: clear of that host's networks and of `avoid`)."""
+        from providers import network
+
+        return network.plan(project, self.conn, self.key, avoid)
+
+    def ensure_network(self, plan, dns: dict[str, str]) -> None:
+        from providers import network
+
+        network.ensure(self.conn, plan, dns)
+
+    def remove_network(self, project_id: str) -> bool:
+        from providers import network
+
+        return network.remove(self.conn, network.network_name(project_id))
+
+
+_hosts: dict[str, LibvirtHost] = {}
+_hosts_lock = threading.Lock()
+
+
+def host(uri: str, access=None) -> LibvirtHost:
+    with _hosts_lock:
+        if uri not in _hosts:
+            _hosts[uri] = LibvirtHost(uri, access)
+        return _hosts[uri]
+
+
+def local() -> LibvirtHost:
+    """This host's system libvirt, which holds the project network of its machines."""
+    return host(SYSTEM_URI)
+
+
+def close_all() -> None:
+    for each in list(_hosts.values()):
+        each.close()

@@ -1,0 +1,173 @@
+"""The value types of the Envfile: sizes, names, paths, URIs, and the base of every
+provisioning step kind. Shared by the model (model.py) and the step kinds
+(provisioners/kinds/), which declare their own tables."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_BOX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+MIB = 1024**2
+GIB = 1024**3
+MAX_SIZE = 1024**5
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+# -- value types ------------------------------------------------------------------
+
+
+def parse_size(value: Any) -> int:
+    """'512M', '1G', '1.5GiB', '2048K' -> bytes (binary units; no unit means bytes)."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f'a size is a string with a unit, like "512M" or "1G"; got {value!r}')
+    match = _SIZE.fullmatch(value)
+    if not match:
+        raise ValueError(f'not a size: {value!r}; write a number and a unit, like "512M" or "1G"')
+    number, unit, _ = match.groups()
+    from decimal import Decimal
+
+    size = int(Decimal(number) * _UNITS[unit.upper()])
+    if size > MAX_SIZE:
+        raise ValueError(f"{value!r} is larger than anything a machine can have (at most 1P)")
+    return size
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size >= _UNITS[unit] and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return f"{size}"
+
+
+def _at_least(minimum: int):
+    def check(size: int) -> int:
+        if size < minimum:
+            raise ValueError(f"must be at least {format_size(minimum)}")
+        return size
+
+    return check
+
+
+_SIZE_SCHEMA = {"type": "string", "pattern": _SIZE.pattern, "examples": ["512M", "1G"]}
+Memory = Annotated[
+    int, BeforeValidator(parse_size), AfterValidator(_at_least(64 * MIB)), WithJsonSchema(_SIZE_SCHEMA)
+]
+Disk = Annotated[
+    int, BeforeValidator(parse_size), AfterValidator(_at_least(1 * GIB)), WithJsonSchema(_SIZE_SCHEMA)
+]
+
+
+def _dns_label(kind: str):
+    def check(value: str) -> str:
+        if not _DNS_LABEL.fullmatch(value):
+            raise ValueError(
+                f"{kind} {value!r} is not a DNS label: use 1-63 of a-z, 0-9 and '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    return check
+
+
+def _hostname(value: str) -> str:
+    if len(value) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in value.split(".")):
+        raise ValueError(f"{value!r} is not a host name: dot-separated DNS labels of a-z, 0-9 and '-'")
+    return value
+
+
+def _box_name(value: str) -> str:
+    if not _BOX_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a box name: use a-z, 0-9, '.', '_' and '-'")
+    return value
+
+
+def _relative_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path in the machine, like /etc/app.conf; got {value!r}")
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _file_mode(value: str) -> str:
+    if not re.fullmatch(r"0?[0-7]{3,4}", value):
+        raise ValueError(f'not a file mode: {value!r}; write it in octal, like "0644"')
+    return value
+
+
+def _env_names(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+    return value
+
+
+def _as_tuple(value: Any) -> Any:
+    # TOML arrays arrive as lists; strict mode wants the tuple the frozen model holds.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+MachineName = Annotated[str, AfterValidator(_dns_label("machine name"))]
+ProjectPath = Annotated[str, AfterValidator(_relative_path)]  # a file of the project, relative to the Envfile
+GuestPath = Annotated[str, AfterValidator(_absolute_path)]  # an absolute path in the machine
+FileMode = Annotated[str, AfterValidator(_file_mode)]
+EnvVars = Annotated[dict[str, str], AfterValidator(_env_names)]
+Args = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+Text = Annotated[str, AfterValidator(_non_blank)]
+BoxName = Annotated[str, AfterValidator(_box_name)]
+Hostname = Annotated[str, AfterValidator(_hostname)]
+Accel = Literal["auto", "kvm", "tcg"]
+XenMode = Literal["pv", "pvh", "hvm"]
+
+_HOST_URI = re.compile(r"^(xen|qemu)(\+(ssh|libssh2|libssh|tcp|tls|unix))?://[^\s/]*/(system|session)?(\?\S*)?$")
+
+
+def _host_uri(value: str) -> str:
+    if not _HOST_URI.fullmatch(value):
+        raise ValueError(f"{value!r} is not a libvirt URI of a Xen or QEMU host: like "
+                         "'xen+ssh://root@xenhost/system', 'xen:///system' or 'qemu+ssh://user@server/system'")
+    return value
+
+
+HostURI = Annotated[str, AfterValidator(_host_uri)]
+Cpus = Annotated[int, Field(ge=1, le=256)]
+BootTimeout = Annotated[int, Field(ge=1, le=3600)]
+
+
+class StepBase(Frozen):
+    """What every provisioning step has, whatever its kind."""
+
+    run: Literal["once", "always"] = Field("once", description="once: only at the first up; always: every up")
+    privileged: bool = Field(True, description="run as root (true) or as the default user (false)")

@@ -1,0 +1,237 @@
+"""One typed event stream for every verb that changes machines or builds a box.
+
+The core emits events; it never prints. Three sinks read the same stream: a live view
+on a terminal, plain lines elsewhere, and NDJSON (`--events`, schema in docs/events.md).
+Phase names come from a closed set (`Phase`); free text goes in `detail`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import IO, Protocol, Sequence
+
+SCHEMA_VERSION = 1
+
+
+class Phase(str, Enum):
+    # machines
+    QUEUED = "queued"
+    CREATING = "creating"
+    STARTING = "starting"
+    CONNECTING = "connecting"  # waiting for SSH to answer with the expected host key
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    HALTING = "halting"
+    HALTED = "halted"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+    FAILED = "failed"
+    # boxes
+    WAITING = "waiting"  # for another command holding the same lock
+    BOOTSTRAPPING = "bootstrapping"
+    CONFIGURING = "configuring"
+    KERNEL = "kernel"
+    DISK = "disk"
+    DIGEST = "digest"
+    INSTALLING = "installing"
+    BUILT = "built"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.FAILED, Phase.BUILT}
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # phase | output | note | warning | machine_result | result
+    subject: str | None = None  # the machine (or box) it is about; None: the whole command
+    phase: Phase | None = None
+    text: str = ""  # a phase's detail, an output line, a note's or warning's text
+    ok: bool | None = None
+    action: str = ""  # a machine result: what was done
+    seconds: float | None = None
+    error: str | None = None
+    hint: str | None = None
+    exit_code: int | None = None
+    ts: float = field(default_factory=time.time)
+
+
+class Sink(Protocol):
+    def handle(self, event: Event) -> None: ...
+
+
+class EventStream:
+    """What the core reports to. Thread-safe: machines report from their own threads."""
+
+    def __init__(self, sinks: Sequence[Sink] = ()):
+        self.sinks = list(sinks)
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            for sink in self.sinks:
+                sink.handle(event)
+
+    def phase(self, subject: str, phase: Phase, detail: str = "") -> None:
+        self.emit(Event("phase", subject, phase=phase, text=detail))
+
+    def output(self, subject: str, line: str) -> None:
+        self.emit(Event("output", subject, text=line))
+
+    def note(self, text: str, subject: str | None = None) -> None:
+        self.emit(Event("note", subject, text=text))
+
+    def warning(self, text: str, subject: str | None = None) -> None:
+        self.emit(Event("warning", subject, text=text))
+
+    def machine_result(self, subject: str, ok: bool, action: str, seconds: float,
+                       error: str | None = None, hint: str | None = None) -> None:
+        self.emit(Event("machine_result", subject, ok=ok, action=action, seconds=round(seconds, 3),
+                        error=error, hint=hint))
+
+    def result(self, exit_code: int, error: str | None = None, hint: str | None = None) -> None:
+        self.emit(Event("result", None, ok=exit_code == 0, exit_code=exit_code, error=error, hint=hint))
+
+
+def label(phase: Phase, detail: str = "") -> str:
+    """How a person reads a phase: its name, then its detail."""
+    text = phase.value.replace("_", " ")
+    return f"{text}: {detail}" if detail else text
+
+
+# -- sinks ---------------------------------------------------------------------------
+
+
+class NdjsonSink:
+    """One JSON object per line (docs/events.md), flushed at once, for CI."""
+
+    def __init__(self, command: str, subject_key: str = "machine", stream: IO[str] | None = None):
+        self.command = command
+        self.subject_key = subject_key
+        self.stream = stream or sys.stdout
+
+    def handle(self, event: Event) -> None:
+        record: dict = {"v": SCHEMA_VERSION, "ts": round(event.ts, 3), "command": self.command,
+                        "event": event.kind}
+        if event.subject is not None:
+            record[self.subject_key] = event.subject
+        if event.kind == "phase":
+            record["phase"] = event.phase.value
+            if event.text:
+                record["detail"] = event.text
+        elif event.kind == "output":
+            record["line"] = event.text
+        elif event.kind in ("note", "warning"):
+            record["text"] = event.text
+        elif event.kind == "machine_result":
+            record.update(ok=event.ok, action=event.action, seconds=event.seconds)
+            if event.error:
+                record.update(error=event.error, hint=event.hint)
+        elif event.kind == "result":
+            record.update(ok=event.ok, exit_code=event.exit_code)
+            if event.error:
+                record.update(error=event.error, hint=event.hint)
+        try:
+            self.stream.write(json.dumps(record) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            pass
+
+
+class PlainSink:
+    """Plain lines: `web: creating: from debian-12 12.0.6`, step output prefixed with the
+    machine's name. `show_output=False` drops output lines (a box build's debootstrap)."""
+
+    def __init__(self, names: Sequence[str] = (), show_output: bool = True, stream: IO[str] | None = None):
+        self.width = max([len(n) for n in names] + [1])
+        self.show_output = show_output
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def handle(self, event: Event) -> None:
+        if event.kind == "phase":
+            self._print(f"{event.subject}: {label(event.phase, event.text)}")
+        elif event.kind == "output" and self.show_output:
+            self._print(f"{(event.subject or '').ljust(self.width)} | {event.text}")
+        elif event.kind == "note":
+            self._print(event.text)
+        elif event.kind == "warning":
+            self._print(f"warning: {event.text}")
+
+
+class LiveSink:
+    """A live table on a terminal: per machine (or box), a spinner (or its final mark) and
+    its phase. Notes, and output lines with `show_output`, are printed above it; without
+    it, the last output line is shown dimmed in the row. Gone when the command ends (the
+    summary follows)."""
+
+    def __init__(self, console, names: Sequence[str], show_output: bool = True):
+        self.console = console
+        self.names = list(names)
+        self.show_output = show_output
+        self.phases: dict[str, tuple[Phase, str]] = {n: (Phase.QUEUED, "") for n in self.names}
+        self.last: dict[str, str] = {}
+        self.width = max([len(n) for n in self.names] + [1])
+        self.live = None
+
+    def __enter__(self) -> "LiveSink":
+        from rich.live import Live
+
+        self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+            self.live = None
+
+    def _render(self):
+        from rich.markup import escape
+        from rich.spinner import Spinner
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        for name in self.names:
+            phase, detail = self.phases[name]
+            if phase.final:
+                mark = "[red]✗[/red]" if phase == Phase.FAILED else "[green]✓[/green]"
+            else:
+                mark = Spinner("dots")
+            text = escape(label(phase, detail))
+            if not phase.final and self.last.get(name):
+                text += f" [dim]{escape(self.last[name][:80])}[/dim]"
+            table.add_row(mark, f"[bold]{escape(name)}[/bold]", text)
+        return table
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def handle(self, event: Event) -> None:
+        if event.kind == "phase":
+            if event.subject not in self.phases:
+                self.names.append(event.subject)
+            self.phases[event.subject] = (event.phase, event.text)
+            self.last.pop(event.subject, None)
+            self._refresh()
+        elif event.kind == "output" and self.show_output:
+            self.console.print(f"{(event.subject or '').ljust(self.width)} | {event.text}", markup=False,
+                               highlight=False)
+        elif event.kind == "output" and event.text.strip():
+            self.last[event.subject] = event.text.strip()
+            self._refresh()
+        elif event.kind == "note":
+            self.console.print(event.text, markup=False, highlight=False)
+        elif event.kind == "warning":
+            self.console.print(f"warning: {event.text}", style="yellow", markup=False, highlight=False)

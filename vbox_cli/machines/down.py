@@ -1,0 +1,124 @@
+"""`halt` and `destroy`, and finding the project's machines that the Envfile no longer
+declares."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from vbox_cli.errors import VboxError
+from vbox_cli.events import Phase
+from vbox_cli.machines.runner import Result, close_remote, remote_first, run_each
+
+HALT_TIMEOUT = 30.0
+
+
+def halt(session, names: list[str], jobs: int | None = None) -> list[Result]:
+    from providers.base import RUNNING
+
+    def stop(name: str) -> str:
+        provider = session.provider(name)
+        obj = session.project.object_name(name)
+        if provider.state(obj) != RUNNING:
+            session.events.phase(name, Phase.HALTED, "not running")
+            return "not running"
+        session.events.phase(name, Phase.HALTING)
+        clean = provider.halt(obj, HALT_TIMEOUT)
+        session.events.phase(name, Phase.HALTED, "" if clean else "powered off")
+        return "halted" if clean else f"powered off (no clean shutdown in {HALT_TIMEOUT:g} s)"
+
+    return remote_first(session, session.select(names), stop, jobs)
+
+
+def leftovers(project, declared, recorded=()) -> list[tuple[str, object, str]]:
+    """(machine name, provider, object name) of this project's machines on this host that
+    the Envfile does not declare: those whose provider says they are this project's
+    (matched exactly, never by a name prefix: another project's id may begin with this
+    one's), and those the project's state records. Providers that do not answer are
+    skipped: `status` says so."""
+    from providers.base import NOT_CREATED
+    from providers.registry import local_providers
+
+    found = []
+    for _name, provider, _why in local_providers():
+        if provider is None:
+            continue
+        owned = provider.owned(project.id)
+        for machine in recorded:
+            obj = project.object_name(machine)
+            if machine not in owned and provider.state(obj) != NOT_CREATED and _recorded_for(project, machine,
+                                                                                              provider):
+                owned[machine] = obj
+        found += [(machine, provider, obj) for machine, obj in sorted(owned.items()) if machine not in declared]
+    return found
+
+
+def _recorded_for(project, machine: str, provider) -> bool:
+    return project.machine_state(machine).get("provider", provider.name) == provider.name
+
+
+def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
+    """Destroy the named machines, or everything of the project (leftovers, the networks,
+    .vbox/) when no names are given. .vbox/ (the project's key among it) stays when a
+    machine could not be destroyed: the next `destroy` needs it."""
+    everything = not names
+    project = session.project
+    placements = session.placements
+    targets = {name: (session.provider(name), project.object_name(name)) for name in session.select(names)}
+    if everything:
+        recorded = list(project.load_state()["machines"])
+        for machine, provider, obj in leftovers(project, session.machines, recorded):
+            session.events.note(f"removing {obj}, which the Envfile does not declare")
+            targets[machine] = (provider, obj)
+
+    def remove(name: str) -> str:
+        provider, obj = targets[name]
+        session.events.phase(name, Phase.DESTROYING)
+        pending = name in session.machines and placements[name].pending
+        if not pending:  # a guest whose host machine is gone went with it
+            provider.destroy(obj)
+        for box in session.store.boxes():
+            session.store.remove_user(box.name, obj)
+        project.console_log(name, make=False).unlink(missing_ok=True)
+        project.forget_machine(name)
+        session.events.phase(name, Phase.DESTROYED)
+        return "destroyed"
+
+    if not everything:
+        results = remote_first(session, list(targets), remove, jobs)
+        project.write_known_hosts()
+        return results
+    # the guests of remote hosts, and the project network on those hosts, go first
+    remote = [n for n in targets if n in session.machines and placements[n].remote]
+    results = run_each(session, remote, remove, jobs) if remote else []
+    _remove_networks(session, remote, on_remote=True)
+    close_remote(session, remote)
+    local = [n for n in targets if n not in remote]
+    # This host's networks go while the machines go (the kernel lets a bridge go with
+    # ports still on it).
+    with ThreadPoolExecutor(max_workers=1) as side:
+        networks = side.submit(_remove_networks, session, list(session.machines), False)
+        results += run_each(session, local, remove, jobs) if local else []
+        networks.result()
+    if all(r.ok for r in results):
+        project.remove_state_dir()
+    else:
+        session.events.warning(f"{project.state_dir} is kept (the project's key and records): "
+                               "run `env destroy` again once the failures above are dealt with")
+    return results
+
+
+def _remove_networks(session, names: list[str], on_remote: bool) -> None:
+    placements = session.placements
+    seen = set()
+    for name in names:
+        placement = placements[name]
+        host = placement.network_host
+        if host is None or host.key in seen or placement.pending or host.remote != on_remote:
+            continue
+        seen.add(host.key)
+        try:
+            if host.remove_network(session.project.id):
+                where = f" on {host.shown}" if host.remote else ""
+                session.events.note(f"removed network vbox-{session.project.id}{where}")
+        except VboxError as exc:
+            session.events.warning(f"could not remove the project network on {host.shown}: {exc.message}")

@@ -1,0 +1,62 @@
+"""Provisioning: which steps a machine still needs, and running them over SSH."""
+
+from __future__ import annotations
+
+from vbox_cli.errors import VboxError
+from vbox_cli.events import Phase
+from vbox_cli.machines.runner import Result, run_each
+
+
+def steps_to_run(project, name: str, steps, force: bool) -> list[int]:
+    from provisioners.steps import step_ids
+
+    done = set(project.machine_state(name).get("provisioned", []))
+    ids = step_ids(steps)
+    return [i for i, step in enumerate(steps) if force or step.run == "always" or ids[i] not in done]
+
+
+def run_steps(session, name: str, steps, todo: list[int]) -> None:
+    """Connect (waiting for SSH up to boot_timeout) and run the steps `todo`, recording
+    the run="once" ones as they succeed."""
+    from provisioners.steps import StepContext, run_step, step_ids, summary, work_dir
+
+    session.events.phase(name, Phase.CONNECTING)
+    conn = session.connect(name)
+    try:
+        ids = step_ids(steps)
+        work = work_dir(conn) if todo else ""
+        for index in todo:
+            step = steps[index]
+            session.events.phase(name, Phase.PROVISIONING, f"{index + 1}/{len(steps)}: {summary(step)}")
+            ctx = StepContext(conn, work, name, index, session.loaded.project_dir,
+                              lambda line: session.events.output(name, line))
+            run_step(ctx, step)
+            if step.run == "once":
+                session.project.update_state(lambda s: _record_step(s, name, ids[index]))
+    finally:
+        conn.close()
+
+
+def _record_step(state: dict, name: str, step_id: str) -> None:
+    done = state["machines"].setdefault(name, {}).setdefault("provisioned", [])
+    if step_id not in done:
+        done.append(step_id)
+
+
+def provision(session, names: list[str], force: bool, jobs: int | None = None) -> list[Result]:
+    from providers.base import RUNNING
+
+    def run(name: str) -> str:
+        provider = session.provider(name)
+        if provider.state(session.project.object_name(name)) != RUNNING:
+            raise VboxError(f"{name} is not running", hint=f"`env up {name}` brings it up and provisions it")
+        steps = session.machines[name].provision
+        todo = steps_to_run(session.project, name, steps, force)
+        if not todo:
+            session.events.phase(name, Phase.READY, "nothing to do")
+            return "nothing to do (run=\"once\" steps ran already; --force runs them)"
+        run_steps(session, name, steps, todo)
+        session.events.phase(name, Phase.READY, f"{len(todo)} step{'s' if len(todo) != 1 else ''} run")
+        return f"provisioned ({len(todo)} step{'s' if len(todo) != 1 else ''})"
+
+    return run_each(session, session.select(names), run, jobs)

@@ -1,0 +1,109 @@
+"""One command's view of a project: the Envfile, the state, where each machine lives,
+and where the command reports (an EventStream). The core reports; it never prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from vbox_cli.errors import UsageError, VboxError
+from vbox_cli.events import EventStream
+
+
+def _wait_for_ssh(target, timeout: float, console_log: Path | None):
+    from provisioners.ssh import wait_for_ssh
+
+    return wait_for_ssh(target, timeout, console_log)
+
+
+@dataclass
+class Session:
+    project: object  # vbox_cli.project.Project
+    loaded: object  # vbox_cli.envfile.load.LoadedEnvfile
+    events: EventStream = field(default_factory=EventStream)
+    accel: str | None = None  # --accel: overrides the Envfile's accel for this command
+    # how the core reaches a machine over SSH: (Target, timeout, console log) -> Connection;
+    # None: OpenSSH's protocol through paramiko (provisioners/ssh.py)
+    connector: Callable | None = None
+    box_store: object = None  # boxes.store.BoxStore; the user's store unless given
+
+    @property
+    def machines(self) -> dict:
+        return self.loaded.machines
+
+    @cached_property
+    def placements(self):
+        from vbox_cli.machines.placement import Placements
+
+        return Placements(self.project, self.machines)
+
+    @cached_property
+    def store(self):
+        if self.box_store is not None:
+            return self.box_store
+        from boxes.store import BoxStore
+
+        return BoxStore()
+
+    def select(self, names: list[str], autostart_only: bool = False) -> list[str]:
+        unknown = [n for n in names if n not in self.machines]
+        if unknown:
+            raise UsageError(f"no machine named {', '.join(map(repr, unknown))} in {self.loaded.path}",
+                             hint="machines: " + ", ".join(self.machines))
+        if names:
+            return names
+        return [n for n, m in self.machines.items() if m.autostart or not autostart_only]
+
+    def provider(self, name: str):
+        return self.placements.provider(name)
+
+    def connect(self, name: str):
+        """An SSH connection to a machine, waiting for it up to its boot_timeout."""
+        connector = self.connector or _wait_for_ssh
+        log = self.provider(name).console_log(self.project.object_name(name))
+        return connector(self.ssh_target(name), self.machines[name].boot_timeout, log)
+
+    # -- a machine's spec and SSH target -----------------------------------------
+    def spec(self, name: str, box, address: str, host_key: tuple[str, str] | None = None):
+        from providers.base import MachineSpec
+
+        net = self.placements.network(name)
+        record = self.project.machine_state(name)
+        machine = self.machines[name]
+        if self.accel:
+            machine = machine.model_copy(update={"accel": self.accel})
+        return MachineSpec(
+            project_id=self.project.id, object_name=self.project.object_name(name), machine=machine,
+            box=box, address=address, gateway=net.gateway if net else "", network=net.name if net else "",
+            bridge=net.bridge if net else "", domain=net.domain if net else "",
+            user=box.meta.user, authorized_key=self.project.ensure_client_key(),
+            host_key_private=host_key[0] if host_key else "",
+            host_key_public=host_key[1] if host_key else record.get("host_key", ""),
+            index=list(self.machines).index(name), console_log=self.project.console_log(name),
+        )
+
+    def ssh_target(self, name: str):
+        from provisioners.ssh import Target
+
+        record = self.project.machine_state(name)
+        if not record.get("host_key") or not record.get("address"):
+            raise VboxError(f"{name}: vbox has no record of this machine's address and host key",
+                            hint=f"`env destroy {name}` then `env up {name}`")
+        return Target(name=name, host=record["address"], port=record.get("port", 22),
+                      user=record.get("user", "vbox"), client_key=self.project.client_key,
+                      host_key=record["host_key"], via=self._via(name))
+
+    def _via(self, name: str):
+        """SSH to a guest of a remote host goes through that host."""
+        from provisioners.ssh import Target
+
+        access = self.placements[name].access
+        if access is None or not access.remote:
+            return None
+        if access.machine:
+            return self.ssh_target(access.machine)
+        return Target(name=access.ssh_host, host=access.ssh_host, port=access.ssh_port,
+                      user=access.ssh_user or "", client_key=Path(access.key_file) if access.key_file else None,
+                      host_key="", known_hosts=Path(access.known_hosts) if access.known_hosts else None)

@@ -1,0 +1,134 @@
+"""`up`: create, start and provision machines.
+
+Every step is ordered so that a process killed at any point leaves something the next
+`up` or `destroy` handles: a machine's record (with the host key vbox made for it) is
+written before the machine is made, and a machine whose record is missing is not
+trusted but made anew.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vbox_cli.events import Phase
+from vbox_cli.machines.provision import run_steps, steps_to_run
+from vbox_cli.machines.runner import Result, run_each
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def up(session, names: list[str], jobs: int | None = None, provision: bool = True) -> list[Result]:
+    selected = session.select(names, autostart_only=not names)
+    if not selected:
+        return []  # nothing to bring up: make nothing, not even the network
+    placements = session.placements
+    for name in list(selected):  # a machine's host, when it is a machine of this Envfile, comes too
+        host = placements[name].host_machine
+        if host and host not in selected:
+            selected.insert(0, host)
+    preflight(session, selected)
+    boxes = {}
+    for name in selected:
+        box_name = session.machines[name].box
+        if box_name not in boxes:
+            boxes[box_name] = session.store.get(box_name)
+    session.project.ensure_client_key()
+    # first the machines of this host (a Xen host among them), then the guests of remote hosts
+    first = [n for n in selected if not placements[n].remote]
+    later = [n for n in selected if placements[n].remote]
+    results = []
+    for batch in (first, later):
+        if not batch:
+            continue
+        if batch is later:
+            placements.refresh(later)  # their hosts are up now
+            preflight(session, later)
+        addresses = placements.addresses(batch)
+        ensure_networks(session, batch)
+        results += run_each(session, batch, lambda name: up_one(
+            session, name, boxes[session.machines[name].box], addresses[name], provision), jobs)
+    return results
+
+
+def preflight(session, names: list[str]) -> None:
+    """An unavailable provider, or one that cannot run here, fails before anything is made."""
+    from providers.base import Capability, supports
+
+    for name in names:
+        provider = session.provider(name)
+        if supports(provider, Capability.PREFLIGHT):
+            provider.preflight(name)
+
+
+def ensure_networks(session, names: list[str]) -> None:
+    """The project network on each host these machines join, with a DNS entry for every
+    machine of the Envfile whose network is there."""
+    placements = session.placements
+    for host, on_host in placements.network_hosts(names).values():
+        everyone = placements.same_network(on_host[0])
+        dns = {n: a for n, a in placements.addresses(everyone).items() if a}
+        host.ensure_network(placements.network(on_host[0]), dns)
+
+
+def up_one(session, name: str, box, address: str, provision: bool) -> str:
+    from providers.base import NOT_CREATED, RUNNING
+    from vbox_cli.sshkeys import new_ed25519
+
+    placement = session.placements[name]
+    provider = placement.provider
+    project = session.project
+    obj = project.object_name(name)
+    events = session.events
+    state = provider.state(obj)
+    record = project.machine_state(name)
+    actions = []
+    if state != NOT_CREATED and not record.get("host_key"):
+        events.note(f"{name}: found a machine vbox has no record of: making it anew", name)
+        provider.destroy(obj)
+        state = NOT_CREATED
+    if state == NOT_CREATED:
+        events.phase(name, Phase.CREATING, f"from {box.name} {box.version}")
+        private, public = new_ed25519(f"{obj} host key")
+        keep = {"address_index": record.get("address_index")}
+        network = session.placements.network(name)
+        project.update_state(lambda s: s["machines"].__setitem__(name, {
+            **keep, "host_key": public, "address": address, "user": box.meta.user,
+            "provider": provider.name, "host": placement.where, "network": network.name if network else "",
+            "box": box.name, "box_version": box.version, "box_digest": box.digest,
+            "created": _now(), "provisioned": [],
+        }))
+        session.store.add_user(box.name, obj, {"project": str(project.folder), "machine": name,
+                                               "provider": provider.name})
+        spec = session.spec(name, box, address, (private, public))
+        say_accel(session, provider, spec)
+        provider.create(spec)
+        host, port = provider.ssh_endpoint(obj, address)
+        project.set_machine(name, address=host, port=port)
+        project.write_known_hosts()
+        actions.append("created")
+        state = provider.state(obj)
+    if state != RUNNING:
+        events.phase(name, Phase.STARTING)
+        provider.start(session.spec(name, box, address))
+        actions.append("started")
+    steps = session.machines[name].provision
+    todo = steps_to_run(project, name, steps, force=False) if provision else []
+    if todo or actions:  # a machine just started is ready once SSH answers
+        run_steps(session, name, steps, todo)
+        if todo:
+            actions.append("provisioned")
+    project.set_machine(name, last_up=_now())
+    events.phase(name, Phase.READY, address)
+    return ", ".join(actions) or "nothing to do"
+
+
+def say_accel(session, provider, spec) -> None:
+    from providers.base import Capability, supports
+    from providers.registry import info
+
+    if supports(provider, Capability.ACCEL, spec):
+        accel, why = provider.accel_for(spec)
+        label = dict(info(provider.name).accel_labels).get(accel, accel)
+        session.events.note(f"{spec.machine.name}: using {label}: {why}", spec.machine.name)
