@@ -29,6 +29,9 @@ class Session:
     connector: Callable | None = None
     box_store: object = None  # boxes.store.BoxStore; the user's store unless given
 
+    def __post_init__(self) -> None:
+        self.project.load_state()  # a state vbox cannot read stops the command before anything is done
+
     @property
     def machines(self) -> dict:
         return self.loaded.machines

@@ -1,0 +1,286 @@
+"""The orchestration (vbox_cli/machines/) on a fake provider: order of operations, a
+process killed at every phase boundary, one machine failing among several, drift
+between the records and the hypervisor, exact ownership, corrupt state, NDJSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import providers.registry as registry
+import tests.unit.fake_provider as fake
+from boxes.store import BoxStore
+from providers.base import NOT_CREATED, RUNNING, STOPPED
+from providers.registry import ProviderInfo
+from tests.unit.fake_provider import Killed, World, fake_connect, is_address, project_files
+from tests.unit.test_machines import Recorder
+from vbox_cli import machines
+from vbox_cli.envfile.load import load
+from vbox_cli.events import EventStream
+from vbox_cli.project import Project, StateError
+
+ENVFILE = """\
+[machines.web]
+provision = [{ shell = "echo web-1" }, { shell = "echo web-2" }, { shell = "echo every-up", run = "always" }]
+
+[machines.db]
+provision = [{ script = "scripts/db.sh", args = ["--init"] }]
+"""
+
+
+@pytest.fixture
+def world(monkeypatch, tmp_path):
+    monkeypatch.setattr(fake, "WORLD", World())
+    monkeypatch.setattr(registry, "REGISTRY", {"lxc": ProviderInfo("lxc", "tests.unit.fake_provider:FakeProvider",
+                                                                   "fake machine")})
+    monkeypatch.setattr(registry, "_instances", {})
+    monkeypatch.setenv("VBOX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VBOX_CACHE", str(tmp_path / "cache"))
+    store = BoxStore(tmp_path / "home" / "boxes")
+    staged = store.staging("debian-12")
+    store.install(staged, "debian-12", "12.0.6", {"digest": "sha256:" + "0" * 64, "user": "vbox"})
+    return fake.WORLD
+
+
+class Env:
+    """A project folder and a way to run a command on it as a new vbox process would."""
+
+    def __init__(self, folder, text=ENVFILE):
+        self.path = project_files(folder, text)
+        (folder / "scripts").mkdir(exist_ok=True)
+        (folder / "scripts" / "db.sh").write_text("#!/bin/sh\necho db \"$@\"\n")
+        self.project = Project.at(folder)
+        self.recorder = Recorder()
+
+    def session(self):
+        self.recorder = Recorder()
+        return machines.Session(Project.at(self.path.parent), load(self.path), events=EventStream([self.recorder]),
+                                connector=fake_connect, box_store=BoxStore())
+
+    def run(self, verb, *names, **options):
+        session = self.session()
+        with session.project.lock():
+            return {r.machine: r for r in getattr(machines, verb)(session, list(names), **options)}
+
+    def phases(self, machine):
+        return [e.phase.value for e in self.recorder.events if e.kind == "phase" and e.subject == machine]
+
+
+def ran(world, machine, text):
+    return sum(1 for c in world.commands.get(machine, []) if c.startswith("upload") and text in c)
+
+
+def nothing_left(world, env):
+    assert world.machines == {} and world.networks == {}
+    assert not env.project.state_dir.exists()
+    assert BoxStore().users("debian-12") == []
+
+
+def test_up_creates_starts_and_provisions_each_machine_in_order(world, tmp_path):
+    env = Env(tmp_path / "proj")
+    results = env.run("up")
+    assert {n: r.action for n, r in results.items()} == {"web": "created, started, provisioned",
+                                                          "db": "created, started, provisioned"}
+    for name in ("web", "db"):
+        obj = env.project.object_name(name)
+        order = [op for op, target in world.calls if target in (obj, f"vbox-{env.project.id}")]
+        assert order[:3] == ["ensure_network", "create", "start"], order
+        assert env.phases(name) == ["creating", "starting", "connecting", *["provisioning"] * (3 if name == "web"
+                                                                                              else 1), "ready"]
+        record = env.project.machine_state(name)
+        assert is_address(record["address"]) and record["address"].startswith("10.250.0.")
+        assert world.machines[obj]["host_key"] == record["host_key"]
+    dns = world.networks[f"vbox-{env.project.id}"]["dns"]
+    assert set(dns) == {"web", "db"} and len(set(dns.values())) == 2
+    assert ran(world, "web", "echo web-1") == 1 and ran(world, "db", "echo db") == 1
+    assert BoxStore().users("debian-12") == sorted(env.project.object_name(n) for n in ("db", "web"))
+
+    calls = len(world.calls)
+    again = env.run("up")
+    assert again["db"].action == "nothing to do" and again["web"].action == "provisioned"
+    assert [op for op, _ in world.calls[calls:]] == ["ensure_network"]  # nothing made or started
+    assert ran(world, "web", "echo every-up") == 2 and ran(world, "web", "echo web-1") == 1  # run = "always" only
+
+
+def test_halt_up_provision_and_destroy(world, tmp_path):
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    halted = env.run("halt")
+    assert {n: r.action for n, r in halted.items()} == {"web": "halted", "db": "halted"}
+    assert {e["state"] for e in world.machines.values()} == {STOPPED}
+    assert env.phases("web") == ["halting", "halted"]
+    assert env.run("halt")["web"].action == "not running"
+    back = env.run("up", "web")
+    assert back["web"].action == "started, provisioned"  # the run = "always" step only
+    assert ran(world, "web", "echo web-1") == 1 and ran(world, "web", "echo every-up") == 2
+    assert world.machines[env.project.object_name("db")]["state"] == STOPPED  # not named: left alone
+    forced = env.run("provision", "web", force=True)
+    assert forced["web"].action == "provisioned (3 steps)" and ran(world, "web", "echo web-1") == 2
+    refused = env.run("provision", "db", force=False)
+    assert not refused["db"].ok and "db is not running" in refused["db"].error.message
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_one_failing_machine_does_not_stop_the_others_and_the_next_up_finishes_it(world, tmp_path):
+    env = Env(tmp_path / "proj")
+    world.fail[("start", "db")] = "db: the hypervisor said no"
+    results = env.run("up")
+    assert results["web"].ok and not results["db"].ok
+    assert results["db"].error.message == "db: the hypervisor said no"
+    assert env.phases("db")[-1] == "failed" and env.phases("web")[-1] == "ready"
+    outcome = {e.subject: e.ok for e in env.recorder.events if e.kind == "machine_result"}
+    assert outcome == {"web": True, "db": False}
+    assert world.machines[env.project.object_name("db")]["state"] == STOPPED  # created, not started
+    del world.fail[("start", "db")]
+    again = env.run("up")
+    assert again["db"].action == "started, provisioned" and again["web"].action == "provisioned"
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_a_failing_step_leaves_the_machine_up_and_is_run_again_next_time(world, tmp_path):
+    env = Env(tmp_path / "proj", '[machines.web]\nprovision = [{ shell = "echo ok" }, { shell = "FAIL" }]\n')
+    result = env.run("up")["web"]
+    assert not result.ok and "provisioning step 2 (shell: FAIL) failed with exit status 3" in result.error.message
+    assert world.machines[env.project.object_name("web")]["state"] == RUNNING
+    assert len(env.project.machine_state("web")["provisioned"]) == 1  # step 1 is recorded, step 2 is not
+    env.run("provision", "web", force=False)
+    assert ran(world, "web", "echo ok") == 1 and ran(world, "web", "FAIL") == 2
+    env.run("destroy")
+
+
+KILL_POINTS = [("create", "web"), ("create-midway", "web"), ("start", "web"), ("connect", "web"),
+               ("ssh-run", "web"), ("create", "db"), ("start", "db"), ("ssh-run", "db")]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_up_killed_at_any_phase_is_finished_by_the_next_up_and_undone_by_destroy(world, tmp_path, point):
+    env = Env(tmp_path / "proj")
+    world.kill.add(point)
+    with pytest.raises(Killed):
+        env.run("up", jobs=1)
+    results = env.run("up")
+    assert all(r.ok for r in results.values()), {n: r.error for n, r in results.items()}
+    for name in ("web", "db"):
+        obj = env.project.object_name(name)
+        assert world.machines[obj]["state"] == RUNNING and world.machines[obj]["complete"]
+        assert world.machines[obj]["host_key"] == env.project.machine_state(name)["host_key"]
+        assert len(env.project.machine_state(name)["provisioned"]) == (2 if name == "web" else 1)
+    assert ran(world, "web", "echo web-2") == 1 and ran(world, "db", "echo db") == 1
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+@pytest.mark.parametrize("verb,point", [("halt", ("halt", "db")), ("destroy", ("destroy", "db")),
+                                        ("provision", ("ssh-run", "web"))])
+def test_other_verbs_killed_midway_leave_what_up_and_destroy_handle(world, tmp_path, verb, point):
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    world.kill.add(point)
+    with pytest.raises(Killed):
+        env.run(verb, **({"force": True} if verb == "provision" else {}))
+    results = env.run("up")
+    assert all(r.ok for r in results.values())
+    assert {e["state"] for e in world.machines.values()} == {RUNNING}
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_destroy_keeps_the_project_key_when_a_machine_could_not_be_destroyed(world, tmp_path):
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    world.fail[("destroy", "db")] = "db: cannot remove it now"
+    results = env.run("destroy")
+    assert results["web"].ok and not results["db"].ok
+    assert env.project.client_key.exists() and "db" in env.project.load_state()["machines"]
+    assert any(e.kind == "warning" and "is kept" in e.text for e in env.recorder.events)
+    del world.fail[("destroy", "db")]
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_drift_between_the_records_and_the_hypervisor(world, tmp_path):
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    web = env.project.object_name("web")
+    # removed behind vbox's back: status says so, up makes it again and provisions it
+    del world.machines[web]
+    rows = {r["name"]: r for r in machines.status(env.project, {"web": {"provider": "lxc", "box": "debian-12"},
+                                                                "db": {"provider": "lxc", "box": "debian-12"}})}
+    assert rows["web"]["state"] == NOT_CREATED and rows["db"]["state"] == RUNNING
+    assert env.run("up", "web")["web"].action == "created, started, provisioned"
+    assert ran(world, "web", "echo web-1") == 2
+    # a machine vbox has no record of is not trusted: made anew
+    env.project.update_state(lambda s: s["machines"]["web"].pop("host_key"))
+    env.run("up", "web")
+    assert any(e.kind == "note" and "no record of" in e.text for e in env.recorder.events)
+    assert world.machines[web]["host_key"] == env.project.machine_state("web")["host_key"]
+    # a machine the Envfile no longer declares: shown, then removed by destroy
+    env.path.write_text('[machines.web]\nprovision = [{ shell = "echo web-1" }]\n')
+    rows = {r["name"]: r for r in machines.status(env.project, {"web": {"provider": "lxc", "box": "debian-12"}})}
+    assert rows["db"]["state"] == "running (not in the Envfile)"
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_another_project_whose_id_begins_with_ours_is_never_touched(world, tmp_path):
+    ours = Env(tmp_path / "demo")
+    theirs = Env(tmp_path / f"{ours.project.id}-x")
+    assert theirs.project.object_name("web").startswith(f"vbox-{ours.project.id}-")
+    theirs.run("up")
+    ours.run("up")
+    ours.run("destroy")
+    assert sorted(world.machines) == sorted(theirs.project.object_name(n) for n in ("web", "db"))
+    assert {e["state"] for e in world.machines.values()} == {RUNNING}
+    theirs.run("destroy")
+    nothing_left(world, theirs)
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"machines": []}',
+                                     b'{"machines": {"web": {"address": 7}}}', b'{"format": 99, "machines": {}}'])
+def test_a_state_file_vbox_cannot_read_stops_the_command_and_destroys_nothing(world, tmp_path, content):
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    (env.project.state_dir / "state.json").write_bytes(content)
+    for verb in ("up", "destroy", "provision", "halt"):
+        with pytest.raises(StateError) as info:
+            env.run(verb, **({"force": False} if verb == "provision" else {}))
+        assert "state.json" in info.value.message and "changed nothing" in info.value.message
+    with pytest.raises(StateError):
+        machines.status(env.project, {"web": {"provider": "lxc", "box": "debian-12"}})
+    assert {e["state"] for e in world.machines.values()} == {RUNNING} and len(world.machines) == 2
+
+
+def test_events_are_ndjson_and_end_with_a_result_naming_the_failure(world, tmp_path, monkeypatch, capsys):
+    from vbox_cli.app import run
+
+    env = Env(tmp_path / "proj")
+    monkeypatch.setattr("vbox_cli.machines.session._wait_for_ssh", fake_connect)
+    monkeypatch.chdir(env.path.parent)
+    world.fail[("create", "db")] = "db: no room for it"
+    assert run(["up", "--events"], "vbox") == 1
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out.splitlines()]  # every line parses
+    assert all(r["v"] == 1 and r["command"] == "up" and isinstance(r["ts"], float) for r in records)
+    assert {"phase", "output", "machine_result", "result"} <= {r["event"] for r in records}
+    final = records[-1]
+    assert final["event"] == "result" and final["exit_code"] == 1 and not final["ok"]
+    assert "db: no room for it" in final["error"]
+    assert [r["ok"] for r in records if r["event"] == "machine_result" and r["machine"] == "db"] == [False]
+    phases = [r["phase"] for r in records if r["event"] == "phase" and r["machine"] == "web"]
+    assert phases == ["creating", "starting", "connecting", "provisioning", "provisioning", "provisioning", "ready"]
+    # an Envfile error before any machine: still one result line, naming it
+    env.path.write_text("[machines.web]\nmemroy = 1\n")
+    assert run(["destroy", "--events"], "vbox") == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["event"] == "result"
+    assert json.loads(lines[0])["exit_code"] == 2 and "Envfile: 1 problem" in json.loads(lines[0])["error"]
+    del world.fail[("create", "db")]
+    env.path.write_text(ENVFILE)
+    assert run(["destroy", "-f", "--events"], "vbox") == 0
+    final = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (final["command"], final["event"], final["ok"], final["exit_code"]) == ("destroy", "result", True, 0)
+    assert "error" not in final
+    nothing_left(world, env)
