@@ -21,20 +21,27 @@ class ProviderInfo:
     default_uri: str | None = None  # the libvirt of machines without `host`; None: the provider chooses
     optional_here: bool = False  # a host may well lack it (most run no Xen): skipped when it does not answer
     accel_labels: tuple[tuple[str, str], ...] = ()  # accelerator -> how `up` names it
+    uri_schemes: tuple[str, ...] = ()  # libvirt drivers a `host` URI of its machines may name
 
 
 REGISTRY: dict[str, ProviderInfo] = {
     "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container"),
     "kvm": ProviderInfo("kvm", "providers.kvm:KvmProvider", "KVM machine", remote=True,
-                        accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)"))),
+                        accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",)),
     "xen": ProviderInfo("xen", "providers.xen:XenProvider", "Xen guest", remote=True,
-                        default_uri="xen:///system", optional_here=True, accel_labels=(("xen", "Xen"),)),
+                        default_uri="xen:///system", optional_here=True, accel_labels=(("xen", "Xen"),),
+                        uri_schemes=("xen",)),
 }
+DEFAULT = "lxc"  # the provider of a machine that names none
 _instances: dict = {}
 
 
 def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
+
+
+def uri_schemes() -> tuple[str, ...]:
+    return tuple(scheme for entry in REGISTRY.values() for scheme in entry.uri_schemes)
 
 
 def info(name: str) -> ProviderInfo:

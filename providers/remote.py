@@ -16,7 +16,7 @@ through the host (`via`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 
 
@@ -46,8 +46,19 @@ def resolve(uri: str | None, default: str, project, machines: dict) -> HostAcces
     """The access to the host a machine names (`uri`), or to this host (`default`)."""
     if not uri:
         return HostAccess(uri=default, shown=default)
+    from urllib.parse import urlencode
+
+    from vbox_cli.envfile.types import HOST_URI_PARAMETERS, host_uri_parameters
+    from vbox_cli.files import project_file
+
     parts = urlsplit(uri)
     driver = parts.scheme.partition("+")[0]
+    # checked again here (the Envfile was checked at load): a path parameter becomes the
+    # absolute path of that file of the project
+    params = [(name, str(project_file(project.folder, value)) if HOST_URI_PARAMETERS[name] is None else value)
+              for name, value in host_uri_parameters(uri)]
+    query = urlencode(params, safe="/,")
+    uri = parts._replace(query=query).geturl()
     if not parts.hostname:
         return HostAccess(uri=uri, shown=uri)
     if parts.hostname in machines:
@@ -57,16 +68,17 @@ def resolve(uri: str | None, default: str, project, machines: dict) -> HostAcces
         user = parts.username or record.get("user", "vbox")
         address, port = record["address"], record.get("port", 22)
         # libssh2 refuses a host key that is absent from known_hosts or differs from it
-        query = (f"keyfile={quote(str(project.client_key), safe='/')}"
-                 f"&known_hosts={quote(str(project.known_hosts), safe='/')}&sshauth=privkey")
-        extra = f"&{parts.query}" if parts.query else ""
-        real = f"{driver}+libssh2://{user}@{address}:{port}{parts.path or '/system'}?{query}{extra}"
+        # vbox's own key and known_hosts; of the Envfile's parameters, only those vbox does not set
+        own = (f"keyfile={quote(str(project.client_key), safe='/')}"
+               f"&known_hosts={quote(str(project.known_hosts), safe='/')}&sshauth=privkey")
+        kept = urlencode([(n, v) for n, v in params if n in ("mode", "proxy", "no_tty")])
+        real = f"{driver}+libssh2://{user}@{address}:{port}{parts.path or '/system'}?{own}" + \
+            (f"&{kept}" if kept else "")
         return HostAccess(uri=real, shown=uri, machine=parts.hostname, ssh_host=address, ssh_port=port,
                           ssh_user=user)
-    query = parse_qs(parts.query)
+    given = dict(params)
     return HostAccess(uri=uri, shown=uri.split("?")[0], ssh_host=parts.hostname, ssh_port=parts.port or 22,
-                      ssh_user=parts.username, key_file=query.get("keyfile", [None])[0],
-                      known_hosts=query.get("known_hosts", [None])[0])
+                      ssh_user=parts.username, key_file=given.get("keyfile"), known_hosts=given.get("known_hosts"))
 
 
 def machine_access(project, machines: dict, name: str) -> HostAccess | None:

@@ -83,9 +83,10 @@ LogLevel VERBOSE
             assert process.poll() is None, (folder / "sshd.log").read_text()
             assert time.monotonic() < deadline, "sshd did not listen"
             time.sleep(0.1)
-    uri = (f"qemu+libssh2://root@127.0.0.1:{port}/system?keyfile={folder}/client_key"
-           f"&known_hosts={folder}/known_hosts&sshauth=privkey")
-    yield {"uri": uri, "log": folder / "sshd.log", "key": folder / "client_key"}
+    # the key and known_hosts a `host` URI names are files of the project (keys/, copied
+    # there by the test); libvirt gets their absolute paths
+    uri = f"qemu+libssh2://root@127.0.0.1:{port}/system?keyfile=keys/client_key&known_hosts=keys/known_hosts&sshauth=privkey"
+    yield {"uri": uri, "log": folder / "sshd.log", "folder": folder}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -103,7 +104,9 @@ def _volumes() -> list[str]:
 
 def test_a_kvm_machine_on_another_libvirt_host(debian12, sshd, tmp_path):
     project = Project(tmp_path / "remote")
-    project.folder.mkdir()
+    (project.folder / "keys").mkdir(parents=True)
+    for name in ("client_key", "known_hosts"):
+        shutil.copy(sshd["folder"] / name, project.folder / "keys" / name)
     project.write(ENVFILE.format(uri=sshd["uri"]))
     obj = f"vbox-{project.id}-web"
     try:
@@ -131,7 +134,7 @@ def test_a_kvm_machine_on_another_libvirt_host(debian12, sshd, tmp_path):
         assert f"vbox-{project.id}" in networks
         # OpenSSH goes through the host too, with the URI's key and known_hosts
         config = project.env("ssh-config", "web").stdout
-        assert "ProxyCommand ssh" in config and str(sshd["key"]) in config
+        assert "ProxyCommand ssh" in config and str(project.folder / "keys" / "client_key") in config
         # halt, then up: the same machine, provisioning not repeated
         project.env("halt", timeout=600)
         assert project.status()["web"]["state"] == "stopped"

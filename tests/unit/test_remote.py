@@ -29,11 +29,11 @@ def test_the_proxy_uses_the_key_and_known_hosts_the_uri_names(tmp_path):
     project = _Project(tmp_path, {})
     named = machine_access(project, {"web": {
         "provider": "kvm",
-        "host": "qemu+libssh2://root@server:2222/system?keyfile=/k/id&known_hosts=/k/kh&sshauth=privkey"}}, "web")
+        "host": "qemu+libssh2://root@server:2222/system?keyfile=k/id&known_hosts=k/kh&sshauth=privkey"}}, "web")
     argv = shlex.split(proxy_option(project, named))
     assert argv[:1] == ["ssh"] and argv[-4:] == ["-W", "%h:%p", "--", "server"]
-    assert ["-i", "/k/id"] == argv[argv.index("-i"):argv.index("-i") + 2]
-    assert "UserKnownHostsFile=/k/kh" in argv and "StrictHostKeyChecking=yes" in argv
+    assert ["-i", f"{tmp_path}/k/id"] == argv[argv.index("-i"):argv.index("-i") + 2]
+    assert f"UserKnownHostsFile={tmp_path}/k/kh" in argv and "StrictHostKeyChecking=yes" in argv
     assert ["-p", "2222"] == argv[argv.index("-p"):argv.index("-p") + 2] and ["-l", "root"] == argv[:3][1:]
     # without them: the user's own SSH setup, nothing added
     plain = machine_access(project, {"web": {"provider": "kvm", "host": "qemu+ssh://server/system"}}, "web")

@@ -87,6 +87,7 @@ def test_seed_disk_holds_the_identity_the_kvm_credential_holds(monkeypatch):
 class _Project:
     def __init__(self, tmp: Path, records: dict):
         self.client_key, self.known_hosts, self._records = tmp / "id_ed25519", tmp / "known_hosts", records
+        self.folder = tmp
 
     def machine_state(self, name: str) -> dict:
         return self._records.get(name, {})
@@ -114,9 +115,48 @@ def test_other_hosts_are_used_as_written(tmp_path):
     assert other.uri == "xen+ssh://root@server.example:2222/system"
     assert (other.ssh_host, other.ssh_port, other.ssh_user, other.machine) == ("server.example", 2222, "root", None)
     assert other.key_file is None and other.known_hosts is None  # the user's own SSH setup
-    # a URI that names a key and a known_hosts file: vbox's own SSH through the host uses them too
-    named = resolve("qemu+libssh2://root@server.example/system?keyfile=/k/id&known_hosts=/k/kh&sshauth=privkey",
+    # a URI that names a key and a known_hosts file of the project: vbox's own SSH through
+    # the host uses them too, and libvirt gets their absolute paths
+    named = resolve("qemu+libssh2://root@server.example/system?keyfile=k/id&known_hosts=k/kh&sshauth=privkey",
                     "xen:///system", project, {})
-    assert (named.key_file, named.known_hosts, named.ssh_port) == ("/k/id", "/k/kh", 22)
+    assert (named.key_file, named.known_hosts, named.ssh_port) == (f"{tmp_path}/k/id", f"{tmp_path}/k/kh", 22)
     assert named.shown == "qemu+libssh2://root@server.example/system"  # messages leave the query out
-    assert named.uri.endswith("&sshauth=privkey")
+    assert named.uri == (f"qemu+libssh2://root@server.example/system?keyfile={tmp_path}/k/id"
+                         f"&known_hosts={tmp_path}/k/kh&sshauth=privkey")
+
+
+@pytest.mark.parametrize("query", [
+    "command=./pwn.sh", "socket=/tmp/s", "netcat=./nc", "pkipath=/etc", "no_verify=1", "known_hosts_verify=auto",
+    "keyfile=/root/.ssh/id_ed25519", "known_hosts=~/.ssh/known_hosts", "keyfile=a&keyfile=b", "sshauth=privkey;id",
+    "mode=auto%0Acommand=x", "name=qemu:///system",
+])
+def test_host_uri_parameters_outside_the_allow_list_are_refused(tmp_path, query):
+    """libvirt's `command` runs a local program: an Envfile must never reach it (nor any
+    other parameter that names a program or a file outside the project)."""
+    from vbox_cli.envfile.load import parse
+    from vbox_cli.errors import EnvfileError
+
+    text = f'[machines.vm]\nprovider = "kvm"\nhost = "qemu+ssh://x/system?{query}"\n'
+    with pytest.raises(EnvfileError) as info:
+        parse(text.encode(), "Envfile", tmp_path)
+    assert [p.path for p in info.value.problems] == ["machines.vm.host"] and info.value.problems[0].line == 3
+
+
+def test_host_uri_files_must_resolve_inside_the_project(tmp_path):
+    from vbox_cli.envfile.load import parse
+    from vbox_cli.errors import EnvfileError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "key").write_text("secret")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "keys").symlink_to(outside)
+    text = '[machines.vm]\nprovider = "kvm"\nhost = "qemu+libssh2://x/system?keyfile=keys/key"\n'
+    with pytest.raises(EnvfileError) as info:
+        parse(text.encode(), "Envfile", project)
+    assert "leads outside the project folder" in str(info.value)
+    (project / "keys").unlink()
+    (project / "keys").mkdir()
+    (project / "keys" / "key").write_text("a key of the project")
+    assert parse(text.encode(), "Envfile", project).machines["vm"].host.endswith("keyfile=keys/key")

@@ -237,7 +237,29 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
                    hint="each machine needs a host name of its own")
         seen[machine.hostname] = machine_name
     _check_hosts(envfile, report)
+    if base_dir is not None:
+        _check_host_files(envfile, base_dir, report)
     return problems
+
+
+def _check_host_files(envfile: Envfile, base_dir: Path, report) -> None:
+    """The files a `host` URI names (keyfile, known_hosts) resolve inside the project."""
+    from vbox_cli.envfile.types import HOST_URI_PARAMETERS, host_uri_parameters
+    from vbox_cli.files import project_file
+
+    tables = [(("defaults", "host"), envfile.defaults.host)]
+    tables += [(("machines", name, "host"), spec.host) for name, spec in envfile.machines.items()]
+    for where, uri in tables:
+        for name, value in host_uri_parameters(uri) if uri else []:
+            if HOST_URI_PARAMETERS[name] is not None:
+                continue
+            try:
+                target = project_file(base_dir, value)
+            except ValueError as exc:
+                report(where, f"{name}: {exc}", hint="for your own keys, use qemu+ssh:// with your ~/.ssh/config")
+                continue
+            if not target.is_file():
+                report(where, f"{name}: no such file: {value!r} (relative to {base_dir})")
 
 
 def _check_hosts(envfile: Envfile, report) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
 from provisioners.kinds import KINDS, models
+from providers.registry import DEFAULT as DEFAULT_PROVIDER
 from providers.registry import names as provider_names
 from vbox_cli.envfile.types import (  # noqa: F401 - re-exported: the model's vocabulary
     GIB,
@@ -71,7 +72,7 @@ class Defaults(Frozen):
     """Settings every machine inherits unless it sets its own."""
 
     box: BoxName = Field(DEFAULT_BOX, description="base box, from `env box list`")
-    provider: Provider = Field("lxc", description="lxc (container), kvm (virtual machine) or xen (Xen guest)")
+    provider: Provider = Field(DEFAULT_PROVIDER, description="lxc (container), kvm (virtual machine) or xen (Xen guest)")
     cpus: Cpus = Field(1, description="virtual CPUs")
     memory: Memory = Field(512 * MIB, description='memory limit, like "512M" or "1G"')
     disk: Disk = Field(10 * GIB, description='disk size (kvm, xen), like "10G"')

@@ -151,13 +151,63 @@ Hostname = Annotated[str, AfterValidator(_hostname)]
 Accel = Literal["auto", "kvm", "tcg"]
 XenMode = Literal["pv", "pvh", "hvm"]
 
-_HOST_URI = re.compile(r"^(xen|qemu)(\+(ssh|libssh2|libssh|tcp|tls|unix))?://[^\s/]*/(system|session)?(\?\S*)?$")
+def _host_uri_pattern() -> re.Pattern:
+    from providers.registry import uri_schemes
+
+    drivers = "|".join(map(re.escape, uri_schemes()))
+    return re.compile(rf"({drivers})(\+(ssh|libssh2|libssh|tcp|tls|unix))?://[^\s/]*/(system|session)?(\?\S*)?")
+
+
+_HOST_URI = _host_uri_pattern()
+
+
+# The URI parameters a `host` may carry, with the values each may take (None: a path of the
+# project, checked against the project folder at load). Every other parameter is refused:
+# libvirt's `command` names a local program to run, `socket`, `netcat` and `pkipath` name
+# programs or files, `no_verify` and `known_hosts_verify` weaken or write host key checks.
+HOST_URI_PARAMETERS: dict[str, re.Pattern | None] = {
+    "keyfile": None,
+    "known_hosts": None,
+    "sshauth": re.compile(r"(agent|privkey|password|keyboard-interactive)(,(agent|privkey|password|keyboard-interactive))*"),
+    "mode": re.compile(r"auto|legacy|direct"),
+    "proxy": re.compile(r"auto|netcat|native"),
+    "no_tty": re.compile(r"[01]"),
+}
+
+
+def host_uri_parameters(value: str) -> list[tuple[str, str]]:
+    """The query of a `host` URI as (name, value) pairs; ValueError for anything not allowed."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    query = urlsplit(value).query
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError(f"the query of {value!r} is not name=value pairs") from None
+    seen = set()
+    for name, item in pairs:
+        if name not in HOST_URI_PARAMETERS:
+            raise ValueError(f"URI parameter {name!r} is not allowed in an Envfile (allowed: "
+                             f"{', '.join(HOST_URI_PARAMETERS)})")
+        if name in seen:
+            raise ValueError(f"URI parameter {name!r} is given twice")
+        seen.add(name)
+        pattern = HOST_URI_PARAMETERS[name]
+        if any(ord(c) < 32 for c in item):
+            raise ValueError(f"URI parameter {name!r} has a control character")
+        if pattern is not None and not pattern.fullmatch(item):
+            raise ValueError(f"URI parameter {name}={item!r} is not one of the values vbox allows")
+        if pattern is None and (not item or item.startswith("/") or item.startswith("~")):
+            raise ValueError(f"URI parameter {name} must name a file of the project, relative to the Envfile "
+                             f"(for your own keys, use qemu+ssh:// with your ~/.ssh/config); got {item!r}")
+    return pairs
 
 
 def _host_uri(value: str) -> str:
     if not _HOST_URI.fullmatch(value):
         raise ValueError(f"{value!r} is not a libvirt URI of a Xen or QEMU host: like "
                          "'xen+ssh://root@xenhost/system', 'xen:///system' or 'qemu+ssh://user@server/system'")
+    host_uri_parameters(value)
     return value
 
 
