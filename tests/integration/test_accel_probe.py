@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from providers.accel import PROBE_PREFIX, probe_libvirt
-from providers.hosts import open_libvirt as connect
+from providers.hosts import SYSTEM_URI, open_libvirt
 
 pytestmark = pytest.mark.integration
 
@@ -18,14 +18,14 @@ def _probe_domains(conn) -> list[str]:
 
 
 def test_the_probe_reads_the_guest_console_through_libvirt(debian12):
-    conn = connect()
+    conn = open_libvirt(SYSTEM_URI)
     result = probe_libvirt(conn, str(debian12.artefact("kernel")), timeout=120, virt_type="qemu")
     assert "booted a kernel" in result.reason, result
     assert _probe_domains(conn) == []
 
 
 def test_a_guest_that_cannot_start_means_tcg(host, tmp_path):
-    conn = connect()
+    conn = open_libvirt(SYSTEM_URI)
     result = probe_libvirt(conn, str(tmp_path / "no-such-kernel"), timeout=30, virt_type="qemu")
     assert result.accel == "tcg" and "could not start a QEMU guest" in result.reason, result
     assert _probe_domains(conn) == []

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from providers.hosts import open_libvirt as connect
+from providers.hosts import SYSTEM_URI, open_libvirt
 from providers.storage import delete_volume, ensure_pool, is_remote, upload_volume
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def _download(conn, vol) -> bytes:
 
 
 def test_upload_of_bytes_and_of_a_file_round_trips(host, tmp_path):
-    conn = connect()
+    conn = open_libvirt(SYSTEM_URI)
     assert not is_remote(conn)
     pool = ensure_pool(conn)
     name = f"vbox-test-upload-{os.getpid()}"
