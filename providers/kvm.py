@@ -2,15 +2,16 @@
 
 The disk is a qcow2 overlay volume on the box's disk (providers/storage.py). What a new
 machine must have before its first boot (its SSH host key, made by vbox, and the
-project's authorized key) goes in as a systemd credential (`tmpfiles.extra`) in an
-SMBIOS type 11 string: it needs no seed disk and no cloud-init, and any image with
-systemd 252 or later honours it, a user's own qcow2 box included. The address comes
-from a DHCP host entry of the project network.
+project's authorized key) goes in as a systemd credential (`tmpfiles.extra`) through
+QEMU's fw_cfg, from a 0600 volume beside the disk: only its path is on QEMU's command
+line and in the domain XML, never the key (libvirt lets the QEMU user read the file
+while the guest runs). It needs no seed disk and no cloud-init: systemd 252 or later
+imports it, a user's own qcow2 box included. The address comes from a DHCP host entry
+of the project network.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from urllib.parse import urlsplit
@@ -44,16 +45,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tmpfiles_credential(spec: MachineSpec) -> str:
-    """The identity as tmpfiles lines, base64 for the SMBIOS credential."""
-    from providers.guest import tmpfiles_lines
-
-    return base64.b64encode(tmpfiles_lines(spec).encode()).decode()
-
-
-def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str,
+def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str, credential: str,
                   ssh_port: int | None = None, console_log: bool = True) -> str:
-    """The domain of a new machine (its identity goes in the credential: made once).
+    """The domain of a new machine; `credential` is the path of its identity file (fw_cfg).
     `console_log`: the console is logged to the project's .vbox/console/ (this host only)."""
     from providers.storage import POOL
 
@@ -88,7 +82,7 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
         "domain.xml.j2",
         domain_type=domain_type, name=spec.object_name, project=spec.project_id, machine=spec.machine.name,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
-        tmpfiles=tmpfiles_credential(spec),
+        credential=credential,
         kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
         console_log=spec.console_log if console_log else "", ssh_port=ssh_port,
@@ -99,6 +93,7 @@ class KvmProvider(LibvirtDomainProvider):
     name = "kvm"
     label = "KVM machine"
     host_types = ("qemu",)
+    extra_volumes = (".cred",)
 
     def __init__(self, access=None):
         super().__init__(access.uri if access is not None else choose_uri(), access)
@@ -162,7 +157,12 @@ class KvmProvider(LibvirtDomainProvider):
 
     # -- life cycle ------------------------------------------------------------
     def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:
+        from providers.guest import tmpfiles_lines
+        from providers.storage import upload_volume
+
         ssh_port = free_port() if self.session_mode else None
         accel, _ = self.accel_for(spec)
-        return render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, overlay.name(), ssh_port,
-                             console_log=not self.remote)
+        credential = upload_volume(self.conn, pool, f"{spec.object_name}.cred", tmpfiles_lines(spec).encode(),
+                                   mode=0o600)
+        return render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, overlay.name(), credential.path(),
+                             ssh_port, console_log=not self.remote)

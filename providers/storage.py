@@ -106,13 +106,14 @@ def _remote_base_volumes(conn, pool, box) -> dict[str, str]:
     return paths
 
 
-def upload_volume(conn, pool, name: str, content: bytes | Path):
-    """A raw volume holding `content` (bytes, or a local file's), replacing one of that name."""
+def upload_volume(conn, pool, name: str, content: bytes | Path, mode: int = 0o644):
+    """A raw volume holding `content` (bytes, or a local file's), replacing one of that name;
+    a secret (a machine's identity) gets mode 0600."""
     delete_volume(pool, name)
     size = len(content) if isinstance(content, bytes) else content.stat().st_size
     xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
            f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
-           f"<permissions><mode>0644</mode></permissions></target></volume>")
+           f"<permissions><mode>{mode:04o}</mode></permissions></target></volume>")
     vol = pool.createXML(xml, 0)
     stream = conn.newStream(0)
     try:

@@ -79,7 +79,7 @@ class XenProvider(LibvirtDomainProvider):
     def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:
         from providers.storage import upload_volume
 
-        seed = upload_volume(self.conn, pool, f"{spec.object_name}.seed", seed_image(spec))
+        seed = upload_volume(self.conn, pool, f"{spec.object_name}.seed", seed_image(spec), mode=0o600)
         return render_domain(spec, spec.machine.mode, paths, overlay.path(), seed.path())
 
     def console_log(self, object_name: str):

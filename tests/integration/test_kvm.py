@@ -43,6 +43,33 @@ def project(debian12, tmp_path):
     assert not [n for n in names if n.startswith(f"vbox-{p.id}-")]
 
 
+def no_secret_outside(project: Project) -> None:
+    """The machine's SSH host private key is neither on QEMU's command line (readable by every
+    local user in /proc) nor in the domain XML; the file it came from is 0600."""
+    import base64
+    import os
+
+    key = project.ssh("vm", "sudo cat /etc/ssh/ssh_host_ed25519_key")
+    assert "PRIVATE KEY" in key
+    body = "".join(key.strip().splitlines()[1:-1])
+    obj = f"vbox-{project.id}-vm"
+    conn = libvirt.open("qemu:///system")
+    try:
+        xml = conn.lookupByName(obj).XMLDesc(0)
+        pool = conn.storagePoolLookupByName(POOL)
+        credential = pool.storageVolLookupByName(f"{obj}.cred").path()
+    finally:
+        conn.close()
+    pid = int(open(f"/run/libvirt/qemu/{obj}.pid").read())
+    cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    assert credential in cmdline  # what QEMU is given: a path
+    for text in (xml, cmdline):
+        assert "PRIVATE KEY" not in text and body[:32] not in text
+        assert base64.b64encode(key.encode()).decode()[:32] not in text
+        assert "io.systemd.credential" not in text
+    assert os.stat(credential).st_mode & 0o077 == 0
+
+
 def memory_mib(project: Project, machine: str) -> int:
     return int(project.ssh(machine, "free -m | awk '/^Mem:/ {print $2}'"))
 
@@ -56,6 +83,7 @@ def test_vm_life_cycle(project):
     assert project.ssh("vm", "hostname") == "vm\n"
     assert project.ssh("vm", "nproc") == "2\n"
     assert project.ssh("vm", "cat /etc/site.conf") == "listen 80;\n"
+    no_secret_outside(project)
     # the disk is the Envfile's size and the root file system followed it at first boot
     size_gib = int(project.ssh("vm", "df --output=size -B1 / | tail -1")) / 1024**3
     assert 11.5 < size_gib <= 12.0

@@ -51,10 +51,10 @@ def test_lxc_config(monkeypatch):
 def test_kvm_credential_writes_the_same_identity_as_lxc(monkeypatch):
     import base64
 
-    from providers.kvm import tmpfiles_credential
+    from providers.guest import tmpfiles_lines
 
     machine_spec = spec(monkeypatch)
-    lines = base64.b64decode(tmpfiles_credential(machine_spec)).decode().splitlines()
+    lines = tmpfiles_lines(machine_spec).splitlines()
     written = {line.split()[1]: base64.b64decode(line.split()[-1]).decode() for line in lines if line.startswith("f+~")}
     lxc = guest_files(machine_spec)
     for path, content in written.items():
@@ -121,19 +121,19 @@ def test_domain_xml_defines_on_the_test_driver(monkeypatch):
 
     machine_spec = spec(monkeypatch)
     paths = {"kernel": "/var/lib/vbox/images/box.vmlinuz", "initrd": "/var/lib/vbox/images/box.initrd"}
-    xml = render_domain(machine_spec, "qemu", paths, "vbox-demo-abc123-web.qcow2")
+    cred = "/var/lib/vbox/images/vbox-demo-abc123-web.cred"
+    xml = render_domain(machine_spec, "qemu", paths, "vbox-demo-abc123-web.qcow2", cred)
     check_golden("domain-web.xml", xml)
     root = ET.fromstring(xml)
     assert root.get("type") == "qemu" and root.find("cpu") is None
     assert root.findtext("memory") == str(768 * 1024) and root.findtext("vcpu") == "2"
     assert "systemd.hostname=web" in root.findtext("os/cmdline")
-    entry = root.findtext("sysinfo/oemStrings/entry")
-    assert entry.startswith("io.systemd.credential.binary:tmpfiles.extra=")
-    lines = base64.b64decode(entry.split("=", 1)[1]).decode().splitlines()
-    key_line = next(line for line in lines if " /etc/ssh/ssh_host_ed25519_key " in line)
-    assert key_line.startswith("f+~ ") and base64.b64decode(key_line.split()[-1]) == b"PRIVATE"
+    # the identity (the host's private key among it) is a file QEMU reads: only its path is here
+    entry = root.find("sysinfo[@type='fwcfg']/entry")
+    assert (entry.get("name"), entry.get("file")) == ("opt/io.systemd.credentials/tmpfiles.extra", cred)
+    assert "PRIVATE" not in xml and base64.b64encode(b"PRIVATE").decode() not in xml
     assert root.find("devices/interface/mac").get("address") == mac_address("vbox-demo-abc123-web")
-    kvm = ET.fromstring(render_domain(machine_spec, "kvm", paths, "v.qcow2"))
+    kvm = ET.fromstring(render_domain(machine_spec, "kvm", paths, "v.qcow2", cred))
     assert kvm.get("type") == "kvm" and kvm.find("cpu").get("mode") == "host-passthrough"
     conn = libvirt.open("test:///default")
     try:
@@ -168,7 +168,7 @@ def test_domain_xml_of_a_xen_host_box(monkeypatch):
 
     machine_spec = spec(monkeypatch)
     paths = {"kernel": "/i/box.vmlinuz", "initrd": "/i/box.initrd", "hypervisor": "/i/box.xen"}
-    xml = render_domain(machine_spec, "qemu", paths, "v.qcow2")
+    xml = render_domain(machine_spec, "qemu", paths, "v.qcow2", "/i/v.cred")
     check_golden("domain-xen-host.xml", xml)
     root = ET.fromstring(xml)
     assert root.findtext("os/kernel") == "/i/box.xen" and root.find("os/initrd") is None
