@@ -259,11 +259,20 @@ def _extract_hypervisor(rootfs: Path, target: Path) -> None:
         shutil.copyfileobj(source, out)
 
 
-def _make_disk(rootfs: Path, disk: Path, recipe: Recipe) -> None:
-    from vbox_cli.envfile.model import parse_size
+def disk_mib(rootfs_bytes: int, disk_size: str) -> int:
+    """The box disk's size: "auto" is the root tree, a quarter more for the file system's own
+    needs (inodes, journal, reserved blocks) and 256 MiB of room, in whole 256 MiB."""
+    from vbox_cli.envfile.types import parse_size
 
+    if disk_size != "auto":
+        return parse_size(disk_size) // 1024**2
+    need = rootfs_bytes * 5 // 4 // 1024**2 + 256
+    return -(-need // 256) * 256
+
+
+def _make_disk(rootfs: Path, disk: Path, recipe: Recipe) -> None:
     raw = disk.with_suffix(".raw")
-    size_mib = parse_size(recipe.disk_size) // (1024 * 1024)
+    size_mib = disk_mib(_tree_size(rootfs), recipe.disk_size)
     # Inode tables zeroed now (they stay sparse in the qcow2), or every machine's kernel
     # zeroes them at first boot: 32 MB of writes per 2 GB into its overlay.
     proc.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-E", "lazy_itable_init=0,lazy_journal_init=0",

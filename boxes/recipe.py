@@ -33,9 +33,10 @@ def _packages(value: list[str]) -> list[str]:
 
 
 def _size(value: str) -> str:
-    from vbox_cli.envfile.model import parse_size
+    from vbox_cli.envfile.types import parse_size
 
-    parse_size(value)
+    if value != "auto":
+        parse_size(value)
     return value
 
 
@@ -52,7 +53,9 @@ class Recipe(BaseModel):
     packages: Annotated[list[str], AfterValidator(_packages)] = []
     user: str = Field("vbox", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     groups: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]] = ["sudo"]  # the user's groups
-    disk_size: Annotated[str, AfterValidator(_size)] = "4G"
+    # the box's disk: "auto" is as small as its root tree allows (machines grow it to their
+    # own `disk` at first boot), or a size
+    disk_size: Annotated[str, AfterValidator(_size)] = "auto"
     hypervisor: bool = False  # Xen: the box also carries the hypervisor's multiboot image
 
     # set by load(), not by the file
