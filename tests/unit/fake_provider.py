@@ -64,6 +64,7 @@ class FakeNetworkHost:
 
     def remove_network(self, project_id):
         WORLD.calls.append(("remove_network", f"vbox-{project_id}"))
+        WORLD.hit("remove_network", project_id)
         return WORLD.networks.pop(f"vbox-{project_id}", None) is not None
 
     def close(self):
@@ -174,3 +175,17 @@ def project_files(folder: Path, envfile: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Envfile").write_text(envfile)
     return folder / "Envfile"
+
+
+class UnreachableProvider(FakeProvider):
+    """A provider whose hypervisor does not answer (libvirtd stopped)."""
+
+    name = "kvm"
+
+    def _down(self, *args, **kwargs):
+        from vbox_cli.errors import VboxError
+
+        raise VboxError("cannot reach libvirt at qemu:///system: Failed to connect socket",
+                        hint="run `env doctor --fix` to start libvirtd")
+
+    state = create = start = halt = destroy = objects = owned = _down

@@ -284,3 +284,25 @@ def test_events_are_ndjson_and_end_with_a_result_naming_the_failure(world, tmp_p
     assert (final["command"], final["event"], final["ok"], final["exit_code"]) == ("destroy", "result", True, 0)
     assert "error" not in final
     nothing_left(world, env)
+
+
+def test_an_lxc_project_with_libvirt_unreachable(world, tmp_path, monkeypatch):
+    """status and destroy of a project whose machines do not need libvirt work while it is
+    down; the project network (which libvirt holds) is kept, and so is .vbox/, until a
+    destroy can remove it."""
+    monkeypatch.setitem(registry.REGISTRY, "kvm", ProviderInfo("kvm", "tests.unit.fake_provider:UnreachableProvider",
+                                                              "unreachable machine"))
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    rows = machines.status(env.project, {n: {"provider": "lxc", "box": "debian-12"} for n in ("web", "db")})
+    assert [r["state"] for r in rows] == [RUNNING, RUNNING]
+    world.fail[("remove_network", env.project.id)] = "cannot reach libvirt at qemu:///system"
+    results = env.run("destroy")
+    assert all(r.ok for r in results.values()) and not [n for n in world.machines]
+    assert env.project.state_dir.exists() and env.project.client_key.exists()
+    warnings = [e.text for e in env.recorder.events if e.kind == "warning"]
+    assert any("could not remove the project network" in w for w in warnings)
+    assert any("is kept" in w for w in warnings)
+    del world.fail[("remove_network", env.project.id)]
+    env.run("destroy")
+    nothing_left(world, env)

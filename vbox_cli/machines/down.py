@@ -90,7 +90,7 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
     # the guests of remote hosts, and the project network on those hosts, go first
     remote = [n for n in targets if n in session.machines and placements[n].remote]
     results = run_each(session, remote, remove, jobs) if remote else []
-    _remove_networks(session, remote, on_remote=True)
+    networks_remote_gone = _remove_networks(session, remote, on_remote=True)
     close_remote(session, remote)
     local = [n for n in targets if n not in remote]
     # This host's networks go while the machines go (the kernel lets a bridge go with
@@ -98,18 +98,20 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
     with ThreadPoolExecutor(max_workers=1) as side:
         networks = side.submit(_remove_networks, session, list(session.machines), False)
         results += run_each(session, local, remove, jobs) if local else []
-        networks.result()
-    if all(r.ok for r in results):
+        networks_gone = networks.result() and networks_remote_gone
+    if all(r.ok for r in results) and networks_gone:
         project.remove_state_dir()
     else:
         session.events.warning(f"{project.state_dir} is kept (the project's key and records): "
-                               "run `env destroy` again once the failures above are dealt with")
+                               "run `env destroy` again once what failed above is dealt with")
     return results
 
 
-def _remove_networks(session, names: list[str], on_remote: bool) -> None:
+def _remove_networks(session, names: list[str], on_remote: bool) -> bool:
+    """The project network on each host of these machines; False if one could not be removed."""
     placements = session.placements
     seen = set()
+    removed_all = True
     for name in names:
         placement = placements[name]
         host = placement.network_host
@@ -122,3 +124,5 @@ def _remove_networks(session, names: list[str], on_remote: bool) -> None:
                 session.events.note(f"removed network vbox-{session.project.id}{where}")
         except VboxError as exc:
             session.events.warning(f"could not remove the project network on {host.shown}: {exc.message}")
+            removed_all = False
+    return removed_all
