@@ -119,7 +119,7 @@ def test_passthrough_imports_nothing_heavy():
         "def fake_execve(path, argv, environ):\n"
         "    heavy = sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'rich', 'pydantic', 'libvirt',"
         " 'paramiko', 'jinja2', 'click', 'tomllib', 'pathlib'})\n"
-        "    print(path, argv, heavy)\n"
+        "    print(path, argv, heavy, flush=True)\n"
         "    os._exit(0)\n"
         "os.execve = fake_execve\n"
         "sys.argv = ['env', 'true']\n"
