@@ -1,0 +1,30 @@
+"""`env doctor --fix` on a fresh host: packages first, then a fresh look (apt makes the kvm
+group and may start daemons), then repairs and daemons for what is still missing."""
+
+from __future__ import annotations
+
+from providers import host
+from providers.host import Check, HostReport
+
+
+def test_repairs_follow_what_the_packages_changed(monkeypatch):
+    calls = []
+    monkeypatch.setattr("vbox_cli.proc.run", lambda argv, **kw: calls.append(("run", argv[0], argv[1])))
+    monkeypatch.setattr(host, "start_daemon", lambda name: calls.append(("start", name)))
+    repaired = []
+    # before apt: no kvm group yet, so /dev/kvm is only a warning; libvirt is not installed
+    before = HostReport([Check("/dev/kvm", "warn", "no kvm group on this host"),
+                         Check("libvirt", "missing", "libvirtd not installed", packages=("libvirt-daemon-system",),
+                               daemons=("libvirtd",))])
+    # after apt: the kvm group exists and /dev/kvm needs its repair; libvirtd is still to start
+    after = HostReport([Check("/dev/kvm", "missing", "mode 0o600", hint="set root:kvm 0660",
+                              repair=lambda: repaired.append("kvm")),
+                        Check("libvirt", "missing", "not running", daemons=("virtlogd", "libvirtd"))])
+    final = HostReport([Check("/dev/kvm", "ok", "root:kvm"), Check("libvirt", "ok", "running")])
+    reports = iter([after, final])
+    result = host.fix(before, lambda text: calls.append(("say", text)), lambda: next(reports))
+    assert result is final and repaired == ["kvm"]
+    order = [c for c in calls if c[0] != "say"]
+    assert order == [("run", "apt-get", "update"), ("run", "apt-get", "install"), ("start", "virtlogd"),
+                     ("start", "libvirtd")]
+    assert ("say", "fixing /dev/kvm: set root:kvm 0660") in calls
