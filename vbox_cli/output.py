@@ -76,12 +76,11 @@ class Output:
             stream.flush()
             return
         from rich.table import Table
-
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for col in columns:
-            table.add_column(col)
         from rich.text import Text
 
+        table = Table(title=Text(title) if title else None, title_justify="left", header_style="bold")
+        for col in columns:
+            table.add_column(col)
         for row in cells:
             table.add_row(*(Text(cell) for cell in row))
         self.console.print(table)
