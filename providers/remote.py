@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from vbox_cli.errors import VboxError
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,13 @@ def resolve(uri: str | None, default: str, project, machines: dict) -> HostAcces
 
     parts = urlsplit(uri)
     driver = parts.scheme.partition("+")[0]
-    # checked again here (the Envfile was checked at load): a path parameter becomes the
-    # absolute path of that file of the project
-    params = [(name, str(project_file(project.folder, value)) if HOST_URI_PARAMETERS[name] is None else value)
-              for name, value in host_uri_parameters(uri)]
+    # checked again here (the Envfile was checked at load, but a cached one is not checked
+    # again): a path parameter becomes the absolute path of that file of the project
+    try:
+        params = [(name, str(project_file(project.folder, value)) if HOST_URI_PARAMETERS[name] is None else value)
+                  for name, value in host_uri_parameters(uri)]
+    except ValueError as exc:
+        raise VboxError(f"host {uri.split('?')[0]}: {exc}", hint="run `env validate`") from None
     query = urlencode(params, safe="/,")
     uri = parts._replace(query=query).geturl()
     if not parts.hostname:

@@ -20,8 +20,16 @@ _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?", re.IGNORECASE)
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 
 
+def unsafe_character(c: str) -> bool:
+    """A control character (C0, DEL, C1) or a Unicode line or paragraph separator: each
+    could end a line for some reader of the config."""
+    import unicodedata
+
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
 def checked(value: str, what: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value) or '"' in value:
+    if any(unsafe_character(c) for c in value) or '"' in value:
         raise VboxError(f"{what} {value!r} has a control character or a double quote; vbox will not pass it to "
                         "OpenSSH")
     return value

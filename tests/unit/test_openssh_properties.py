@@ -23,7 +23,9 @@ PATH_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\0/"), min_
 
 
 def _unsafe(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 or c == '"' for c in text)
+    from provisioners.openssh import unsafe_character
+
+    return any(unsafe_character(c) or c == '"' for c in text)
 
 
 def _ssh_g(config: Path, alias: str) -> dict[str, list[str]]:
@@ -49,7 +51,8 @@ def test_a_config_block_means_what_vbox_meant_or_is_refused(tmp_path, folder, us
         # a refusal is fine, but a folder without control characters or double quotes must pass
         assert _unsafe(folder) or user, (folder, user)
         return
-    assert len(block.splitlines()) == 9  # nothing added a line
+    assert len(block.split("\n")) == 10 and block.endswith("\n")  # nothing added a line (OpenSSH splits on \n)
+    assert not any(c in block for c in "\r\x85\u2028\u2029")
     config = tmp_path / "config"
     config.write_text(block)
     seen = _ssh_g(config, "vbox-demo-abc123-web")

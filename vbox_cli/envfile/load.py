@@ -42,8 +42,10 @@ def load(path: Path, data: bytes | None = None) -> LoadedEnvfile:
 
 
 def referenced_files(envfile: Envfile) -> list[tuple[tuple, str]]:
-    """(location, relative path) of every project file the steps read."""
+    """(location, relative path) of every project file the Envfile names: the files the
+    steps read, and those a `host` URI names (keyfile, known_hosts)."""
     from provisioners.kinds import files, kind_of
+    from vbox_cli.envfile.types import HOST_URI_PARAMETERS, host_uri_parameters
 
     step_lists: list[tuple[tuple, tuple]] = [(("defaults", "provision"), envfile.defaults.provision)]
     for machine, spec in envfile.machines.items():
@@ -53,6 +55,11 @@ def referenced_files(envfile: Envfile) -> list[tuple[tuple, str]]:
     for prefix, steps in step_lists:
         for index, step in enumerate(steps):
             found += [((*prefix, index, kind_of(step)), relative) for relative in files(step)]
+    hosts = [(("defaults", "host"), envfile.defaults.host)]
+    hosts += [(("machines", name, "host"), spec.host) for name, spec in envfile.machines.items()]
+    for location, uri in hosts:
+        found += [(location, value) for name, value in (host_uri_parameters(uri) if uri else [])
+                  if HOST_URI_PARAMETERS[name] is None]
     return found
 
 
@@ -219,7 +226,8 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
             try:
                 target = project_file(base_dir, relative)
             except ValueError as exc:
-                report(location, str(exc), hint="a step may only read files of the project folder")
+                report(location, str(exc), hint="for your own keys, use qemu+ssh:// with your ~/.ssh/config"
+                       if location[-1] == "host" else "a step may only read files of the project folder")
                 continue
             if not target.is_file():
                 what = "no such file" if not target.exists() else "not a regular file"
@@ -237,29 +245,7 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
                    hint="each machine needs a host name of its own")
         seen[machine.hostname] = machine_name
     _check_hosts(envfile, report)
-    if base_dir is not None:
-        _check_host_files(envfile, base_dir, report)
     return problems
-
-
-def _check_host_files(envfile: Envfile, base_dir: Path, report) -> None:
-    """The files a `host` URI names (keyfile, known_hosts) resolve inside the project."""
-    from vbox_cli.envfile.types import HOST_URI_PARAMETERS, host_uri_parameters
-    from vbox_cli.files import project_file
-
-    tables = [(("defaults", "host"), envfile.defaults.host)]
-    tables += [(("machines", name, "host"), spec.host) for name, spec in envfile.machines.items()]
-    for where, uri in tables:
-        for name, value in host_uri_parameters(uri) if uri else []:
-            if HOST_URI_PARAMETERS[name] is not None:
-                continue
-            try:
-                target = project_file(base_dir, value)
-            except ValueError as exc:
-                report(where, f"{name}: {exc}", hint="for your own keys, use qemu+ssh:// with your ~/.ssh/config")
-                continue
-            if not target.is_file():
-                report(where, f"{name}: no such file: {value!r} (relative to {base_dir})")
 
 
 def _check_hosts(envfile: Envfile, report) -> None:
