@@ -107,7 +107,8 @@ def run_guest(accel: str, kernel: Path | None, timeout: float) -> tuple[bool, st
         from vbox_cli.proc import CommandTimeout
 
         try:
-            process = proc.run(argv, check=False, timeout=timeout)
+            # a KVM guest may hang for ever: it must not outlive a vbox that is killed
+            process = proc.run(argv, check=False, timeout=timeout, die_with_parent=True)
         except CommandTimeout:  # killed
             return False, f"a {accel.upper()} guest hung (no progress in {timeout:g} s)"
         if process.returncode != expected:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from providers.base import MachineSpec
 from providers.hosts import SESSION_URI, SYSTEM_URI, open_libvirt
-from providers.libvirt_domain import LibvirtDomainProvider, mac_address
+from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
 from providers.render import render
 from vbox_cli.errors import VboxError
 
@@ -80,7 +80,8 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
             qemu_args += ["-cpu", "qemu64,vendor=GenuineIntel,svm=on"]
     return render(
         "domain.xml.j2",
-        domain_type=domain_type, name=spec.object_name, project=spec.project_id, machine=spec.machine.name,
+        domain_type=domain_type, name=spec.object_name, uuid=domain_uuid(spec.object_name),
+        project=spec.project_id, machine=spec.machine.name,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
         credential=credential,
         kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,

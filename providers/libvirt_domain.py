@@ -16,6 +16,25 @@ from vbox_cli.errors import VboxError
 METADATA_NS = "https://vbox.dev/xmlns/machine/1"  # <vbox:machine project= machine=> in every domain
 
 
+def _namespace():
+    import uuid
+
+    return uuid.uuid5(uuid.NAMESPACE_URL, METADATA_NS)
+
+
+VBOX_NAMESPACE = _namespace()
+
+
+def domain_uuid(object_name: str) -> str:
+    """A machine's domain UUID, the same for every definition of it. A `defineXML` sent by
+    an `env up` that was killed is still carried out by libvirtd (which may take long when
+    it re-probes QEMU); with a UUID of its own each time, the next `up`'s definition of the
+    same name failed ("already exists with uuid ..."). With this one it updates the domain."""
+    import uuid
+
+    return str(uuid.uuid5(VBOX_NAMESPACE, object_name))
+
+
 def mac_address(object_name: str) -> str:
     digest = hashlib.sha256(object_name.encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from providers.base import MachineSpec
 from providers.guest import tmpfiles_lines
-from providers.libvirt_domain import LibvirtDomainProvider, mac_address
+from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
 from providers.registry import REGISTRY
 from providers.render import render
 from vbox_cli.errors import VboxError
@@ -48,7 +48,8 @@ def render_domain(spec: MachineSpec, mode: str, paths: dict[str, str], disk: str
         raise VboxError(f"{spec.machine.name}: mode {mode!r} is not one of {', '.join(MODES)}")
     return render(
         "xen-domain.xml.j2",
-        name=spec.object_name, project=spec.project_id, machine=spec.machine.name, mode=mode,
+        name=spec.object_name, uuid=domain_uuid(spec.object_name),
+        project=spec.project_id, machine=spec.machine.name, mode=mode,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
         kernel=paths["kernel"], initrd=paths["initrd"], cmdline=kernel_cmdline(spec, mode),
         disk=disk, seed=seed, network=spec.network, mac=mac_address(spec.object_name),

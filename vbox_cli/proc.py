@@ -35,13 +35,16 @@ def run(
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run to completion, capturing stdout and stderr as text."""
+    """Run to completion, capturing stdout and stderr as text. `die_with_parent`: if vbox
+    is killed meanwhile, the program gets SIGTERM (for one that may hang, like a probe)."""
     argv = [str(a) for a in argv]
     try:
         result = subprocess.run(
             argv, input=input, capture_output=True, text=True, timeout=timeout,
             env=None if env is None else {**os.environ, **env}, cwd=cwd, errors="replace",
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except FileNotFoundError:
         raise _not_found(argv) from None

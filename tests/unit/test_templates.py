@@ -190,3 +190,23 @@ def test_every_recipe_loads():
     assert {"debian-12", "xen-host"} <= set(loaded)
     assert loaded["xen-host"].hypervisor and not loaded["debian-12"].hypervisor
     assert "linux-image-amd64" in loaded["xen-host"].packages  # the cloud kernel cannot be dom0
+
+
+def test_a_late_second_definition_of_a_machine_is_the_same_domain(monkeypatch):
+    """An `env up` killed while libvirtd carries out its defineXML: the next `up` defines the
+    same machine again, and must not fail with "already exists with uuid" (issue 20)."""
+    from providers.kvm import render_domain
+    from providers.libvirt_domain import domain_uuid
+
+    assert domain_uuid("vbox-a-web") == domain_uuid("vbox-a-web") != domain_uuid("vbox-b-web")
+    paths = {"kernel": "/k", "initrd": "/i"}
+    xml = render_domain(spec(monkeypatch), "qemu", paths, "v.qcow2", "/c").replace("<domain type='qemu'>",
+                                                                                  "<domain type='test'>")
+    conn = libvirt.open("test:///default")
+    try:
+        first = conn.defineXML(xml)   # the killed up's definition, carried out late
+        second = conn.defineXML(xml)  # the next up's own
+        assert first.UUIDString() == second.UUIDString() == domain_uuid("vbox-demo-abc123-web")
+        second.undefine()
+    finally:
+        conn.close()
