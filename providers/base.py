@@ -50,6 +50,7 @@ class Capability(str, Enum):
     CONSOLE = "attach a terminal to the console"
     ACCEL = "choose a CPU accelerator"
     PREFLIGHT = "check the host before anything is made"
+    PORTS = "forward ports of this host to the machine"
 
 
 @runtime_checkable
@@ -76,11 +77,21 @@ class SupportsPreflight(Protocol):
         """Raise a clear error, before anything is made, if this host or user cannot run it."""
 
 
+@runtime_checkable
+class SupportsPorts(Protocol):
+    def forward_ports(self, project_id: str, machine: str, target: str, bridge: str, forwards: list) -> None:
+        """Make the machine's forwards exactly these (providers/ports.py)."""
+
+    def unforward_ports(self, project_id: str, machine: str) -> None:
+        """Remove the machine's forwards."""
+
+
 _PROTOCOLS = {
     Capability.RESOURCES: SupportsResources,
     Capability.CONSOLE: SupportsConsole,
     Capability.ACCEL: SupportsAccel,
     Capability.PREFLIGHT: SupportsPreflight,
+    Capability.PORTS: SupportsPorts,
 }
 
 
@@ -155,7 +166,9 @@ class ProviderBase:
 
     def unsupported(self, capability: Capability, spec: MachineSpec | None = None) -> str | None:
         if not isinstance(self, _PROTOCOLS[capability]):
-            return f"the {self.name} provider does not offer it"
+            from providers.registry import lacks
+
+            return lacks(self.name, capability.name.lower()) or f"the {self.name} provider does not offer it"
         return self._unsupported(capability, spec)
 
     def _unsupported(self, capability: Capability, spec: MachineSpec | None) -> str | None:

@@ -16,9 +16,10 @@ import os
 import re
 from urllib.parse import urlsplit
 
-from providers.base import MachineSpec
+from providers.base import Capability, MachineSpec
 from providers.hosts import SESSION_URI, SYSTEM_URI, open_libvirt
 from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
+from providers.ports import LocalPorts
 from providers.render import render
 from vbox_cli.errors import VboxError
 
@@ -90,7 +91,7 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     )
 
 
-class KvmProvider(LibvirtDomainProvider):
+class KvmProvider(LocalPorts, LibvirtDomainProvider):
     name = "kvm"
     label = "KVM machine"
     host_types = ("qemu",)
@@ -108,6 +109,14 @@ class KvmProvider(LibvirtDomainProvider):
     def network_host(self):
         # a user's session has no bridges: user-mode networking, SSH through a forwarded port
         return None if self.session_mode else self.host
+
+    def _unsupported(self, capability: Capability, spec: MachineSpec | None) -> str | None:
+        if capability == Capability.PORTS and self.session_mode:
+            return "a user's libvirt session has no project network to forward into (run as root, or ask for " \
+                   "the libvirt group)"
+        if capability == Capability.PORTS and self.remote:
+            return f"it runs on {self.host.shown}, where its network is"
+        return None
 
     def preflight(self, machine_name: str) -> None:
         super().preflight(machine_name)

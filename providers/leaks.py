@@ -5,6 +5,8 @@ Used by `env doctor --leaks` and at the end of every integration test.
 
 from __future__ import annotations
 
+from vbox_cli.errors import VboxError
+
 
 def find(project_id: str | None = None) -> list[str]:
     """Leftovers of one project (by id), or of every vbox project."""
@@ -21,6 +23,12 @@ def find(project_id: str | None = None) -> list[str]:
             found.append(f"{name} machines could not be listed: {why}")
             continue
         found += provider.leaks(prefix)
+    from providers.ports import leaks as port_leaks
+
+    try:
+        found += port_leaks(project_id)
+    except VboxError as exc:
+        found.append(f"forwarded ports could not be listed: {exc.message}")
     conn = open_libvirt(SYSTEM_URI)
     try:
         for net in conn.listAllNetworks():

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
+from providers.ports import LocalPorts
 from vbox_cli import proc
 from vbox_cli.errors import VboxError
 
@@ -122,7 +123,7 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
             os.chmod(current_upper, 0o755)
 
 
-class LxcProvider(ProviderBase):
+class LxcProvider(LocalPorts, ProviderBase):
     name = "lxc"
     label = "LXC container"
 

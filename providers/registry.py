@@ -22,6 +22,7 @@ class ProviderInfo:
     optional_here: bool = False  # a host may well lack it (most run no Xen): skipped when it does not answer
     accel_labels: tuple[tuple[str, str], ...] = ()  # accelerator -> how `up` names it
     uri_schemes: tuple[str, ...] = ()  # libvirt drivers a `host` URI of its machines may name
+    lacks: tuple[tuple[str, str], ...] = ()  # capability -> why none of its machines have it
 
 
 REGISTRY: dict[str, ProviderInfo] = {
@@ -30,7 +31,8 @@ REGISTRY: dict[str, ProviderInfo] = {
                         accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",)),
     "xen": ProviderInfo("xen", "providers.xen:XenProvider", "Xen guest", remote=True,
                         default_uri="xen:///system", optional_here=True, accel_labels=(("xen", "Xen"),),
-                        uri_schemes=("xen",)),
+                        uri_schemes=("xen",),
+                        lacks=(("ports", "a Xen guest's network is on its Xen host, not on this one"),)),
 }
 DEFAULT = "lxc"  # the provider of a machine that names none
 _instances: dict = {}
@@ -38,6 +40,11 @@ _instances: dict = {}
 
 def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
+
+
+def lacks(name: str, capability: str) -> str | None:
+    """Why no machine of provider `name` has `capability` (a Capability's name, lower case)."""
+    return dict(info(name).lacks).get(capability)
 
 
 def uri_schemes() -> tuple[str, ...]:

@@ -102,7 +102,7 @@ def make_app() -> typer.Typer:
             context.out.plain = True
         context.envfile = file
 
-    from vbox_cli.commands import box, doctor, init, schema, ssh, status, up, validate
+    from vbox_cli.commands import box, doctor, init, port, schema, ssh, status, up, validate
 
     app.command("init")(init.init)
     app.command("validate")(validate.validate)
@@ -112,6 +112,7 @@ def make_app() -> typer.Typer:
     app.command("ssh")(ssh.ssh)
     app.command("ssh-config")(ssh.ssh_config)
     app.command("console")(ssh.console)
+    app.command("port")(port.port)
     app.command("provision")(up.provision)
     app.command("halt")(up.halt)
     app.command("reload")(up.reload)

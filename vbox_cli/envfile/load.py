@@ -245,7 +245,32 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
                    hint="each machine needs a host name of its own")
         seen[machine.hostname] = machine_name
     _check_hosts(envfile, report)
+    _check_ports(envfile, report)
     return problems
+
+
+def _check_ports(envfile: Envfile, report) -> None:
+    """Forwards only where vbox can make them (this host's project network), and no host
+    port forwarded twice (an address of 0.0.0.0 takes the port on every address)."""
+    from providers.registry import lacks
+
+    seen: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for name, machine in envfile.machines_resolved().items():
+        for index, forward in enumerate(machine.ports):
+            where = ("machines", name, "ports", index)
+            reason = lacks(machine.provider, "ports") or ("it runs on another host (`host`), where its network is"
+                                                           if machine.host else None)
+            if reason:
+                report(where, f"forwarded ports are not supported for machine {name!r}, because {reason}")
+                continue
+            key = (forward.protocol, forward.host)
+            for address, other in seen.get(key, []):
+                if "0.0.0.0" in (address, forward.address) or address == forward.address:
+                    report((*where, "host"), f"port {forward.host}/{forward.protocol} on {forward.address} is also "
+                                             f"forwarded by {other}",
+                           hint="each host port can be forwarded once; `auto = true` picks a free one at up")
+                    break
+            seen.setdefault(key, []).append((forward.address, f"machines.{name}.ports[{index}]"))
 
 
 def _check_hosts(envfile: Envfile, report) -> None:

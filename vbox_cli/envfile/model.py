@@ -28,6 +28,7 @@ from vbox_cli.envfile.types import (  # noqa: F401 - re-exported: the model's vo
     HostURI,
     MachineName,
     Memory,
+    PortForward,
     StepBase,
     XenMode,
     _as_tuple,
@@ -100,6 +101,8 @@ class MachineSpec(Frozen):
     mode: XenMode | None = None
     provision: Steps | None = Field(None, description="replaces the steps of [defaults] when set")
     hostname: Hostname | None = Field(None, description="host name in the machine; default: the machine's name")
+    ports: Annotated[tuple[PortForward, ...], BeforeValidator(_as_tuple)] = Field(
+        (), description="ports of this host forwarded to the machine while it runs")
 
 
 class Machine(Frozen):
@@ -118,6 +121,7 @@ class Machine(Frozen):
     mode: str = "pvh"
     provision: tuple[Any, ...]
     hostname: str
+    ports: tuple[Any, ...] = ()
 
 
 class Envfile(Frozen):
@@ -152,4 +156,6 @@ def fields_of(loc: tuple) -> list[str] | None:
             return list(MachineSpec.model_fields)
         case (*_, "provision", int(), str() as kind) if kind in STEP_KINDS:
             return list(STEP_KINDS[kind].model_fields)
+        case ("machines", str(), "ports", int()):
+            return list(PortForward.model_fields)
     return None

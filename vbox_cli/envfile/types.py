@@ -216,6 +216,33 @@ Cpus = Annotated[int, Field(ge=1, le=256)]
 BootTimeout = Annotated[int, Field(ge=1, le=3600)]
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _ipv4(value: str) -> str:
+    import ipaddress
+
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address of this host, like \"127.0.0.1\" or \"0.0.0.0\"") \
+            from None
+    return str(address)
+
+
+HostAddress = Annotated[str, AfterValidator(_ipv4)]
+
+
+class PortForward(Frozen):
+    """A port of this host forwarded to a port of the machine, while the machine runs."""
+
+    host: Port = Field(description="the port on this host")
+    guest: Port = Field(description="the port in the machine")
+    protocol: Literal["tcp", "udp"] = Field("tcp", description="tcp or udp")
+    address: HostAddress = Field("127.0.0.1", description='the host address it listens on; "0.0.0.0": all of them')
+    auto: bool = Field(False, description="when the host port is taken, use the next free one (and say which)")
+
+
 class StepBase(Frozen):
     """What every provisioning step has, whatever its kind."""
 

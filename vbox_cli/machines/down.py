@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from vbox_cli.errors import VboxError
 from vbox_cli.events import Phase
+from vbox_cli.machines import ports
 from vbox_cli.machines.runner import Result, close_remote, remote_first, run_each
 
 HALT_TIMEOUT = 30.0
@@ -23,6 +24,7 @@ def halt(session, names: list[str], jobs: int | None = None) -> list[Result]:
             return "not running"
         session.events.phase(name, Phase.HALTING)
         clean = provider.halt(obj, HALT_TIMEOUT)
+        ports.remove(session, name, provider)
         session.events.phase(name, Phase.HALTED, "" if clean else "powered off")
         return "halted" if clean else f"powered off (no clean shutdown in {HALT_TIMEOUT:g} s)"
 
@@ -63,6 +65,13 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
     everything = not names
     project = session.project
     placements = session.placements
+    ports_gone = True
+    if everything:  # while the records still say which machines had forwards
+        try:
+            ports.remove_all(session)
+        except VboxError as exc:
+            session.events.warning(f"could not remove the project's forwarded ports: {exc.message}")
+            ports_gone = False
     targets = {name: (session.provider(name), project.object_name(name)) for name in session.select(names)}
     if everything:
         recorded = list(project.load_state()["machines"])
@@ -76,6 +85,7 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
         pending = name in session.machines and placements[name].pending
         if not pending:  # a guest whose host machine is gone went with it
             provider.destroy(obj)
+            ports.remove(session, name, provider)
         for box in session.store.boxes():
             session.store.remove_user(box.name, obj)
         project.console_log(name, make=False).unlink(missing_ok=True)
@@ -99,7 +109,7 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
         networks = side.submit(_remove_networks, session, list(session.machines), False)
         results += run_each(session, local, remove, jobs) if local else []
         networks_gone = networks.result() and networks_remote_gone
-    if all(r.ok for r in results) and networks_gone:
+    if all(r.ok for r in results) and networks_gone and ports_gone:
         project.remove_state_dir()
     else:
         session.events.warning(f"{project.state_dir} is kept (the project's key and records): "

@@ -29,6 +29,9 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
         if host and host not in selected:
             selected.insert(0, host)
     preflight(session, selected)
+    from vbox_cli.machines import ports
+
+    forwards = ports.plan(session, [n for n in selected if not placements[n].remote])  # before anything is made
     boxes = {}
     for name in selected:
         box_name = session.machines[name].box
@@ -48,7 +51,7 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
         addresses = placements.addresses(batch)
         ensure_networks(session, batch)
         results += run_each(session, batch, lambda name: up_one(
-            session, name, boxes[session.machines[name].box], addresses[name], provision), jobs)
+            session, name, boxes[session.machines[name].box], addresses[name], provision, forwards.get(name)), jobs)
     return results
 
 
@@ -72,7 +75,7 @@ def ensure_networks(session, names: list[str]) -> None:
         host.ensure_network(placements.network(on_host[0]), dns)
 
 
-def up_one(session, name: str, box, address: str, provision: bool) -> str:
+def up_one(session, name: str, box, address: str, provision: bool, forwards: list | None = None) -> str:
     from providers.base import NOT_CREATED, RUNNING
     from vbox_cli.sshkeys import new_ed25519
 
@@ -113,6 +116,10 @@ def up_one(session, name: str, box, address: str, provision: bool) -> str:
         events.phase(name, Phase.STARTING)
         provider.start(session.spec(name, box, address))
         actions.append("started")
+    if forwards or record.get("ports"):  # made again at every up: a host restart loses them
+        from vbox_cli.machines import ports
+
+        ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
     steps = session.machines[name].provision
     todo = steps_to_run(project, name, steps, force=False) if provision else []
     if todo or actions:  # a machine just started is ready once SSH answers
