@@ -63,7 +63,7 @@ def main() -> None:
             for mode in modes:
                 name = f"g{mode}"
                 row = [timed(folder, "up", name), timed(folder, "ssh", name, "--", "true"),
-                       timed(folder, "halt", name), timed(folder, "up", name), timed(folder, "destroy", name)]
+                       timed(folder, "halt", name), timed(folder, "up", name), timed(folder, "destroy", "-f", name)]
                 print(f"{mode:5} " + " ".join(f"{v:>{w}.1f}" for v, w in zip(row, (12, 9, 7, 12, 8))), flush=True)
         finally:
             subprocess.run([VBOX, "--plain", "destroy", "-f"], cwd=folder, capture_output=True)

@@ -217,10 +217,12 @@ class LxcProvider(LocalPorts, ProviderBase):
         try:
             self._tool("lxc-start", spec.object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
         except VboxError as exc:
-            log = (folder / LXC_LOG).read_text(errors="replace").strip().splitlines()[-5:] \
+            log = (folder / LXC_LOG).read_text(errors="replace").strip().splitlines() \
                 if (folder / LXC_LOG).exists() else []
-            raise VboxError(f"LXC could not start {spec.object_name}: " + (" / ".join(log) or exc.message),
-                            hint=f"see {folder / LXC_LOG}") from None
+            errors = [line.split(" - ", 1)[-1].strip() for line in log if " ERROR " in line]
+            reason = errors[-1] if errors else exc.message
+            raise VboxError(f"LXC could not start the container: {reason}", hint=f"the full log: {folder / LXC_LOG}",
+                            details="\n".join(log[-20:]) or None) from None
 
     def halt(self, object_name: str, timeout: float = 30) -> bool:
         if self.state(object_name) != RUNNING:

@@ -106,9 +106,10 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
         if remaining <= 0:
             tail = _tail(console_log)
             raise SshTimeout(
-                f"{target.name}: SSH did not answer within {timeout:g} s ({last_error})"
-                + (f"\nlast lines of the console ({console_log}):\n{tail}" if tail else ""),
-                hint="raise boot_timeout in the Envfile if the machine is just slow",
+                f"{target.name}: SSH did not answer within {timeout:g} s ({last_error})",
+                hint="raise boot_timeout in the Envfile if the machine is just slow"
+                     + (f"; its console log: {console_log}" if tail else ""),
+                details=f"last lines of the console ({console_log}):\n{tail}" if tail else None,
             )
         if target.via is None:  # behind a host, the host tries the port
             try:

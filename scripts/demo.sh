@@ -20,6 +20,7 @@ echo "[demo] project folder: $demo"
 env validate
 env up
 env status
+env port
 echo "[demo] env ssh web -- cat /var/www-index.html"
 env ssh web -- cat /var/www-index.html
 echo "[demo] the machines are up; try: cd $demo && env ssh db   (env destroy removes them)"

@@ -32,6 +32,7 @@ class Context:
     out: Output
     envfile: Optional[Path] = None
     ndjson: object = None  # vbox_cli.events.NdjsonSink, with --events
+    verbose: bool = False  # --verbose: an error's details (a log's tail) too
     failure: Optional[tuple[str, Optional[str]]] = None  # (message, hint) of a command that exits 1
 
     def start_events(self, command: str, subject_key: str = "machine"):
@@ -89,6 +90,8 @@ def make_app() -> typer.Typer:
     def main(
         ctx: typer.Context,
         plain: Annotated[bool, typer.Option("--plain", help="Plain line output even on a terminal.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the details of a failure (a log's "
+                                                                      "last lines), not only what failed.")] = False,
         file: Annotated[
             Optional[Path],
             typer.Option("--file", "-f", help="Envfile to use. Default: ./Envfile, or the nearest one above."),
@@ -101,6 +104,7 @@ def make_app() -> typer.Typer:
         if plain:
             context.out.plain = True
         context.envfile = file
+        context.verbose = verbose
 
     from vbox_cli.commands import box, doctor, init, port, schema, ssh, status, up, validate
 
@@ -150,7 +154,7 @@ def _invoke(app, args: list[str], prog_name: str, context: Context):
                                                   obj=context)
         return (result if isinstance(result, int) else 0), None
     except VboxError as exc:
-        _report(out, exc)
+        _report(out, exc, context.verbose)
         return exc.exit_code, (exc.message, exc.hint)
     except typer.Exit as exc:
         return exc.exit_code, None
@@ -184,7 +188,7 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _report(out: Output, exc: VboxError) -> None:
+def _report(out: Output, exc: VboxError, verbose: bool = False) -> None:
     from vbox_cli.errors import EnvfileError
 
     if isinstance(exc, EnvfileError):
@@ -196,4 +200,4 @@ def _report(out: Output, exc: VboxError) -> None:
                 print(f"    hint: {problem.hint}", file=sys.stderr)
         out.error(exc.message)
         return
-    out.error(exc.message, exc.hint)
+    out.error(exc.message, exc.hint, exc.details if verbose else None, more=bool(exc.details) and not verbose)

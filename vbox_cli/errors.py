@@ -18,10 +18,13 @@ class VboxError(Exception):
 
     exit_code = EXIT_FAILURE
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, details: str | None = None):
+        """`message`: one line saying what failed; `details`: the rest (a log's tail),
+        shown with --verbose; `hint`: what to do, and where the full log is."""
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details
 
 
 class UsageError(VboxError):
@@ -81,8 +84,7 @@ class CommandError(VboxError):
         self.argv = argv
         self.returncode = returncode
         self.output = output
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        message = f"command failed with exit status {returncode}: {shlex.join(argv)}"
-        if tail:
-            message += "\n" + tail
-        super().__init__(message, hint)
+        lines = output.strip().splitlines()
+        last = lines[-1].strip() if lines else ""
+        message = f"command failed with exit status {returncode}: {shlex.join(argv)}" + (f": {last}" if last else "")
+        super().__init__(message, hint, details="\n".join(lines[-15:]) or None)

@@ -49,15 +49,21 @@ class Output:
     def success(self, text: str) -> None:
         self.line(text, style="green")
 
-    def error(self, text: str, hint: str | None = None) -> None:
+    def error(self, text: str, hint: str | None = None, details: str | None = None, more: bool = False) -> None:
+        """`error: TEXT`, its details indented (--verbose), then `hint: HINT`; `more`: there
+        are details that --verbose would show."""
         rich_err = not self.plain and sys.stderr.isatty()
-        for prefix, body, style in (("error", text, "bold red"), ("hint", hint, "cyan")):
+        if more:
+            hint = f"{hint}; " if hint else ""
+            hint += "--verbose shows the details"
+        body_details = "\n".join(f"    {line}" for line in details.splitlines()) if details else None
+        for prefix, body, style in (("error: ", text, "bold red"), ("", body_details, "dim"), ("hint: ", hint, "cyan")):
             if not body:
                 continue
             if rich_err:
-                self.err_console.print(f"{prefix}: {body}", style=style, markup=False)
+                self.err_console.print(f"{prefix}{body}", style=style, markup=False)
             else:
-                print(f"{prefix}: {body}", file=sys.stderr, flush=True)
+                print(f"{prefix}{body}", file=sys.stderr, flush=True)
 
     def json(self, data: Any) -> None:
         print(json.dumps(data, indent=2, sort_keys=False), file=self._stdout, flush=True)

@@ -252,7 +252,10 @@ def test_boot_timeout_shows_the_console_tail(project):
     project.ssh("web", "sudo systemctl mask --quiet ssh.service")
     project.env("halt")
     result = project.env("up", check_rc=1)
-    assert "web: SSH did not answer within 5 s" in result.stderr
+    # one line saying what failed, where the console log is; its tail with --verbose
+    assert "error: web: SSH did not answer within 5 s" in result.stderr
+    assert "hint: raise boot_timeout" in result.stderr and "its console log: " in result.stderr
+    assert "--verbose shows the details" in result.stderr and "last lines of the console" not in result.stderr
+    result = project.env("--verbose", "up", check_rc=1)
     assert "last lines of the console" in result.stderr
     assert "Reached target" in result.stderr or "Started" in result.stderr  # the console's own lines
-    assert "hint: raise boot_timeout" in result.stderr

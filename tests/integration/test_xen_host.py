@@ -82,7 +82,7 @@ def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
         assert 540 * 1024 < mem_kib <= 640 * 1024, mem_kib
         assert project.ssh("guest", "sudo cat /root/mark") == "provisioned-on-xen\n"
         # destroy the guest: nothing of it is left on the Xen host
-        project.env("destroy", "guest", timeout=600)
+        project.env("destroy", "-f", "guest", timeout=600)
         assert obj not in _on_host(project, "virsh -c xen:///system list --all --name")
         volumes = _on_host(project, "virsh -c xen:///system vol-list vbox")
         assert project.id not in volumes and "box-" not in volumes, volumes

@@ -38,7 +38,8 @@ class World:
             self.kill.discard((point, machine))
             raise Killed(f"killed at {point} of {machine}")
         if (point, machine) in self.fail:
-            raise VboxError(self.fail[(point, machine)])
+            message, _, details = self.fail[(point, machine)].partition("\n")
+            raise VboxError(message, hint="the full log: /var/log/fake.log", details=details or None)
 
 
 WORLD = World()

@@ -273,10 +273,14 @@ def test_events_are_ndjson_and_end_with_a_result_naming_the_failure(world, tmp_p
     assert phases == ["creating", "starting", "connecting", "provisioning", "provisioning", "provisioning", "ready"]
     # an Envfile error before any machine: still one result line, naming it
     env.path.write_text("[machines.web]\nmemroy = 1\n")
-    assert run(["destroy", "--events"], "vbox") == 2
+    assert run(["destroy", "-f", "--events"], "vbox") == 2
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["event"] == "result"
     assert json.loads(lines[0])["exit_code"] == 2 and "Envfile: 1 problem" in json.loads(lines[0])["error"]
+    # destroy without -f: no one to ask, refused, and said so on the stream too
+    assert run(["destroy", "--events"], "vbox") == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "no terminal to ask on" in json.loads(lines[0])["error"]
     del world.fail[("create", "db")]
     env.path.write_text(ENVFILE)
     assert run(["destroy", "-f", "--events"], "vbox") == 0
@@ -305,4 +309,28 @@ def test_an_lxc_project_with_libvirt_unreachable(world, tmp_path, monkeypatch):
     assert any("is kept" in w for w in warnings)
     del world.fail[("remove_network", env.project.id)]
     env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_a_failure_is_one_line_in_a_summary_within_80_columns(world, tmp_path, monkeypatch, capsys):
+    from vbox_cli.app import run
+
+    env = Env(tmp_path / "proj")
+    monkeypatch.setattr("vbox_cli.machines.session._wait_for_ssh", fake_connect)
+    monkeypatch.chdir(env.path.parent)
+    world.fail[("start", "db")] = ("db: LXC could not start the container: cgroup limits could not be set "
+                                   + "x" * 120 + "\nlxc-start: first log line\nlxc-start: second log line")
+    assert run(["--plain", "up"], "vbox") == 1
+    captured = capsys.readouterr()
+    table = captured.out[captured.out.index("MACHINE"):].splitlines()
+    assert all(len(line) <= 80 for line in table), table
+    assert any(line.startswith("db ") and "FAILED: LXC could not start the container" in line for line in table)
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: db: LXC could not start the container: cgroup")
+    assert "first log line" not in captured.err and "--verbose shows the details" in captured.err
+    assert "hint: the full log: /var/log/fake.log" in captured.err
+    assert run(["--plain", "--verbose", "up", "db"], "vbox") == 1
+    assert "    lxc-start: first log line" in capsys.readouterr().err
+    del world.fail[("start", "db")]
+    assert run(["--plain", "destroy", "-f"], "vbox") == 0
     nothing_left(world, env)

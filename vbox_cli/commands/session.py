@@ -70,14 +70,26 @@ def report(ctx: typer.Context, results, title: str) -> None:
     if not results:
         out.line("no machines selected")
         return
+    width = max(len(r.machine) for r in results)
+    room = max(20, 80 - width - 20)  # the table stays within 80 columns
     out.table(["machine", "result", "seconds"],
-              [(r.machine, r.action if r.ok else f"FAILED: {r.error.message.splitlines()[0]}", f"{r.seconds:.1f}")
-               for r in results], title=title)
+              [(r.machine, r.action if r.ok else _cut(f"FAILED: {_first_line(r.error.message, r.machine)}", room),
+                f"{r.seconds:.1f}") for r in results], title=title)
     failed = [r for r in results if not r.ok]
-    for result in failed:
-        out.error(result.error.message, result.error.hint)
+    for result in failed:  # one line each (the table cut it); the details with --verbose
+        error = result.error
+        out.error(error.message.splitlines()[0], error.hint, error.details if ctx.obj.verbose else None,
+                  more=bool(error.details) and not ctx.obj.verbose)
     if failed:
         first = failed[0].error
         ctx.obj.failure = (f"{len(failed)} of {len(results)} machines failed; first: {first.message.splitlines()[0]}",
                            first.hint)
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _first_line(message: str, machine: str) -> str:
+    return message.splitlines()[0].removeprefix(f"{machine}: ")
+
+
+def _cut(text: str, room: int) -> str:
+    return text if len(text) <= room else text[:room - 1] + "…"

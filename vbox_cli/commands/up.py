@@ -85,14 +85,23 @@ def destroy(
     events: Events = False,
 ) -> None:
     """Destroy machines, leaving no trace. Without names: every machine of the project,
-    machines it no longer declares, its network and .vbox/. Boxes stay in the store."""
+    machines it no longer declares, its network and .vbox/. Boxes stay in the store.
+
+    Asks first on a terminal; elsewhere (a script, CI) it needs -f."""
     import sys
 
     from vbox_cli import machines
+    from vbox_cli.errors import UsageError
 
-    if not force and sys.stdin.isatty() and not events:
+    if events:
+        ctx.obj.start_events("destroy")  # a refusal below still ends with a result line
+    if not force:
         what = ", ".join(names) if names else "every machine of this project"
-        typer.confirm(f"Destroy {what}?", abort=True)
+        if not sys.stdin.isatty() or events:
+            raise UsageError(f"destroy {what}: no terminal to ask on", hint="pass -f to destroy without asking")
+        if not typer.confirm(f"Destroy {what}?", default=False):
+            ctx.obj.out.line("nothing destroyed")
+            return
     with open_session(ctx, "destroy", names or [], events) as session:
         results = machines.destroy(session, names or [], jobs=jobs)
     report(ctx, results, "destroy")
