@@ -80,7 +80,7 @@ def make_app() -> typer.Typer:
     app = typer.Typer(
         help=HELP,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion: bash, zsh, fish
         rich_markup_mode=None,
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},

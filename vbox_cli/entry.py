@@ -15,8 +15,10 @@ VERBS = frozenset({
     "destroy",
     "box", "doctor",
 })
-# Options that mean vbox too: `env --help`, `env --version`.
-OWN_OPTIONS = frozenset({"--help", "--version"})
+# Options that mean vbox too: `env --help`, `env --version`, shell completion.
+OWN_OPTIONS = frozenset({"--help", "--version", "--install-completion", "--show-completion"})
+# Set by the shell when it asks `env` for completions (with no arguments of vbox's).
+COMPLETION_VARIABLE = "_ENV_COMPLETE"
 # Verbs that are also common shell idioms (`env ssh host`): vbox's only inside a project.
 PROJECT_ONLY_VERBS = frozenset({"ssh"})
 
@@ -99,7 +101,7 @@ def passthrough(args: list[str]) -> "NoReturn":  # noqa: F821 - typing not impor
 
 def env_main() -> int:
     args = sys.argv[1:]
-    if not is_ours(args):
+    if not (is_ours(args) or COMPLETION_VARIABLE in os.environ):
         passthrough(args)
     from vbox_cli.app import run
 

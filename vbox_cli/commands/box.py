@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vbox_cli.commands import complete
 from vbox_cli.commands.session import Events
 
 app = typer.Typer(help="Base boxes: build them from recipes, list them, remove them.", no_args_is_help=True)
@@ -14,7 +15,8 @@ app = typer.Typer(help="Base boxes: build them from recipes, list them, remove t
 @app.command("build")
 def build(
     ctx: typer.Context,
-    recipe: Annotated[str, typer.Argument(help="A recipe name (like debian-12) or the path of a recipe file.")],
+    recipe: Annotated[str, typer.Argument(help="A recipe name (like debian-12) or the path of a recipe file.",
+                                          autocompletion=complete.recipes)],
     force: Annotated[bool, typer.Option("--force", help="Build again even if the box is up to date.")] = False,
     mirror: Annotated[
         Optional[str], typer.Option("--mirror", help="Debian mirror to use instead of the recipe's.", metavar="URL")
@@ -83,7 +85,7 @@ def list_boxes(
 @app.command("remove")
 def remove(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The box to remove.")],
+    name: Annotated[str, typer.Argument(help="The box to remove.", autocompletion=complete.boxes)],
     version: Annotated[Optional[str], typer.Option("--version", help="Only this version.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Remove it even if machines use it.")] = False,
 ) -> None:

@@ -6,10 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from vbox_cli.commands import complete
+
 
 def port(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Argument(help="Only this machine.")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Only this machine.", autocompletion=complete.machines)] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the forwards as JSON.")] = False,
 ) -> None:
     """List the ports of this host forwarded to the machines: the host address and port

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vbox_cli.commands import complete
 from vbox_cli.errors import UsageError, VboxError
 
 
@@ -20,7 +21,7 @@ def _check_names(machines: dict, names: list[str]) -> None:
 
 def ssh(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The machine.")],
+    name: Annotated[str, typer.Argument(help="The machine.", autocompletion=complete.machines)],
     command: Annotated[Optional[list[str]], typer.Argument(help="A command to run instead of a shell (after --).")]
     = None,
 ) -> None:
@@ -46,7 +47,8 @@ def ssh(
 
 def ssh_config(
     ctx: typer.Context,
-    names: Annotated[Optional[list[str]], typer.Argument(help="Machines (default: all that have an address).")]
+    names: Annotated[Optional[list[str]], typer.Argument(help="Machines (default: all that have an address).",
+                                                         autocompletion=complete.machines)]
     = None,
     known_hosts: Annotated[bool, typer.Option("--known-hosts", help="Print known_hosts lines instead.")] = False,
 ) -> None:
@@ -84,7 +86,7 @@ def _one_line(key: str) -> str:
 
 def console(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The machine.")],
+    name: Annotated[str, typer.Argument(help="The machine.", autocompletion=complete.machines)],
     tail: Annotated[Optional[int], typer.Option("--tail", help="Print the last N lines of its console log.",
                                                 metavar="N")] = None,
 ) -> None:

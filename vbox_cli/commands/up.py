@@ -6,9 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from vbox_cli.commands import complete
 from vbox_cli.commands.session import Events, open_session, report
 
-Names = Annotated[Optional[list[str]], typer.Argument(help="Machines to act on (default: all).", show_default=False)]
+Names = Annotated[Optional[list[str]], typer.Argument(help="Machines to act on (default: all).", show_default=False,
+                                                     autocompletion=complete.machines)]
 Jobs = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Machines at once (default: all).")]
 
 
