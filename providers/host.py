@@ -172,6 +172,32 @@ def check_lxcfs(mount: str = LXCFS_MOUNT) -> Check:
     return Check("lxcfs", "ok", f"mounted at {mount}")
 
 
+def check_cgroup_view(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> Check:
+    """lxcfs finds a container's limits by the cgroup of the process reading /proc/meminfo,
+    in the hierarchy mounted at /sys/fs/cgroup. Where that mount does not match this
+    system's cgroup namespace (the host's whole hierarchy bind-mounted into a nested
+    container), lxcfs cannot find them and machines see the host's memory and CPUs."""
+    try:
+        lines = Path(self_cgroup).read_text().splitlines()
+    except OSError:
+        return Check("cgroup view", "ok", "unknown (no /proc/self/cgroup)")
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") or (controllers == "" and not os.path.isdir(f"{root}/memory")):
+            folder = f"{root}/memory{path}" if controllers else f"{root}{path}"
+            try:
+                procs = Path(folder, "cgroup.procs").read_text().split()
+            except OSError:
+                procs = []
+            if str(os.getpid()) in procs:
+                return Check("cgroup view", "ok", "the cgroup mount matches this system's cgroup namespace")
+            return Check("cgroup view", "warn", f"this process is not in {folder} although /proc/self/cgroup names "
+                         f"{path!r}: the cgroup hierarchy mounted at {root} is not this system's own (a nested "
+                         "container?); lxcfs cannot find the machines' limits, so they see the host's memory "
+                         "and CPUs", hint="mount a cgroup hierarchy of this system's own cgroup namespace")
+    return Check("cgroup view", "ok", "no memory controller in /proc/self/cgroup")
+
+
 def lxcfs_mounted(mount: str = LXCFS_MOUNT) -> bool:
     try:
         mounts = Path("/proc/self/mounts").read_text()
@@ -206,6 +232,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> Host
         _tool("iptables", "iptables", "iptables", ("--version",)),
         _tool("lxc", "lxc-start", "lxc"),
         check_lxcfs(),
+        check_cgroup_view(),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),
         check_disk(store),
     ]

@@ -28,3 +28,19 @@ def test_repairs_follow_what_the_packages_changed(monkeypatch):
     assert order == [("run", "apt-get", "update"), ("run", "apt-get", "install"), ("start", "virtlogd"),
                      ("start", "libvirtd")]
     assert ("say", "fixing /dev/kvm: set root:kvm 0660") in calls
+
+
+def test_a_cgroup_mount_that_is_not_this_systems_own_is_said(tmp_path):
+    """As in a nested container with the host's hierarchy bind-mounted: lxcfs could not
+    find a machine's limits."""
+    import os
+
+    (tmp_path / "memory" / "lxc.payload.outer").mkdir(parents=True)
+    (tmp_path / "memory" / "cgroup.procs").write_text("1\n2\n")
+    (tmp_path / "memory" / "lxc.payload.outer" / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    mine = tmp_path / "self-cgroup"
+    mine.write_text("4:memory:/\n1:name=systemd:/\n")  # a cgroup namespace: "/" is not the mount's root
+    check = host.check_cgroup_view(str(tmp_path), str(mine))
+    assert check.status == "warn" and "not this system's own" in check.detail
+    mine.write_text("4:memory:/lxc.payload.outer\n")
+    assert host.check_cgroup_view(str(tmp_path), str(mine)).status == "ok"
