@@ -98,14 +98,31 @@ class LibvirtHost:
         return network.plan(project, self.conn, self.key, avoid)
 
     def ensure_network(self, plan, dns: dict[str, str]) -> None:
+        """The network, its DNS entries, and (this host's network) the machines' names for
+        this host too: `web.<project>.vbox` (providers/hostnames.py)."""
         from providers import network
 
         network.ensure(self.conn, plan, dns)
+        if self.key == "local":
+            _host_names(plan.name.removeprefix("vbox-"), dns)
 
     def remove_network(self, project_id: str) -> bool:
         from providers import network
 
-        return network.remove(self.conn, network.network_name(project_id))
+        removed = network.remove(self.conn, network.network_name(project_id))
+        if self.key == "local":
+            _host_names(project_id, {})
+        return removed
+
+
+def _host_names(project_id: str, addresses: dict[str, str]) -> None:
+    """This host's names of the machines; a user who may not write /etc/hosts goes without."""
+    from providers import hostnames
+
+    try:
+        hostnames.set_names(project_id, addresses)
+    except PermissionError:
+        pass
 
 
 _hosts: dict[str, LibvirtHost] = {}

@@ -23,7 +23,10 @@ def find(project_id: str | None = None) -> list[str]:
             found.append(f"{name} machines could not be listed: {why}")
             continue
         found += provider.leaks(prefix)
+    from providers.hostnames import leaks as name_leaks
     from providers.ports import leaks as port_leaks
+
+    found += name_leaks(project_id)
 
     try:
         found += port_leaks(project_id)

@@ -80,6 +80,7 @@ class Endpoint:
     """How OpenSSH reaches one machine."""
 
     alias: str  # vbox-PROJECT-web
+    name: str  # web.PROJECT.vbox: the machine's name from this host
     address: str
     port: int
     user: str
@@ -119,7 +120,7 @@ class Endpoint:
         return argv
 
     def config_block(self) -> str:
-        return "\n".join([f"Host {host_name(self.alias, 'alias')}",
+        return "\n".join([f"Host {host_name(self.alias, 'alias')} {host_name(self.name, 'name')}",
                           *(f"  {keyword} {value}" for keyword, value in self.options())]) + "\n"
 
 
@@ -148,6 +149,7 @@ def endpoint(project, name: str, record: dict, access) -> Endpoint:
     """The endpoint of machine `name` from its state record (made by `env up`)."""
     if not (record.get("address") and record.get("host_key")):
         raise VboxError(f"{name}: vbox has no record of its address", hint=f"`env destroy {name}`, `env up {name}`")
-    return Endpoint(alias=project.object_name(name), address=record["address"], port=record.get("port", 22),
+    return Endpoint(alias=project.object_name(name), name=project.host_name(name), address=record["address"],
+                    port=record.get("port", 22),
                     user=record.get("user", "vbox"), key=str(project.client_key),
                     known_hosts=str(project.known_hosts), proxy=proxy_command(project, access))

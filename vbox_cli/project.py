@@ -62,6 +62,10 @@ class Project:
     def object_name(self, machine: str) -> str:
         return f"vbox-{self.id}-{machine}"
 
+    def host_name(self, machine: str) -> str:
+        """The machine's name from this host (providers/hostnames.py)."""
+        return f"{machine}.{self.id}.vbox"
+
     # -- .vbox/ --------------------------------------------------------------------
     def _checked_dir(self) -> bool:
         """Whether .vbox/ exists; refuses one that is a symlink or not a folder."""
@@ -200,7 +204,7 @@ class Project:
                 key, address, port = machine.get("host_key"), machine.get("address"), machine.get("port", 22)
                 if key and address:
                     where = address if port == 22 else f"[{address}]:{port}"
-                    lines.append(f"{self.object_name(name)},{where} {key}")
+                    lines.append(f"{self.object_name(name)},{self.host_name(name)},{where} {key}")
             if lines or os.path.lexists(self.known_hosts):
                 self.ensure_dir()
                 atomic_write(self.known_hosts, "".join(f"{line}\n" for line in lines), 0o600)

@@ -43,7 +43,7 @@ def _ssh_g(config: Path, alias: str) -> dict[str, list[str]]:
 @given(folder=PATH_TEXT, user=st.text(max_size=12))
 def test_a_config_block_means_what_vbox_meant_or_is_refused(tmp_path, folder, user):
     base = f"/srv/{folder}/.vbox"
-    endpoint = Endpoint(alias="vbox-demo-abc123-web", address="10.101.7.2", port=22, user=user or "vbox",
+    endpoint = Endpoint(alias="vbox-demo-abc123-web", name="web.demo-abc123.vbox", address="10.101.7.2", port=22, user=user or "vbox",
                         key=f"{base}/id_ed25519", known_hosts=f"{base}/known_hosts")
     try:
         block = endpoint.config_block()

@@ -70,7 +70,8 @@ def ssh_config(
         if known_hosts:
             port = record.get("port", 22)
             where = address(record["address"]) if port == 22 else f"[{address(record['address'])}]:{port}"
-            blocks.append(f"{project.object_name(name)},{where} {_one_line(record['host_key'])}")
+            blocks.append(f"{project.object_name(name)},{project.host_name(name)},{where} "
+                          f"{_one_line(record['host_key'])}")
             continue
         blocks.append(endpoint(project, name, record, machine_access(project, machines, name)).config_block())
     if not blocks:
