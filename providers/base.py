@@ -23,6 +23,15 @@ RUNNING = "running"
 
 
 @dataclass(frozen=True)
+class Share:
+    """A folder of the project the machine sees (a synced folder), resolved."""
+
+    source: Path  # on this host, inside the project (symlinks resolved)
+    target: str  # in the machine, absolute and normalised
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """Everything a provider may know about one machine."""
 
@@ -41,6 +50,8 @@ class MachineSpec:
     host_key_public: str
     index: int  # the machine's position in the Envfile (spreads CPUs)
     console_log: Path  # where a provider that can choose writes the console (under .vbox/)
+    folders: tuple[Share, ...] = ()  # synced folders (providers that have Capability.FOLDERS)
+    folder_owner: tuple[int, int] = (0, 0)  # uid and gid of the project folder's owner
 
 
 class Capability(str, Enum):
@@ -51,6 +62,7 @@ class Capability(str, Enum):
     ACCEL = "choose a CPU accelerator"
     PREFLIGHT = "check the host before anything is made"
     PORTS = "forward ports of this host to the machine"
+    FOLDERS = "share folders of the project with the machine"
 
 
 @runtime_checkable
@@ -86,12 +98,20 @@ class SupportsPorts(Protocol):
         """Remove the machine's forwards."""
 
 
+@runtime_checkable
+class SupportsFolders(Protocol):
+    def folders_differ(self, spec: MachineSpec) -> bool:
+        """Whether a created machine's folders are not yet those of the spec (they apply
+        at its next start)."""
+
+
 _PROTOCOLS = {
     Capability.RESOURCES: SupportsResources,
     Capability.CONSOLE: SupportsConsole,
     Capability.ACCEL: SupportsAccel,
     Capability.PREFLIGHT: SupportsPreflight,
     Capability.PORTS: SupportsPorts,
+    Capability.FOLDERS: SupportsFolders,
 }
 
 

@@ -23,6 +23,7 @@ from vbox_cli.errors import VboxError
 CONFIG = "config"
 UPPER = "delta/upper"
 CONSOLE_LOG = "console.log"
+IDMAP = "idmap"  # the user namespace of the synced folders' idmapped mounts (providers/idmap.py)
 LXC_LOG = "lxc.log"
 VETH_PREFIX = "vbv-"
 
@@ -57,6 +58,37 @@ def cpuset(cpus: int, index: int, host_cpus: int) -> str:
     return ",".join(str(c) for c in chosen)
 
 
+def fstab_escape(text: str) -> str:
+    """A path in a mount entry: white space, backslash and control characters as octal."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" or ord(c) < 32 else c for c in text)
+
+
+def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool) -> list[str]:
+    """The synced folders as LXC mount entries: bind mounts, idmapped where the project
+    folder's owner is not the machine's user."""
+    entries = []
+    for share in spec.folders:
+        options = "bind,create=dir" + (",ro" if share.readonly else "")
+        if idmapped:
+            options += f",idmap={fstab_escape(str(folder / IDMAP))}"
+        entries.append(f"{fstab_escape(str(share.source))} {fstab_escape(share.target.lstrip('/'))} none {options} 0 0")
+    return entries
+
+
+def folder_maps(spec: MachineSpec) -> tuple[str, str]:
+    """(uid_map, gid_map) of the folders' idmapped mounts; ("", "") when none is needed."""
+    from providers import idmap
+
+    if not spec.folders:
+        return "", ""
+    user_uid, user_gid = _owner(spec.box.artefact("rootfs"), spec.user)
+    owner_uid, owner_gid = spec.folder_owner
+    if (owner_uid, owner_gid) == (user_uid, user_gid):
+        return "", ""
+    identity = "0 0 4294967295\n"
+    return idmap.maps(owner_uid, user_uid) or identity, idmap.maps(owner_gid, user_gid) or identity
+
+
 def render_config(spec: MachineSpec, folder: Path) -> str:
     from providers.render import render
 
@@ -79,6 +111,7 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         cgroup_cpuset=cpuset_key,
         cpuset=cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1),
         console_log=folder / CONSOLE_LOG,
+        mounts=mount_entries(spec, folder, idmapped=bool(folder_maps(spec)[0])),
     )
 
 
@@ -210,8 +243,27 @@ class LxcProvider(LocalPorts, ProviderBase):
     def apply_resources(self, spec: MachineSpec) -> None:
         self._write_config(spec)
 
+    def folders_differ(self, spec: MachineSpec) -> bool:
+        try:
+            current = (self._folder(spec.object_name) / CONFIG).read_text()
+        except OSError:
+            return True
+        return render_config(spec, self._folder(spec.object_name)) != current
+
     def start(self, spec: MachineSpec) -> None:
+        from providers import idmap
+
         folder = self._folder(spec.object_name)
+        uid_map, gid_map = folder_maps(spec)
+        if uid_map:  # (made again after a host restart, which loses it)
+            idmap.ensure(folder / IDMAP, uid_map, gid_map)
+            for share in spec.folders:
+                why = idmap.can_idmap(share.source, folder / IDMAP)
+                if why:
+                    raise VboxError(f"{spec.machine.name}: the synced folder {share.source} cannot be shared with "
+                                    f"its owners mapped ({why}): its file system does not take idmapped mounts",
+                                    hint="move the project to a local file system (ext4, xfs, btrfs), or set "
+                                         "folders = [] for this machine")
         self._write_config(spec)
         (folder / CONSOLE_LOG).unlink(missing_ok=True)
         try:

@@ -28,11 +28,15 @@ class ProviderInfo:
 REGISTRY: dict[str, ProviderInfo] = {
     "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container"),
     "kvm": ProviderInfo("kvm", "providers.kvm:KvmProvider", "KVM machine", remote=True,
-                        accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",)),
+                        accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",),
+                        lacks=(("folders", "vbox does not share folders with KVM machines yet (virtiofs is "
+                                           "planned)"),)),
     "xen": ProviderInfo("xen", "providers.xen:XenProvider", "Xen guest", remote=True,
                         default_uri="xen:///system", optional_here=True, accel_labels=(("xen", "Xen"),),
                         uri_schemes=("xen",),
-                        lacks=(("ports", "a Xen guest's network is on its Xen host, not on this one"),)),
+                        lacks=(("ports", "a Xen guest's network is on its Xen host, not on this one"),
+                               ("folders", "a Xen guest runs on its Xen host, which does not see this project "
+                                           "folder"))),
 }
 DEFAULT = "lxc"  # the provider of a machine that names none
 _instances: dict = {}

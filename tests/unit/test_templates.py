@@ -210,3 +210,29 @@ def test_a_late_second_definition_of_a_machine_is_the_same_domain(monkeypatch):
         second.undefine()
     finally:
         conn.close()
+
+
+def test_synced_folders_are_mount_entries_escaped_and_idmapped(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from providers.base import Share
+    from providers.idmap import maps
+    from providers.lxc import folder_maps, mount_entries
+
+    rootfs = tmp_path / "box" / "rootfs" / "etc"
+    rootfs.mkdir(parents=True)
+    (rootfs / "passwd").write_text("root:x:0:0::/root:/bin/sh\nvbox:x:1000:1000::/home/vbox:/bin/bash\n")
+    from boxes.store import Box
+
+    box = Box("debian-12", "1", tmp_path / "box", {"digest": "sha256:0"})
+    shares = (Share(Path("/home/me/my project"), "/vbox"), Share(Path("/home/me/my project/data\nx"), "/srv/data", True))
+    machine_spec = replace(spec(monkeypatch), box=box, folders=shares, folder_owner=(0, 0))
+    assert folder_maps(machine_spec) == ("0 1000 1\n65534 0 1\n", "0 1000 1\n65534 0 1\n")
+    entries = mount_entries(machine_spec, Path("/var/lib/vbox/lxc/x"), idmapped=True)
+    assert entries == [
+        "/home/me/my\\040project vbox none bind,create=dir,idmap=/var/lib/vbox/lxc/x/idmap 0 0",
+        "/home/me/my\\040project/data\\012x srv/data none bind,create=dir,ro,idmap=/var/lib/vbox/lxc/x/idmap 0 0",
+    ]
+    assert all("\n" not in entry for entry in entries)
+    assert folder_maps(replace(machine_spec, folder_owner=(1000, 1000))) == ("", "")  # the same ids: a plain bind
+    assert maps(1001, 1000) == "1001 1000 1\n0 0 1\n"

@@ -38,6 +38,8 @@ def lookup(path: Path, data: bytes) -> dict | None:
     try:
         if not all(project_file(path.parent, relative).is_file() for relative in summary.get("files", [])):
             return None  # a script or file went missing: validate in full to report it
+        if not all(project_file(path.parent, relative).is_dir() for relative in summary.get("folders", [])):
+            return None
     except ValueError:
         return None  # a link now leads out of the project: validate in full to report it
     return summary
@@ -47,12 +49,13 @@ def summarize(path: Path, data: bytes) -> dict:
     """{"machines": {name: settings}, "files": [...]}, from the cache or by validating."""
     if (summary := lookup(path, data)) is not None:
         return summary
-    from vbox_cli.envfile.load import load, referenced_files
+    from vbox_cli.envfile.load import load, referenced_files, referenced_folders
 
     loaded = load(path, data)
     summary = {
         "machines": {name: m.model_dump(mode="json", exclude={"name"}) for name, m in loaded.machines.items()},
         "files": sorted({relative for _, relative in referenced_files(loaded.envfile)}),
+        "folders": sorted({relative for _, relative in referenced_folders(loaded.envfile)}),
     }
     _remember(_entry(path, data), summary)
     return summary

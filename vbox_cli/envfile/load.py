@@ -63,6 +63,15 @@ def referenced_files(envfile: Envfile) -> list[tuple[tuple, str]]:
     return found
 
 
+def referenced_folders(envfile: Envfile) -> list[tuple[tuple, str]]:
+    """(location, relative path) of every project folder the machines see (`folders`)."""
+    tables = [(("defaults", "folders"), envfile.defaults.folders)]
+    tables += [(("machines", name, "folders"), spec.folders) for name, spec in envfile.machines.items()
+               if spec.folders is not None]
+    return [((*where, index, "host"), folder.host) for where, folders in tables
+            for index, folder in enumerate(folders)]
+
+
 def parse(data: bytes, name: str, base_dir: Path | None) -> Envfile:
     """Validate the bytes of an Envfile called `name`; paths are checked under base_dir."""
     text = _decode(data, name)
@@ -246,7 +255,41 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
         seen[machine.hostname] = machine_name
     _check_hosts(envfile, report)
     _check_ports(envfile, report)
+    _check_folders(envfile, base_dir, report)
     return problems
+
+
+def _check_folders(envfile: Envfile, base_dir: Path | None, report) -> None:
+    """Folders of the project, one per guest path, where the machine can have them."""
+    from providers.registry import lacks
+    from vbox_cli.files import project_file
+
+    if base_dir is not None:
+        for location, relative in referenced_folders(envfile):
+            try:
+                target = project_file(base_dir, relative)
+            except ValueError as exc:
+                report(location, str(exc), hint="a machine may only see folders of the project")
+                continue
+            if not target.is_dir():
+                report(location, f"{'no such folder' if not target.exists() else 'not a folder'}: {relative!r} "
+                                 f"(relative to {base_dir})")
+    for name, machine in envfile.machines_resolved().items():
+        where = ("machines", name, "folders") if envfile.machines[name].folders is not None else ("defaults", "folders")
+        seen: set[str] = set()
+        for index, folder in enumerate(machine.folders):
+            guest = "/" + "/".join(part for part in folder.guest.split("/") if part not in ("", "."))
+            if guest == "/" or ".." in guest.split("/"):
+                report((*where, index, "guest"), f"{folder.guest!r} cannot hold a synced folder",
+                       hint='name a folder of its own, like "/vbox" or "/srv/data"')
+            elif guest in seen:
+                report((*where, index, "guest"), f"two folders at {guest} in machine {name!r}")
+            seen.add(guest)
+        reason = lacks(machine.provider, "folders") or ("it runs on another host (`host`), which does not see "
+                                                        "this project folder" if machine.host else None)
+        if reason and machine.folders and machine.folders_set:
+            report(where, f"synced folders are not supported for machine {name!r}, because {reason}",
+                   hint="set folders = [] for it")
 
 
 def _check_ports(envfile: Envfile, report) -> None:

@@ -28,8 +28,10 @@ from vbox_cli.envfile.types import (  # noqa: F401 - re-exported: the model's vo
     HostURI,
     MachineName,
     Memory,
+    DEFAULT_FOLDERS,
     PortForward,
     StepBase,
+    SyncedFolder,
     XenMode,
     _as_tuple,
     format_size,
@@ -84,6 +86,8 @@ class Defaults(Frozen):
                                  "default this host")
     mode: XenMode = Field("pvh", description="xen machines: pv, pvh or hvm")
     provision: Steps = Field((), description="provisioning steps, run in order over SSH")
+    folders: Annotated[tuple[SyncedFolder, ...], BeforeValidator(_as_tuple)] = Field(
+        DEFAULT_FOLDERS, description="project folders the machine sees live; [] turns the default off")
 
 
 class MachineSpec(Frozen):
@@ -100,6 +104,8 @@ class MachineSpec(Frozen):
     host: HostURI | None = None
     mode: XenMode | None = None
     provision: Steps | None = Field(None, description="replaces the steps of [defaults] when set")
+    folders: Annotated[tuple[SyncedFolder, ...], BeforeValidator(_as_tuple)] | None = Field(
+        None, description="replaces the folders of [defaults] when set")
     hostname: Hostname | None = Field(None, description="host name in the machine; default: the machine's name")
     ports: Annotated[tuple[PortForward, ...], BeforeValidator(_as_tuple)] = Field(
         (), description="ports of this host forwarded to the machine while it runs")
@@ -122,6 +128,8 @@ class Machine(Frozen):
     provision: tuple[Any, ...]
     hostname: str
     ports: tuple[Any, ...] = ()
+    folders: tuple[Any, ...] = ()
+    folders_set: bool = False  # the Envfile names folders (not only the default)
 
 
 class Envfile(Frozen):
@@ -134,6 +142,7 @@ class Envfile(Frozen):
             values = {key: getattr(self.defaults, key) for key in Defaults.model_fields}
             values.update({key: value for key, value in spec if value is not None})
             values.setdefault("hostname", name)
+            values["folders_set"] = spec.folders is not None or "folders" in self.defaults.model_fields_set
             resolved[name] = Machine(name=name, **values)
         return resolved
 
@@ -158,4 +167,6 @@ def fields_of(loc: tuple) -> list[str] | None:
             return list(STEP_KINDS[kind].model_fields)
         case ("machines", str(), "ports", int()):
             return list(PortForward.model_fields)
+        case (*_, "folders", int()):
+            return list(SyncedFolder.model_fields)
     return None

@@ -243,6 +243,17 @@ class PortForward(Frozen):
     auto: bool = Field(False, description="when the host port is taken, use the next free one (and say which)")
 
 
+class SyncedFolder(Frozen):
+    """A folder of the project seen live in the machine."""
+
+    host: ProjectPath = Field(description="a folder of the project, relative to the Envfile (\".\": the project)")
+    guest: GuestPath = Field(description="where the machine sees it: an absolute path")
+    readonly: bool = Field(False, description="the machine may read it but not write it")
+
+
+DEFAULT_FOLDERS = (SyncedFolder(host=".", guest="/vbox"),)
+
+
 class StepBase(Frozen):
     """What every provisioning step has, whatever its kind."""
 

@@ -3,6 +3,7 @@ and where the command reports (an EventStream). The core reports; it never print
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ class Session:
     # None: OpenSSH's protocol through paramiko (provisioners/ssh.py)
     connector: Callable | None = None
     box_store: object = None  # boxes.store.BoxStore; the user's store unless given
+    _said_no_folders: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.project.load_state()  # a state vbox cannot read stops the command before anything is done
@@ -85,7 +87,35 @@ class Session:
             host_key_private=host_key[0] if host_key else "",
             host_key_public=host_key[1] if host_key else record.get("host_key", ""),
             index=list(self.machines).index(name), console_log=self.project.console_log(name),
+            folders=self.shares(name), folder_owner=self._folder_owner(),
         )
+
+    def shares(self, name: str) -> tuple:
+        """The machine's synced folders, resolved inside the project; none where its provider
+        cannot have them (validate refused explicit ones: this is the default folder)."""
+        from providers.base import Capability, Share
+        from vbox_cli.files import project_file
+
+        machine = self.machines[name]
+        reason = self.provider(name).unsupported(Capability.FOLDERS)
+        if reason:
+            if machine.folders and name not in self._said_no_folders:
+                self._said_no_folders.add(name)
+                self.events.note(f"{name}: no synced folder, because {reason}", name)
+            return ()
+        shares = []
+        for folder in machine.folders:
+            try:
+                source = project_file(self.loaded.project_dir, folder.host)
+            except ValueError as exc:
+                raise VboxError(f"{name}: folders: {exc}") from None
+            target = "/" + "/".join(part for part in folder.guest.split("/") if part not in ("", "."))
+            shares.append(Share(source, target, folder.readonly))
+        return tuple(shares)
+
+    def _folder_owner(self) -> tuple[int, int]:
+        info = os.stat(self.loaded.project_dir)
+        return info.st_uid, info.st_gid
 
     def ssh_target(self, name: str):
         from provisioners.ssh import Target

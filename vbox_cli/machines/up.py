@@ -116,6 +116,8 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         events.phase(name, Phase.STARTING)
         provider.start(session.spec(name, box, address))
         actions.append("started")
+    elif not actions:
+        _say_changed_folders(session, name, provider, box, address)
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
         from vbox_cli.machines import ports
 
@@ -129,6 +131,15 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
     project.set_machine(name, last_up=_now())
     events.phase(name, Phase.READY, address)
     return ", ".join(actions) or "nothing to do"
+
+
+def _say_changed_folders(session, name: str, provider, box, address: str) -> None:
+    """A running machine gets changed folders at its next start: say so."""
+    from providers.base import Capability, supports
+
+    if supports(provider, Capability.FOLDERS) and provider.folders_differ(session.spec(name, box, address)):
+        session.events.warning(f"{name}: its synced folders changed in the Envfile; `env reload {name}` applies "
+                               "them", name)
 
 
 def say_accel(session, provider, spec) -> None:

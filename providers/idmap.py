@@ -1,0 +1,114 @@
+"""User namespaces kept in a file, for idmapped mounts (a synced folder's owners).
+
+An idmapped mount shows a file owned on disk by uid D as the uid that D maps to in the
+mount's user namespace, and stores a write by uid U as the D that maps to U. So the map
+of a synced folder sends the project folder's owner to the machine's user, and the
+machine's root to nobody on the host where the owner is root (ids map one to one).
+
+The namespace is made by a child process (unshare(CLONE_NEWUSER)) whose maps this root
+process writes, and kept after the child ends by a bind mount of /proc/PID/ns/user onto
+a file: LXC takes that file as `idmap=` of a mount entry. A host restart loses the bind
+mount; `ensure` makes it again before each start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from vbox_cli.errors import VboxError
+
+CLONE_NEWUSER = 0x10000000
+NOBODY = 65534
+
+
+def maps(owner: int, machine_user: int) -> str:
+    """uid_map (or gid_map) lines, "ON-DISK SEEN 1": the project folder's owner is the
+    machine's user; the machine's root writes as root, or as nobody where the owner is root."""
+    if owner == machine_user:
+        return ""
+    lines = [f"{owner} {machine_user} 1"]
+    if machine_user != 0:
+        lines.append(f"{NOBODY if owner == 0 else 0} 0 1")
+    return "\n".join(lines) + "\n"
+
+
+def is_namespace_file(path: Path) -> bool:
+    """Whether `path` is a user namespace bind-mounted there (nsfs), not a plain file."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == target and " nsfs " in line for line in f)
+    except OSError:
+        return False
+
+
+def ensure(path: Path, uid_map: str, gid_map: str) -> None:
+    """A user namespace with these maps, kept at `path` (made again if it is not there)."""
+    from vbox_cli import proc
+
+    if is_namespace_file(path):
+        return
+    path.touch(mode=0o600, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: a new user namespace, kept open until the parent has it
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            ok = libc.unshare(CLONE_NEWUSER) == 0
+            os.write(ready_w, b"1" if ok else b"0")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise VboxError("cannot make a user namespace for a synced folder's owners",
+                            hint="the kernel must allow user namespaces (sysctl user.max_user_namespaces)")
+        for name, text in (("uid_map", uid_map), ("setgroups", "deny"), ("gid_map", gid_map)):
+            with open(f"/proc/{child}/{name}", "w") as f:
+                f.write(text)
+        proc.run(["mount", "--bind", f"/proc/{child}/ns/user", str(path)])
+    finally:
+        os.write(done_w, b"x")
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(child, 0)
+
+
+# x86_64 system calls of the new mount API (Linux 5.12+ for idmapped mounts)
+_SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 1, 0x1000, 0x8000
+_MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def can_idmap(source: Path, namespace: Path) -> str | None:
+    """None if `source`'s file system takes an idmapped mount; else why not. Tried on a
+    detached copy of its mount, which goes when its descriptor is closed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    tree = libc.syscall(_SYS_OPEN_TREE, -100, str(source).encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if tree < 0:
+        return os.strerror(ctypes.get_errno())
+    try:
+        userns = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns)
+            if libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
+                            ctypes.sizeof(attr)) < 0:
+                return os.strerror(ctypes.get_errno())
+        finally:
+            os.close(userns)
+    finally:
+        os.close(tree)
+    return None
