@@ -7,8 +7,9 @@ machine's root to nobody on the host where the owner is root (ids map one to one
 
 The namespace is made by a child process (unshare(CLONE_NEWUSER)) whose maps this root
 process writes, and kept after the child ends by a bind mount of /proc/PID/ns/user onto
-a file: LXC takes that file as `idmap=` of a mount entry. A host restart loses the bind
-mount; `ensure` makes it again before each start.
+a file: LXC takes that file as `idmap=` of a mount entry. It is needed only while LXC
+sets the mounts up (an idmapped mount holds its own reference to its namespace), so it
+is made before each start and released after it: nothing stays mounted in between.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ def is_namespace_file(path: Path) -> bool:
             return any(line.split()[4] == target and " nsfs " in line for line in f)
     except OSError:
         return False
+
+
+def release(path: Path) -> None:
+    """Unmount and remove a namespace file (mounts made with it keep their mapping)."""
+    from vbox_cli import proc
+
+    if is_namespace_file(path):
+        proc.run(["umount", "-l", str(path)], check=False)
+    path.unlink(missing_ok=True)
 
 
 def ensure(path: Path, uid_map: str, gid_map: str) -> None:

@@ -254,20 +254,25 @@ class LxcProvider(LocalPorts, ProviderBase):
         from providers import idmap
 
         folder = self._folder(spec.object_name)
-        uid_map, gid_map = folder_maps(spec)
-        if uid_map:  # (made again after a host restart, which loses it)
-            idmap.ensure(folder / IDMAP, uid_map, gid_map)
-            for share in spec.folders:
-                why = idmap.can_idmap(share.source, folder / IDMAP)
-                if why:
-                    raise VboxError(f"{spec.machine.name}: the synced folder {share.source} cannot be shared with "
-                                    f"its owners mapped ({why}): its file system does not take idmapped mounts",
-                                    hint="move the project to a local file system (ext4, xfs, btrfs), or set "
-                                         "folders = [] for this machine")
-        self._write_config(spec)
-        (folder / CONSOLE_LOG).unlink(missing_ok=True)
         try:
-            self._tool("lxc-start", spec.object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
+            uid_map, gid_map = folder_maps(spec)
+            if uid_map:  # for LXC to set the folders' mounts up; released once it has (finally)
+                idmap.ensure(folder / IDMAP, uid_map, gid_map)
+                for share in spec.folders:
+                    if why := idmap.can_idmap(share.source, folder / IDMAP):
+                        raise VboxError(f"{spec.machine.name}: the synced folder {share.source} cannot be shared "
+                                        f"with its owners mapped ({why}): its file system does not take idmapped "
+                                        "mounts", hint="move the project to a local file system (ext4, xfs, "
+                                                       "btrfs), or set folders = [] for this machine")
+            self._write_config(spec)
+            (folder / CONSOLE_LOG).unlink(missing_ok=True)
+            self._lxc_start(spec.object_name, folder)
+        finally:
+            idmap.release(folder / IDMAP)
+
+    def _lxc_start(self, object_name: str, folder: Path) -> None:
+        try:
+            self._tool("lxc-start", object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
         except VboxError as exc:
             log = (folder / LXC_LOG).read_text(errors="replace").strip().splitlines() \
                 if (folder / LXC_LOG).exists() else []
