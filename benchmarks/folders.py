@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 VBOX = str(Path(sys.executable).parent / "vbox")
@@ -26,9 +25,9 @@ WRITE = "mkdir -p {root}/write.$$ && cd {root}/write.$$ && for i in $(seq 1000);
 
 
 def host_time(command: str, folder: Path) -> float:
-    started = time.perf_counter()
-    subprocess.run(["bash", "-c", command.format(root=folder)], check=True, capture_output=True)
-    return time.perf_counter() - started
+    script = f"TIMEFORMAT=%R; time ({command.format(root=folder)}) 2>&1 >/dev/null"
+    out = subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr.strip().splitlines()[-1])
 
 
 def machine_time(command: str, folder: Path) -> float:
