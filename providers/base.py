@@ -100,9 +100,10 @@ class SupportsPorts(Protocol):
 
 @runtime_checkable
 class SupportsFolders(Protocol):
-    def folders_differ(self, spec: MachineSpec) -> bool:
-        """Whether a created machine's folders are not yet those of the spec (they apply
-        at its next start)."""
+    def update_folders(self, spec: MachineSpec) -> str | None:
+        """Make a running machine's synced folders those of the spec (a created, stopped
+        one gets them at start); what was done, or None if nothing was to do. A provider
+        that cannot change them live raises an error that says what to do."""
 
 
 _PROTOCOLS = {

@@ -63,6 +63,12 @@ def fstab_escape(text: str) -> str:
     return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" or ord(c) < 32 else c for c in text)
 
 
+def fstab_unescape(text: str) -> str:
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), text)
+
+
 def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool) -> list[str]:
     """The synced folders as LXC mount entries: bind mounts, idmapped where the project
     folder's owner is not the machine's user."""
@@ -243,12 +249,38 @@ class LxcProvider(LocalPorts, ProviderBase):
     def apply_resources(self, spec: MachineSpec) -> None:
         self._write_config(spec)
 
-    def folders_differ(self, spec: MachineSpec) -> bool:
+    def update_folders(self, spec: MachineSpec) -> str | None:
+        """A running container's synced folders made those of the spec, live: mounts that
+        went are unmounted, new ones mounted (providers/livemount.py). What the config says
+        is what is mounted; it is rewritten for the next start. Returns what was done."""
+        from providers import idmap, livemount
+
+        folder = self._folder(spec.object_name)
         try:
-            current = (self._folder(spec.object_name) / CONFIG).read_text()
+            config = (folder / CONFIG).read_text()
         except OSError:
-            return True
-        return render_config(spec, self._folder(spec.object_name)) != current
+            return None
+        uid_map, gid_map = folder_maps(spec)
+        wanted = dict(zip(mount_entries(spec, folder, idmapped=bool(uid_map)), spec.folders))
+        current = [line.split("=", 1)[1].strip() for line in config.splitlines()
+                   if line.startswith("lxc.mount.entry")]
+        gone = [entry for entry in current if entry not in wanted]
+        new = [share for entry, share in wanted.items() if entry not in current]
+        if not gone and not new:
+            return None
+        pid = int(self._tool("lxc-info", spec.object_name, "-p", "-H").stdout.strip())
+        try:
+            for entry in gone:
+                livemount.detach(pid, "/" + fstab_unescape(entry.split()[1]))
+            if new and uid_map:
+                idmap.ensure(folder / IDMAP, uid_map, gid_map)
+            for share in new:
+                livemount.attach(pid, share.source, share.target, folder / IDMAP if uid_map else None, share.readonly)
+        finally:
+            idmap.release(folder / IDMAP)
+        self._write_config(spec)
+        return (f"{len(new)} mounted" if new else "") + (", " if new and gone else "") + \
+            (f"{len(gone)} unmounted" if gone else "")
 
     def start(self, spec: MachineSpec) -> None:
         from providers import idmap

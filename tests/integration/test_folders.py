@@ -69,10 +69,21 @@ folders = []
         print(f"inotify: fired {float(fired.splitlines()[0]) - before:.3f} s after the host's write")
         # folders = [] turns the default off
         assert project.ssh("plain", "test -e /vbox && echo there || echo none") == "none\n"
-        # a folder changed in the Envfile of a running machine: up says a reload applies it
+        # a folder moved in the Envfile of a running machine: up applies it live (same boot)
+        boot = project.ssh("web", "cat /proc/sys/kernel/random/boot_id")
+        pid1 = project.ssh("web", "stat -c %Y /proc/1")
         text = (project.folder / "Envfile").read_text().replace('guest = "/vbox"', 'guest = "/project"')
         project.write(text)
-        assert "synced folders changed in the Envfile; `env reload web`" in project.env("up").stdout
+        assert "web: synced folders changed in the Envfile: 1 mounted, 1 unmounted, live" in project.env("up").stdout
+        assert project.ssh("web", "cat /project/made-outside") == "from-the-host\n"
+        owners = project.ssh("web", "stat -c '%U' /project/Envfile /project/made-outside")
+        assert owners == "vbox\nroot\n"  # mapped as at start (the test wrote made-outside as root)
+        assert project.ssh("web", "mountpoint -q /vbox && echo mounted || echo gone") == "gone\n"
+        project.ssh("web", "echo live > /project/live-write")
+        assert os.stat(project.folder / "live-write").st_uid == OWNER
+        assert project.ssh("web", "stat -c %Y /proc/1") == pid1 and \
+            project.ssh("web", "cat /proc/sys/kernel/random/boot_id") == boot  # not restarted
+        # and the next start mounts what the Envfile now says
         project.env("reload", "web")
         assert project.ssh("web", "cat /project/made-outside") == "from-the-host\n"
     finally:

@@ -117,7 +117,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         provider.start(session.spec(name, box, address))
         actions.append("started")
     elif not actions:
-        _say_changed_folders(session, name, provider, box, address)
+        _update_folders(session, name, provider, box, address)
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
         from vbox_cli.machines import ports
 
@@ -133,13 +133,14 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
     return ", ".join(actions) or "nothing to do"
 
 
-def _say_changed_folders(session, name: str, provider, box, address: str) -> None:
-    """A running machine gets changed folders at its next start: say so."""
+def _update_folders(session, name: str, provider, box, address: str) -> None:
+    """A running machine gets folders added, changed or removed in the Envfile."""
     from providers.base import Capability, supports
 
-    if supports(provider, Capability.FOLDERS) and provider.folders_differ(session.spec(name, box, address)):
-        session.events.warning(f"{name}: its synced folders changed in the Envfile; `env reload {name}` applies "
-                               "them", name)
+    if supports(provider, Capability.FOLDERS):
+        done = provider.update_folders(session.spec(name, box, address))
+        if done:
+            session.events.note(f"{name}: synced folders changed in the Envfile: {done}, live", name)
 
 
 def say_accel(session, provider, spec) -> None:
