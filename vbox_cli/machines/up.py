@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from vbox_cli.events import Phase
+from vbox_cli.machines import ports
 from vbox_cli.machines.provision import run_steps, steps_to_run
 from vbox_cli.machines.runner import Result, run_each
 
@@ -29,8 +30,6 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
         if host and host not in selected:
             selected.insert(0, host)
     preflight(session, selected)
-    from vbox_cli.machines import ports
-
     forwards = ports.plan(session, [n for n in selected if not placements[n].remote])  # before anything is made
     boxes = {}
     for name in selected:
@@ -119,8 +118,6 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
     elif not actions:
         _update_folders(session, name, provider, box, address)
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
-        from vbox_cli.machines import ports
-
         ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
     steps = session.machines[name].provision
     todo = steps_to_run(project, name, steps, force=False) if provision else []
