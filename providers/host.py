@@ -265,31 +265,62 @@ def fix(report: HostReport, say: Callable[[str], None], recheck: Callable[[], Ho
     wanted = {d for c in report.checks if not c.ok for d in c.daemons}
     for daemon in DAEMON_ORDER:
         if daemon in wanted:
-            say(f"starting {daemon}")
-            start_daemon(daemon)
+            say(start_daemon(daemon))
     return recheck()
 
 
-def start_daemon(name: str) -> None:
+SOCKETS = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock"}
+LXCFS_LOG = "/var/log/vbox-lxcfs.log"
+START_TIMEOUT = 15.0
+
+
+def ready(name: str) -> bool:
+    """Whether a daemon vbox needs is up and answering (not only started)."""
+    return _socket_answers(SOCKETS[name]) if name in SOCKETS else check_lxcfs().ok
+
+
+def _wait_ready(name: str) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if ready(name):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def start_daemon(name: str) -> str:
+    """Start a daemon and check that it answers; returns how it was started. On a systemd
+    host through its unit; a unit that does not come up is explained with systemd's own
+    words (lxcfs's unit refuses to run in a container: vbox then starts lxcfs itself)."""
     from vbox_cli import proc
     from vbox_cli.errors import VboxError
 
     if systemd_is_init():
-        unit = {"libvirtd": "libvirtd", "virtlogd": "virtlogd", "lxcfs": "lxcfs"}[name]
-        proc.run(["systemctl", "start", unit])
-        return
-    if name in ("libvirtd", "virtlogd"):
+        started = proc.run(["systemctl", "start", name], check=False, timeout=120)
+        if _wait_ready(name):
+            return f"started {name} (systemd unit {name})"
+        status = proc.run(["systemctl", "status", "--no-pager", "--lines=5", name], check=False, timeout=30).stdout
+        condition = next((line.strip() for line in status.splitlines() if "Condition" in line), "")
+        if name == "lxcfs" and condition:
+            _start_directly(name)
+            if _wait_ready(name):
+                return f"started lxcfs itself: its systemd unit did not run ({condition})"
+        why = condition or (started.stderr.strip().splitlines() or ["it did not answer"])[-1]
+        raise VboxError(f"{name} did not start: {why}", hint=f"`systemctl status {name}`, `journalctl -u {name}`",
+                        details=status.strip() or None)
+    _start_directly(name)
+    if _wait_ready(name):
+        return f"started {name}"
+    log = LXCFS_LOG if name == "lxcfs" else f"/var/log/libvirt/{name}.log"
+    raise VboxError(f"{name} did not come up within {START_TIMEOUT:g} s", hint=f"see {log}")
+
+
+def _start_directly(name: str) -> None:
+    """As a daemon of its own, where no systemd starts it."""
+    from vbox_cli import proc
+
+    if name in SOCKETS:
         proc.run([name, "--daemon"])
-        ready = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock"}[name]
     else:
         os.makedirs(LXCFS_MOUNT, exist_ok=True)
-        proc.spawn_daemon(["lxcfs", LXCFS_MOUNT], "/var/log/vbox-lxcfs.log")
-        ready = None
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if ready and _socket_answers(ready):
-            return
-        if not ready and check_lxcfs().ok:
-            return
-        time.sleep(0.2)
-    raise VboxError(f"{name} did not come up within 15 s", hint="see its log under /var/log")
+        proc.spawn_daemon(["lxcfs", LXCFS_MOUNT], LXCFS_LOG)

@@ -10,7 +10,7 @@ from providers.host import Check, HostReport
 def test_repairs_follow_what_the_packages_changed(monkeypatch):
     calls = []
     monkeypatch.setattr("vbox_cli.proc.run", lambda argv, **kw: calls.append(("run", argv[0], argv[1])))
-    monkeypatch.setattr(host, "start_daemon", lambda name: calls.append(("start", name)))
+    monkeypatch.setattr(host, "start_daemon", lambda name: calls.append(("start", name)) or f"started {name}")
     repaired = []
     # before apt: no kvm group yet, so /dev/kvm is only a warning; libvirt is not installed
     before = HostReport([Check("/dev/kvm", "warn", "no kvm group on this host"),
@@ -44,3 +44,54 @@ def test_a_cgroup_mount_that_is_not_this_systems_own_is_said(tmp_path):
     assert check.status == "warn" and "not this system's own" in check.detail
     mine.write_text("4:memory:/lxc.payload.outer\n")
     assert host.check_cgroup_view(str(tmp_path), str(mine)).status == "ok"
+
+
+def _systemd_host(monkeypatch, tmp_path, status: str):
+    """A host whose init is systemd: `systemctl` is a script of this test on PATH."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n"
+                                       f"[ \"$1\" = status ] && cat <<'EOF'\n{status}\nEOF\nexit 0\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(host, "systemd_is_init", lambda: True)
+    monkeypatch.setattr(host, "START_TIMEOUT", 0.3)
+
+
+def test_a_unit_skipped_by_its_condition_is_explained_and_lxcfs_started_by_vbox(monkeypatch, tmp_path):
+    import pytest
+
+    from vbox_cli.errors import VboxError
+
+    status = ("○ lxcfs.service - FUSE filesystem for LXC\n     Loaded: loaded\n     Active: inactive (dead)\n"
+              "  Condition: start condition failed at Mon; 1s ago\n             └─ "
+              "ConditionVirtualization=!container was not met")
+    _systemd_host(monkeypatch, tmp_path, status)
+    started = []
+    answers = {"after vbox starts it": False}
+    monkeypatch.setattr(host, "_start_directly", lambda name: started.append(name))
+    monkeypatch.setattr(host, "ready", lambda name: bool(started) and answers["after vbox starts it"])
+    with pytest.raises(VboxError) as info:  # systemd skipped it, and vbox's own start did not answer either
+        host.start_daemon("lxcfs")
+    assert "lxcfs did not start: Condition: start condition failed" in info.value.message
+    assert "ConditionVirtualization=!container" in info.value.details and started == ["lxcfs"]
+    started.clear()
+    answers["after vbox starts it"] = True
+    said = host.start_daemon("lxcfs")
+    assert said.startswith("started lxcfs itself: its systemd unit did not run (Condition: start condition failed")
+    assert "start lxcfs" in (tmp_path / "calls").read_text()
+
+
+def test_a_unit_that_fails_is_explained_not_reported_as_started(monkeypatch, tmp_path):
+    import pytest
+
+    from vbox_cli.errors import VboxError
+
+    _systemd_host(monkeypatch, tmp_path, "× virtlogd.service\n     Active: failed (Result: exit-code)")
+    monkeypatch.setattr(host, "ready", lambda name: False)
+    with pytest.raises(VboxError) as info:
+        host.start_daemon("virtlogd")
+    assert info.value.message.startswith("virtlogd did not start")
+    assert "systemctl status virtlogd" in info.value.hint and "Result: exit-code" in info.value.details
