@@ -114,6 +114,14 @@ def build(case: str, tmp_path: Path, canary: dict) -> Path:
         folder = tmp_path / "hostile"
         folder.mkdir()
         os.mkfifo(folder / "Envfile")
+    elif case == "folder-through-a-link":
+        folder = _project(tmp_path, '[machines.web]\nfolders = [{ host = "data", guest = "/data" }]\n')
+        (folder / "data").symlink_to(outside)
+    elif case == "folder-is-the-parent":
+        folder = _project(tmp_path, '[defaults]\nfolders = [{ host = "..", guest = "/up" }]\n[machines.web]\n')
+    elif case == "port-smuggles-arguments":
+        folder = _project(tmp_path, '[machines.web]\nports = [{ host = 8080, guest = 80, '
+                                    'address = "127.0.0.1 -j ACCEPT" }]\n')
     elif case == "envfile-is-dev-zero":
         folder = _project(tmp_path)
     elif case == "a-plain-project":  # the control: the harness itself runs every verb
@@ -127,6 +135,7 @@ CASES = ["uri-command", "uri-command-in-defaults", "uri-keyfile-outside", "vbox-
          "vbox-links-outside", "vbox-is-a-file", "links-inside-vbox", "state-links-outside",
          "state-injects-ssh-options", "file-step-absolute", "file-step-dotdot", "file-step-through-a-link",
          "script-is-a-link-out", "envfile-links-outside", "envfile-is-a-fifo", "envfile-is-dev-zero",
+         "folder-through-a-link", "folder-is-the-parent", "port-smuggles-arguments",
          "a-plain-project"]
 GLOBAL_ARGS = {"envfile-is-a-fifo": ["--file", "Envfile"], "envfile-is-dev-zero": ["--file", "/dev/zero"]}
 
@@ -174,4 +183,7 @@ REFUSED_BY = {
     "envfile-links-outside": (ENVFILE_VERBS, "outside the project folder; vbox will not read it"),
     "envfile-is-a-fifo": (ENVFILE_VERBS, "is not a regular file"),
     "envfile-is-dev-zero": (ENVFILE_VERBS, "is not a regular file"),
+    "folder-through-a-link": (ENVFILE_VERBS, "leads outside the project folder"),
+    "folder-is-the-parent": (ENVFILE_VERBS, "leads outside the project folder"),
+    "port-smuggles-arguments": (ENVFILE_VERBS, "is not an IPv4 address of this host"),
 }
