@@ -6,6 +6,7 @@ a host to plan, make or remove the project network.
 
 from __future__ import annotations
 
+import atexit
 import threading
 from urllib.parse import urlsplit
 
@@ -129,6 +130,12 @@ _hosts: dict[str, LibvirtHost] = {}
 _hosts_lock = threading.Lock()
 
 
+def _close_at_exit() -> None:
+    # before the interpreter tears the libvirt module down (a connection closed after that
+    # prints "Exception ignored in virConnect.__del__")
+    close_all()
+
+
 def host(uri: str, access=None) -> LibvirtHost:
     with _hosts_lock:
         if uri not in _hosts:
@@ -144,3 +151,6 @@ def local() -> LibvirtHost:
 def close_all() -> None:
     for each in list(_hosts.values()):
         each.close()
+
+
+atexit.register(_close_at_exit)
