@@ -33,6 +33,7 @@ class Context:
     envfile: Optional[Path] = None
     ndjson: object = None  # vbox_cli.events.NdjsonSink, with --events
     verbose: bool = False  # --verbose: an error's details (a log's tail) too
+    clock: object = None  # vbox_cli.events.PhaseClock of the command's stream
     failure: Optional[tuple[str, Optional[str]]] = None  # (message, hint) of a command that exits 1
 
     def start_events(self, command: str, subject_key: str = "machine"):

@@ -101,6 +101,10 @@ class EventStream:
         self.emit(Event("result", None, ok=exit_code == 0, exit_code=exit_code, error=error, hint=hint))
 
 
+def _fit(text: str, room: int) -> str:
+    return text if len(text) <= room else text[:max(room - 1, 0)] + "…"
+
+
 def label(phase: Phase, detail: str = "") -> str:
     """How a person reads a phase: its name, then its detail."""
     text = phase.value.replace("_", " ")
@@ -108,6 +112,34 @@ def label(phase: Phase, detail: str = "") -> str:
 
 
 # -- sinks ---------------------------------------------------------------------------
+
+
+class PhaseClock:
+    """How long each machine spent in each phase, read from the stream (for the summary)."""
+
+    def __init__(self):
+        self.current: dict[str, tuple[Phase, float]] = {}
+        self.spent: dict[str, list[tuple[Phase, float]]] = {}
+        self.ready: dict[str, str] = {}  # machine -> the detail of its `ready` phase (its address)
+
+    def handle(self, event: Event) -> None:
+        if event.kind != "phase" or event.subject is None:
+            return
+        subject = event.subject
+        if subject in self.current:
+            phase, started = self.current.pop(subject)
+            spent = self.spent.setdefault(subject, [])
+            if spent and spent[-1][0] == phase:  # provisioning 1/3, 2/3, ...: one phase
+                spent[-1] = (phase, spent[-1][1] + event.ts - started)
+            else:
+                spent.append((phase, event.ts - started))
+        if event.phase == Phase.READY and event.text:
+            self.ready[subject] = event.text
+        if not event.phase.final:
+            self.current[subject] = (event.phase, event.ts)
+
+    def summary(self, subject: str) -> str:
+        return ", ".join(f"{phase.value} {seconds:.1f} s" for phase, seconds in self.spent.get(subject, []))
 
 
 class NdjsonSink:
@@ -180,6 +212,7 @@ class LiveSink:
         self.names = list(names)
         self.show_output = show_output
         self.phases: dict[str, tuple[Phase, str]] = {n: (Phase.QUEUED, "") for n in self.names}
+        self.since: dict[str, float] = {}  # when the current phase began
         self.last: dict[str, str] = {}
         self.width = max([len(n) for n in self.names] + [1])
         self.live = None
@@ -187,7 +220,8 @@ class LiveSink:
     def __enter__(self) -> "LiveSink":
         from rich.live import Live
 
-        self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
+        # the sink itself is what Live draws (__rich__): elapsed times move at each refresh
+        self.live = Live(self, console=self.console, refresh_per_second=8, transient=True)
         self.live.__enter__()
         return self
 
@@ -196,33 +230,43 @@ class LiveSink:
             self.live.__exit__(*exc)
             self.live = None
 
+    def __rich__(self):
+        return self._render()
+
     def _render(self):
-        from rich.markup import escape
         from rich.spinner import Spinner
         from rich.table import Table
+        from rich.text import Text
 
+        # Text objects, not markup strings: what a step printed is never read as markup
         table = Table.grid(padding=(0, 1))
+        room = max(20, self.console.width - self.width - 4)  # one line per machine, whatever the width
         for name in self.names:
             phase, detail = self.phases[name]
             if phase.final:
-                mark = "[red]✗[/red]" if phase == Phase.FAILED else "[green]✓[/green]"
+                mark = Text("✗", style="red") if phase == Phase.FAILED else Text("✓", style="green")
             else:
                 mark = Spinner("dots")
-            text = escape(label(phase, detail))
-            if not phase.final and self.last.get(name):
-                text += f" [dim]{escape(self.last[name][:80])}[/dim]"
-            table.add_row(mark, f"[bold]{escape(name)}[/bold]", text)
+            clock = f" {time.time() - self.since[name]:.0f}s" if not phase.final and name in self.since else ""
+            text = _fit(label(phase, detail), room - len(clock))
+            line = Text(text)
+            line.append(clock, style="cyan")
+            last = self.last.get(name) if not phase.final else None
+            if last and room - len(text) - len(clock) > 8:
+                line.append(" " + _fit(last, room - len(text) - len(clock) - 1), style="dim")
+            table.add_row(mark, Text(name, style="bold"), line)
         return table
 
     def _refresh(self) -> None:
         if self.live is not None:
-            self.live.update(self._render())
+            self.live.refresh()  # Live draws this sink (__rich__): the table is made anew
 
     def handle(self, event: Event) -> None:
         if event.kind == "phase":
             if event.subject not in self.phases:
                 self.names.append(event.subject)
             self.phases[event.subject] = (event.phase, event.text)
+            self.since[event.subject] = event.ts
             self.last.pop(event.subject, None)
             self._refresh()
         elif event.kind == "output" and self.show_output:

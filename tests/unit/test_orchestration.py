@@ -334,3 +334,24 @@ def test_a_failure_is_one_line_in_a_summary_within_80_columns(world, tmp_path, m
     del world.fail[("start", "db")]
     assert run(["--plain", "destroy", "-f"], "vbox") == 0
     nothing_left(world, env)
+
+
+def test_the_summary_says_what_was_done_each_phase_and_the_address(world, tmp_path, monkeypatch, capsys):
+    import re
+
+    from vbox_cli.app import run
+
+    env = Env(tmp_path / "proj")
+    monkeypatch.setattr("vbox_cli.machines.session._wait_for_ssh", fake_connect)
+    monkeypatch.chdir(env.path.parent)
+    assert run(["--plain", "up"], "vbox") == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("MACHINE"):].splitlines()
+    assert summary[0].split() == ["MACHINE", "RESULT", "ADDRESS", "SECONDS"]
+    web = next(line for line in summary if line.startswith("web "))
+    assert env.project.machine_state("web")["address"] in web and "created, started, provisioned" in web
+    phases = next(line for line in summary if line.startswith("  web: "))
+    assert re.fullmatch(r"  web: creating [\d.]+ s, starting [\d.]+ s, connecting [\d.]+ s, provisioning [\d.]+ s",
+                        phases), phases  # the three steps' provisioning counted as one phase
+    assert all(len(line) <= 80 for line in summary)
+    assert run(["--plain", "destroy", "-f"], "vbox") == 0

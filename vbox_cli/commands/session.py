@@ -30,17 +30,18 @@ def event_stream(ctx: typer.Context, command: str, names: list[str], events: boo
     """The command's EventStream: NDJSON on stdout with --events (the final `result` line
     is written by vbox_cli.app once the exit code is known), a live view on a terminal,
     plain lines elsewhere."""
-    from vbox_cli.events import EventStream, LiveSink, PlainSink
+    from vbox_cli.events import EventStream, LiveSink, PhaseClock, PlainSink
 
     context = ctx.obj
+    context.clock = PhaseClock()
     if events:
-        yield EventStream([context.start_events(command, subject_key)])
+        yield EventStream([context.start_events(command, subject_key), context.clock])
         return
     if context.out.plain:
-        yield EventStream([PlainSink(names, show_output=show_output)])
+        yield EventStream([PlainSink(names, show_output=show_output), context.clock])
         return
     with LiveSink(context.out.console, names, show_output=show_output) as live:
-        yield EventStream([live])
+        yield EventStream([live, context.clock])
 
 
 @contextmanager
@@ -70,11 +71,17 @@ def report(ctx: typer.Context, results, title: str) -> None:
     if not results:
         out.line("no machines selected")
         return
-    width = max(len(r.machine) for r in results)
-    room = max(20, 80 - width - 20)  # the table stays within 80 columns
-    out.table(["machine", "result", "seconds"],
-              [(r.machine, r.action if r.ok else _cut(f"FAILED: {_first_line(r.error.message, r.machine)}", room),
-                f"{r.seconds:.1f}") for r in results], title=title)
+    clock = getattr(ctx.obj, "clock", None)
+    addresses = {r.machine: clock.ready.get(r.machine, "") for r in results} if clock else {}
+    width = max(len(r.machine) for r in results) + max([len(a) for a in addresses.values()] + [0])
+    room = max(20, 80 - width - 22)  # the table stays within 80 columns
+    rows = [(r.machine, r.action if r.ok else _cut(f"FAILED: {_first_line(r.error.message, r.machine)}", room),
+             *((addresses[r.machine],) if any(addresses.values()) else ()), f"{r.seconds:.1f}") for r in results]
+    out.table(["machine", "result", *(("address",) if any(addresses.values()) else ()), "seconds"], rows, title=title)
+    if clock and not ctx.obj.out.to_stderr:  # how long each phase took, a line per machine
+        for result in results:
+            if spent := clock.summary(result.machine):
+                out.line(_cut(f"  {result.machine}: {spent}", 80))
     failed = [r for r in results if not r.ok]
     for result in failed:  # one line each (the table cut it); the details with --verbose
         error = result.error
