@@ -18,13 +18,12 @@ def port(
     (the one `auto` chose, if it did), the machine's port, and whether the kernel's rule is
     there now (forwards exist while a machine runs)."""
     from providers.ports import installed
-    from vbox_cli.commands.session import read_project
-    from vbox_cli.commands.ssh import _check_names
+    from vbox_cli.commands.session import check_names, read_project
     from vbox_cli.errors import VboxError
 
     project, machines = read_project(ctx)
     if name:
-        _check_names(machines, [name])
+        check_names(machines, [name])
     try:
         active = {(i.machine, i.forward.protocol, i.forward.address, i.forward.host)
                   for i in installed() if i.project == project.id}

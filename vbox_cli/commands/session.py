@@ -14,6 +14,15 @@ Events = Annotated[bool, typer.Option(
     "--events", help="Report as NDJSON on stdout, one event per line (docs/events.md); nothing else on stdout.")]
 
 
+def check_names(machines: dict, names: list[str]) -> None:
+    from vbox_cli.errors import UsageError
+
+    unknown = [n for n in names if n not in machines]
+    if unknown:
+        raise UsageError(f"no machine named {', '.join(map(repr, unknown))} in the Envfile",
+                         hint="machines: " + ", ".join(machines))
+
+
 def read_project(ctx: typer.Context):
     """(project, machines) for the verbs that only read: the machines' settings as plain
     dicts, from the validated-Envfile cache (no pydantic, no lock)."""

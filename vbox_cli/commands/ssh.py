@@ -9,14 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from vbox_cli.commands import complete
-from vbox_cli.errors import UsageError, VboxError
-
-
-def _check_names(machines: dict, names: list[str]) -> None:
-    unknown = [n for n in names if n not in machines]
-    if unknown:
-        raise UsageError(f"no machine named {', '.join(map(repr, unknown))} in the Envfile",
-                         hint="machines: " + ", ".join(machines))
+from vbox_cli.commands.session import check_names
+from vbox_cli.errors import VboxError
 
 
 def ssh(
@@ -33,7 +27,7 @@ def ssh(
     from vbox_cli.machines.placement import Placements
 
     project, machines = read_project(ctx)
-    _check_names(machines, [name])
+    check_names(machines, [name])
     placement = Placements(project, machines)[name]
     if placement.provider.state(project.object_name(name)) != RUNNING:
         raise VboxError(f"{name} is not running", hint=f"`env up {name}`")
@@ -61,7 +55,7 @@ def ssh_config(
     project, machines = read_project(ctx)
     state = project.load_state()["machines"]
     wanted = names or list(machines)
-    _check_names(machines, wanted)
+    check_names(machines, wanted)
     blocks = []
     for name in wanted:
         record = state.get(name, {})
@@ -99,7 +93,7 @@ def console(
     from vbox_cli.machines.placement import Placements
 
     project, machines = read_project(ctx)
-    _check_names(machines, [name])
+    check_names(machines, [name])
     provider = Placements(project, machines).provider(name)
     obj = project.object_name(name)
     if tail is not None:
