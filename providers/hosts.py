@@ -16,15 +16,16 @@ SYSTEM_URI = "qemu:///system"
 SESSION_URI = "qemu:///session"
 
 
-def open_libvirt(uri: str, shown: str | None = None, hint: str | None = None):
-    """A libvirt connection; libvirt's errors become one VboxError naming the URI."""
+def open_libvirt(uri: str, failure: str | None = None, hint: str | None = None):
+    """A libvirt connection; libvirt's error becomes one VboxError: `failure` (default:
+    "cannot reach libvirt at URI"), then libvirt's own words."""
     import libvirt
 
     libvirt.registerErrorHandler(lambda *_: None, None)  # errors come as exceptions
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise VboxError(f"cannot reach libvirt at {shown or uri}: {exc.get_error_message()}",
+        raise VboxError(f"{failure or f'cannot reach libvirt at {uri}'}: {exc.get_error_message()}",
                         hint=hint or "run `env doctor --fix` to start libvirtd") from None
 
 
@@ -73,11 +74,7 @@ class LibvirtHost:
         hint = ("this host runs no Xen with libvirt's Xen driver: name a Xen host with `host`"
                 if local and access.uri.startswith("xen") else
                 "check that the host is up, that libvirtd runs there and that this user may use it")
-        try:
-            return open_libvirt(access.uri, hint=hint)
-        except VboxError as exc:
-            detail = exc.message.split(": ", 1)[-1]
-            raise VboxError(f"the host {access.shown} does not answer{tried}: {detail}", hint=hint) from None
+        return open_libvirt(access.uri, failure=f"the host {access.shown} does not answer{tried}", hint=hint)
 
     def close(self) -> None:
         """Close the connection (to a remote host: before that host goes; closing one to a

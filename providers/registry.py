@@ -89,8 +89,3 @@ def local_providers() -> list[tuple[str, object | None, str]]:
             if not entry.optional_here:
                 found.append((name, None, exc.message))
     return found
-
-
-def forget_instances() -> None:
-    """Drop the cached instances (their connections are closed by providers/hosts.py)."""
-    _instances.clear()

@@ -31,31 +31,28 @@ def halt(session, names: list[str], jobs: int | None = None) -> list[Result]:
     return remote_first(session, session.select(names), stop, jobs)
 
 
-def leftovers(project, declared, recorded=()) -> list[tuple[str, object, str]]:
+def leftovers(project, declared, records: dict | None = None) -> list[tuple[str, object, str]]:
     """(machine name, provider, object name) of this project's machines on this host that
     the Envfile does not declare: those whose provider says they are this project's
     (matched exactly, never by a name prefix: another project's id may begin with this
-    one's), and those the project's state records. Providers that do not answer are
-    skipped: `status` says so."""
+    one's), and those the project's state records (`records`: machine -> record).
+    Providers that do not answer are skipped: `status` says so."""
     from providers.base import NOT_CREATED
     from providers.registry import local_providers
 
+    undeclared = {m: r for m, r in (records or {}).items() if m not in declared}
     found = []
     for _name, provider, _why in local_providers():
         if provider is None:
             continue
-        owned = provider.owned(project.id)
-        for machine in recorded:
+        owned = {m: obj for m, obj in provider.owned(project.id).items() if m not in declared}
+        for machine, record in undeclared.items():
             obj = project.object_name(machine)
-            if machine not in owned and provider.state(obj) != NOT_CREATED and _recorded_for(project, machine,
-                                                                                              provider):
+            if machine not in owned and record.get("provider", provider.name) == provider.name \
+                    and provider.state(obj) != NOT_CREATED:
                 owned[machine] = obj
-        found += [(machine, provider, obj) for machine, obj in sorted(owned.items()) if machine not in declared]
+        found += sorted((machine, provider, obj) for machine, obj in owned.items())
     return found
-
-
-def _recorded_for(project, machine: str, provider) -> bool:
-    return project.machine_state(machine).get("provider", provider.name) == provider.name
 
 
 def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
@@ -74,8 +71,7 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
             ports_gone = False
     targets = {name: (session.provider(name), project.object_name(name)) for name in session.select(names)}
     if everything:
-        recorded = list(project.load_state()["machines"])
-        for machine, provider, obj in leftovers(project, session.machines, recorded):
+        for machine, provider, obj in leftovers(project, session.machines, project.load_state()["machines"]):
             session.events.note(f"removing {obj}, which the Envfile does not declare")
             targets[machine] = (provider, obj)
 

@@ -25,7 +25,7 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
             "address": _where(record), "host": record.get("host", ""), "box": settings["box"],
             "box_digest": record.get("box_digest", ""),
         })
-    for machine, provider, obj in leftovers(project, machines, list(state)):
+    for machine, provider, obj in leftovers(project, machines, state):
         rows.append({"name": machine, "provider": provider.name,
                      "state": provider.state(obj) + " (not in the Envfile)", "address": _where(state.get(machine, {})),
                      "host": "", "box": "", "box_digest": ""})
