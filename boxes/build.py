@@ -84,10 +84,39 @@ FILES = {
         "echo 'vbox-seed: no seed disk' >&2\n",
         0o755,
     ),
+    # KVM machines' synced folders: virtiofs tags named on the kernel command line
+    # (providers/virtiofs.py), mounted before sshd starts, so `up` finds them there
+    "etc/systemd/system/vbox-folders.service": (
+        "[Unit]\nDescription=vbox: the synced folders named on the kernel command line (virtiofs)\n"
+        "ConditionKernelCommandLine=vbox.folder\nDefaultDependencies=no\n"
+        "After=local-fs.target\nBefore=ssh.service systemd-user-sessions.service sysinit.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/folders\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/folders": (
+        "#!/bin/sh\n"
+        "# Mount each vbox.folder=TAG,MODE,PATH of the kernel command line: a virtiofs TAG at\n"
+        "# PATH (escaped as systemd-escape --path writes it), MODE ro or rw.\n"
+        "set -uf\n"
+        "rc=0\n"
+        "for word in $(cat /proc/cmdline); do\n"
+        "  case \"$word\" in vbox.folder=*) ;; *) continue ;; esac\n"
+        "  value=${word#vbox.folder=}\n"
+        "  tag=${value%%,*}; rest=${value#*,}; mode=${rest%%,*}; escaped=${rest#*,}\n"
+        "  case \"$tag\" in vbox[0-9]|vbox[0-9][0-9]) ;; *) echo \"vbox-folders: bad tag in $word\" >&2; rc=1; continue ;; esac\n"
+        "  case \"$mode\" in ro|rw) ;; *) echo \"vbox-folders: bad mode in $word\" >&2; rc=1; continue ;; esac\n"
+        "  path=$(systemd-escape --unescape --path -- \"$escaped\") || { rc=1; continue; }\n"
+        "  mountpoint -q -- \"$path\" && continue\n"
+        "  mkdir -p -- \"$path\" && mount -t virtiofs -o \"$mode\" -- \"$tag\" \"$path\" || rc=1\n"
+        "done\n"
+        "exit $rc\n",
+        0o755,
+    ),
     "etc/hostname": ("debian\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
 }
-SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed")
+SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed", "vbox-folders")
 
 
 class Reporter:
@@ -165,7 +194,7 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
         name=recipe.name, version=recipe.version, description=recipe.description, digest=f"sha256:{digest}",
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
         boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
-        kernel_version=kernel.name.removeprefix("vmlinuz-"),
+        kernel_version=kernel.name.removeprefix("vmlinuz-"), features=["virtiofs"],
         built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),
     )

@@ -35,6 +35,9 @@ class BoxMeta:
     # on KVM, a seed disk on Xen, files in the overlay on LXC)
     identity: str = "systemd"
     boot: Boot = field(default_factory=Boot)
+    # what the box's own services do for vbox: "virtiofs" = it mounts the synced folders
+    # that its kernel command line names (KVM machines; providers/virtiofs.py)
+    features: list[str] = field(default_factory=list)
     size: int = 0
     built: str = ""
     build_seconds: float | None = None

@@ -54,6 +54,10 @@ class MachineSpec:
     folder_owner: tuple[int, int] = (0, 0)  # uid and gid of the project folder's owner
 
 
+class NeedsRestart(VboxError):
+    """A change of the Envfile that a running machine takes only when it starts again."""
+
+
 class Capability(str, Enum):
     """Optional things a provider may do; each is a Protocol below."""
 
@@ -184,6 +188,9 @@ class ProviderBase:
 
     name = ""
     label = ""
+    # a change made on this host to a synced folder reaches inotify in the machine by
+    # itself (LXC's bind mounts); False: vbox forwards them (vbox_cli/folderwatch.py)
+    folder_events_native = True
 
     def unsupported(self, capability: Capability, spec: MachineSpec | None = None) -> str | None:
         if not isinstance(self, _PROTOCOLS[capability]):

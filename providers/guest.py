@@ -36,3 +36,16 @@ def tmpfiles_lines(spec: MachineSpec) -> str:
         encoded = base64.b64encode(content.encode()).decode()
         lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")
     return "\n".join(lines) + "\n"
+
+
+def user_ids(box, user: str) -> tuple[int, int]:
+    """(uid, gid) of a user of the box, from its root tree's /etc/passwd."""
+    from vbox_cli.errors import VboxError
+
+    if user == "root":
+        return 0, 0
+    for line in (box.artefact("rootfs") / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise VboxError(f"the box {box.name} has no user {user!r}")

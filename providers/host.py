@@ -218,12 +218,23 @@ def check_disk(store: Path) -> Check:
     return Check("disk space", "ok", detail)
 
 
+def check_virtiofsd() -> Check:
+    """QEMU's virtiofsd, which serves KVM machines' synced folders (providers/virtiofs.py)."""
+    from providers.virtiofs import VIRTIOFSD, missing
+
+    if missing():
+        return Check("virtiofsd", "missing", f"{VIRTIOFSD} not found (KVM machines' synced folders)",
+                     packages=("qemu-system-common",))
+    return Check("virtiofsd", "ok", _version([str(VIRTIOFSD), "--version"]) or str(VIRTIOFSD))
+
+
 def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> HostReport:
     checks = [
         _tool("debootstrap", "debootstrap", "debootstrap"),
         _tool("e2fsprogs", "mke2fs", "e2fsprogs", ("-V",)),
         _tool("qemu-img", "qemu-img", "qemu-utils"),
         _tool("qemu", "qemu-system-x86_64", "qemu-system-x86"),
+        check_virtiofsd(),
         check_virtlogd(),
         check_libvirt(),
         check_kvm_device(),

@@ -35,6 +35,21 @@ def maps(owner: int, machine_user: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def folder_maps(spec) -> tuple[str, str]:
+    """(uid_map, gid_map) of a machine's synced folders' idmapped mounts; ("", "") when
+    none is needed (no folder, or the project folder's owner is the box's user)."""
+    from providers.guest import user_ids
+
+    if not spec.folders:
+        return "", ""
+    user_uid, user_gid = user_ids(spec.box, spec.user)
+    owner_uid, owner_gid = spec.folder_owner
+    if (owner_uid, owner_gid) == (user_uid, user_gid):
+        return "", ""
+    identity = "0 0 4294967295\n"
+    return maps(owner_uid, user_uid) or identity, maps(owner_gid, user_gid) or identity
+
+
 def is_namespace_file(path: Path) -> bool:
     """Whether `path` is a user namespace bind-mounted there (nsfs), not a plain file."""
     target = os.path.realpath(path)

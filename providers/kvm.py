@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from providers.base import Capability, MachineSpec
+from providers.base import Capability, MachineSpec, NeedsRestart
 from providers.hosts import SESSION_URI, SYSTEM_URI, open_libvirt
 from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
 from providers.ports import LocalPorts
@@ -96,6 +98,7 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
     label = "KVM machine"
     host_types = ("qemu",)
     extra_volumes = (".cred",)
+    folder_events_native = False  # virtiofs tells the guest nothing of changes made here
 
     def __init__(self, access=None):
         super().__init__(access.uri if access is not None else choose_uri(), access)
@@ -116,6 +119,22 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                    "the libvirt group)"
         if capability == Capability.PORTS and self.remote:
             return f"it runs on {self.host.shown}, where its network is"
+        if capability == Capability.FOLDERS:
+            return self._no_folders(spec)
+        return None
+
+    def _no_folders(self, spec: MachineSpec | None) -> str | None:
+        from providers import virtiofs
+
+        if self.remote:
+            return f"it runs on {self.host.shown}, which does not see this project folder"
+        if self.session_mode:
+            return "a user's libvirt session cannot run virtiofsd, which must be root here"
+        if why := virtiofs.missing():
+            return why
+        if spec is not None and virtiofs.BOX_FEATURE not in spec.box.meta.features:
+            return (f"its box {spec.box.name} {spec.box.version} does not mount them (built by an earlier vbox): "
+                    f"`env box build {spec.box.name}` makes one that does")
         return None
 
     def preflight(self, machine_name: str) -> None:
@@ -164,6 +183,53 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             paths = base_volumes(self.conn, ensure_pool(self.conn), spec.box)
             self._accel = probe_libvirt(self.conn, paths["kernel"])
         return self._accel
+
+    # -- synced folders ----------------------------------------------------------
+    @staticmethod
+    def _shares_dir(object_name: str = "") -> Path:
+        """Where the folders served to a machine are mounted while it starts."""
+        from vbox_cli.paths import vbox_home
+
+        return vbox_home() / "shares" / object_name
+
+    def update_folders(self, spec: MachineSpec) -> str | None:
+        """A running machine sees the folders it was started with: a change needs a restart."""
+        from providers import virtiofs
+
+        dom = self._domain(spec.object_name)
+        if dom is None or not dom.isActive() or virtiofs.running_digest(dom.XMLDesc(0)) == virtiofs.digest(spec):
+            return None
+        raise NeedsRestart(f"{spec.machine.name}: the synced folders in the Envfile changed; a {self.label} "
+                           "sees them after a restart",
+                           hint=f"`env up --restart-if-needed {spec.machine.name}` or `env reload {spec.machine.name}`")
+
+    def start(self, spec: MachineSpec) -> None:
+        import libvirt
+
+        from providers import virtiofs
+
+        dom = self._domain(spec.object_name)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        virtiofs.apply(root, spec, self._shares_dir(spec.object_name))
+        try:
+            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+        except libvirt.libvirtError as exc:
+            raise VboxError(f"{spec.machine.name}: {self.host.shown} refused the synced folders: "
+                            f"{exc.get_error_message()}") from None
+        with virtiofs.served(spec, self._shares_dir(spec.object_name)):
+            super().start(spec)
+
+    def destroy(self, object_name: str) -> None:
+        from providers import virtiofs
+
+        super().destroy(object_name)
+        if not self.remote:
+            virtiofs.release(self._shares_dir(object_name))
+
+    def leaks(self, prefix: str) -> list[str]:
+        from providers import virtiofs
+
+        return [] if self.remote else virtiofs.leftovers(self._shares_dir(), prefix)
 
     # -- life cycle ------------------------------------------------------------
     def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:

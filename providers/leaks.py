@@ -27,6 +27,9 @@ def find(project_id: str | None = None) -> list[str]:
     from providers.ports import leaks as port_leaks
 
     found += name_leaks(project_id)
+    from vbox_cli.folderwatch import leaks as watcher_leaks
+
+    found += watcher_leaks(project_id)
 
     try:
         found += port_leaks(project_id)

@@ -1,4 +1,5 @@
-"""Synced folders into a running container, with the new mount API (Linux 5.12+).
+"""Synced folders into a running container, with the new mount API (Linux 5.12+); and
+the mounts that KVM machines' virtiofsd serve (providers/virtiofs.py).
 
 The mount is made in this host's mount namespace (`open_tree` clones the folder's mount,
 `mount_setattr` idmaps it and makes it read-only where asked), then a child process
@@ -57,8 +58,10 @@ def _in_namespace(pid: int, work) -> None:
         raise VboxError(f"cannot change the mounts of the running machine: {message}")
 
 
-def attach(pid: int, source: Path, target: str, namespace: Path | None, readonly: bool) -> None:
-    """Mount `source` at `target` in the container whose init is `pid`."""
+def clone(source: Path, namespace: Path | None, readonly: bool) -> int:
+    """A detached copy of `source`'s mount (a descriptor), idmapped with the user namespace
+    at `namespace` (None: as it is) and read-only where asked. It goes when the descriptor
+    is closed, unless it was placed somewhere first."""
     libc = _libc()
     tree = libc.syscall(_SYS_OPEN_TREE, -100, str(source).encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC)
     if tree < 0:
@@ -75,13 +78,45 @@ def attach(pid: int, source: Path, target: str, namespace: Path | None, readonly
             finally:
                 if namespace:
                     os.close(userns)
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
 
-        def place(libc) -> None:
+
+def _move(libc, tree: int, target: str) -> None:
+    if libc.syscall(_SYS_MOVE_MOUNT, tree, b"", -100, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), target)
+
+
+def place(tree: int, target: Path) -> None:
+    """Mount a detached copy (from `clone`) at `target`, an existing folder of this host."""
+    try:
+        _move(_libc(), tree, str(target))
+    except OSError as exc:
+        raise VboxError(f"cannot mount a synced folder at {target}: {exc.strerror}") from None
+
+
+def unmount(target: Path) -> None:
+    """Detach what is mounted at `target` on this host (lazily: users of it keep it)."""
+    import errno
+
+    libc = _libc()
+    # not os.path.ismount: a bind mount from the same file system has its parent's device
+    if libc.umount2(str(target).encode(), _MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL,
+                                                                                          errno.ENOENT):
+        raise VboxError(f"cannot unmount {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def attach(pid: int, source: Path, target: str, namespace: Path | None, readonly: bool) -> None:
+    """Mount `source` at `target` in the container whose init is `pid`."""
+    tree = clone(source, namespace, readonly)
+    try:
+        def place_inside(libc) -> None:
             os.makedirs(target, exist_ok=True)
-            if libc.syscall(_SYS_MOVE_MOUNT, tree, b"", -100, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH) < 0:
-                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), target)
+            _move(libc, tree, target)
 
-        _in_namespace(pid, place)
+        _in_namespace(pid, place_inside)
     finally:
         os.close(tree)
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
+from providers.guest import user_ids
+from providers.idmap import folder_maps
 from providers.ports import LocalPorts
 from vbox_cli import proc
 from vbox_cli.errors import VboxError
@@ -81,20 +83,6 @@ def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool) -> list[str]:
     return entries
 
 
-def folder_maps(spec: MachineSpec) -> tuple[str, str]:
-    """(uid_map, gid_map) of the folders' idmapped mounts; ("", "") when none is needed."""
-    from providers import idmap
-
-    if not spec.folders:
-        return "", ""
-    user_uid, user_gid = _owner(spec.box.artefact("rootfs"), spec.user)
-    owner_uid, owner_gid = spec.folder_owner
-    if (owner_uid, owner_gid) == (user_uid, user_gid):
-        return "", ""
-    identity = "0 0 4294967295\n"
-    return idmap.maps(owner_uid, user_uid) or identity, idmap.maps(owner_gid, user_gid) or identity
-
-
 def render_config(spec: MachineSpec, folder: Path) -> str:
     from providers.render import render
 
@@ -134,16 +122,6 @@ def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
             f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
             f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
     }
-
-
-def _owner(lower: Path, user: str) -> tuple[int, int]:
-    if user == "root":
-        return 0, 0
-    for line in (lower / "etc/passwd").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == user:
-            return int(fields[2]), int(fields[3])
-    raise VboxError(f"the box has no user {user!r}")
 
 
 def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
@@ -236,7 +214,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             target = upper / relative
             _make_parents(upper, lower, Path(relative))
             target.write_text(content)
-            os.chown(target, *_owner(lower, owner))
+            os.chown(target, *user_ids(spec.box, owner))
             os.chmod(target, mode)
         self._write_config(spec)  # last: a folder with a config is a complete machine
 

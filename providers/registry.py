@@ -28,9 +28,7 @@ class ProviderInfo:
 REGISTRY: dict[str, ProviderInfo] = {
     "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container"),
     "kvm": ProviderInfo("kvm", "providers.kvm:KvmProvider", "KVM machine", remote=True,
-                        accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",),
-                        lacks=(("folders", "vbox does not share folders with KVM machines yet (virtiofs is "
-                                           "planned)"),)),
+                        accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",)),
     "xen": ProviderInfo("xen", "providers.xen:XenProvider", "Xen guest", remote=True,
                         default_uri="xen:///system", optional_here=True, accel_labels=(("xen", "Xen"),),
                         uri_schemes=("xen",),

@@ -117,6 +117,19 @@ def spawn_daemon(argv: Sequence[str], log: str | os.PathLike) -> int:
     return child.pid
 
 
+def processes():
+    """(pid, argv as bytes) of every process of this host whose command line can be read."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        yield int(entry), argv
+
+
 def terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return

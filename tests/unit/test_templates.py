@@ -217,7 +217,8 @@ def test_synced_folders_are_mount_entries_escaped_and_idmapped(monkeypatch, tmp_
 
     from providers.base import Share
     from providers.idmap import maps
-    from providers.lxc import folder_maps, mount_entries
+    from providers.idmap import folder_maps
+    from providers.lxc import mount_entries
 
     rootfs = tmp_path / "box" / "rootfs" / "etc"
     rootfs.mkdir(parents=True)

@@ -22,11 +22,15 @@ def up(
     = False,
     accel: Annotated[Optional[str], typer.Option(
         "--accel", help="kvm machines made by this command: auto, kvm or tcg (overrides the Envfile).")] = None,
+    restart_if_needed: Annotated[bool, typer.Option(
+        "--restart-if-needed", help="Restart running machines that take an Envfile change only at a start "
+                                    "(a KVM machine's synced folders); without it, up says which.")] = False,
     events: Events = False,
 ) -> None:
     """Bring machines up: create them from their box, start them, wait for SSH and run
     the provisioning steps not yet run. Machines come up in parallel; a machine that is
-    already up and provisioned is left alone.
+    already up and provisioned is left alone (a running container gets changed synced
+    folders live).
 
     Without names, every machine with autostart = true."""
     from typing import get_args
@@ -39,7 +43,8 @@ def up(
         raise UsageError(f"--accel must be one of {', '.join(get_args(Accel))}, not {accel!r}")
     with open_session(ctx, "up", names or [], events, autostart_only=not names) as session:
         session.accel = accel
-        results = machines.up(session, names or [], jobs=jobs, provision=not no_provision)
+        results = machines.up(session, names or [], jobs=jobs, provision=not no_provision,
+                              restart=restart_if_needed)
     report(ctx, results, "up")
 
 

@@ -142,6 +142,15 @@ def _non_blank(value: str) -> str:
 MachineName = Annotated[str, AfterValidator(_dns_label("machine name"))]
 ProjectPath = Annotated[str, AfterValidator(_relative_path)]  # a file of the project, relative to the Envfile
 GuestPath = Annotated[str, AfterValidator(_absolute_path)]  # an absolute path in the machine
+
+
+def _mount_point(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (a line break, a tab)")
+    return value
+
+
+MountPoint = Annotated[GuestPath, AfterValidator(_mount_point)]  # where a synced folder is mounted
 FileMode = Annotated[str, AfterValidator(_file_mode)]
 EnvVars = Annotated[dict[str, str], AfterValidator(_env_names)]
 Args = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
@@ -247,7 +256,7 @@ class SyncedFolder(Frozen):
     """A folder of the project seen live in the machine."""
 
     host: ProjectPath = Field(description="a folder of the project, relative to the Envfile (\".\": the project)")
-    guest: GuestPath = Field(description="where the machine sees it: an absolute path")
+    guest: MountPoint = Field(description="where the machine sees it: an absolute path")
     readonly: bool = Field(False, description="the machine may read it but not write it")
 
 

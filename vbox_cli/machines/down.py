@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from vbox_cli import folderwatch
 from vbox_cli.errors import VboxError
 from vbox_cli.events import Phase
 from vbox_cli.machines import ports
@@ -23,6 +24,7 @@ def halt(session, names: list[str], jobs: int | None = None) -> list[Result]:
             session.events.phase(name, Phase.HALTED, "not running")
             return "not running"
         session.events.phase(name, Phase.HALTING)
+        folderwatch.stop(session.project, name)
         clean = provider.halt(obj, HALT_TIMEOUT)
         ports.remove(session, name, provider)
         session.events.phase(name, Phase.HALTED, "" if clean else "powered off")
@@ -79,6 +81,7 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
         provider, obj = targets[name]
         session.events.phase(name, Phase.DESTROYING)
         pending = name in session.machines and placements[name].pending
+        folderwatch.stop(project, name)
         if not pending:  # a guest whose host machine is gone went with it
             provider.destroy(obj)
             ports.remove(session, name, provider)

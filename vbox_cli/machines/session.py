@@ -4,7 +4,7 @@ and where the command reports (an EventStream). The core reports; it never print
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -79,7 +79,7 @@ class Session:
         machine = self.machines[name]
         if self.accel:
             machine = machine.model_copy(update={"accel": self.accel})
-        return MachineSpec(
+        spec = MachineSpec(
             project_id=self.project.id, object_name=self.project.object_name(name), machine=machine,
             box=box, address=address, gateway=net.gateway if net else "", network=net.name if net else "",
             bridge=net.bridge if net else "", domain=net.domain if net else "",
@@ -87,18 +87,23 @@ class Session:
             host_key_private=host_key[0] if host_key else "",
             host_key_public=host_key[1] if host_key else record.get("host_key", ""),
             index=list(self.machines).index(name), console_log=self.project.console_log(name),
-            folders=self.shares(name), folder_owner=self._folder_owner(),
+            folder_owner=self._folder_owner(),
         )
+        return replace(spec, folders=self.shares(name, spec))
 
-    def shares(self, name: str) -> tuple:
+    def shares(self, name: str, spec=None) -> tuple:
         """The machine's synced folders, resolved inside the project; none where its provider
-        cannot have them (validate refused explicit ones: this is the default folder)."""
+        (or its box, in `spec`) cannot have them (validate refused explicit ones where the
+        provider cannot: this is the default folder, or a box that cannot mount them)."""
         from providers.base import Capability, Share
         from vbox_cli.files import project_file
 
         machine = self.machines[name]
-        reason = self.provider(name).unsupported(Capability.FOLDERS)
+        reason = self.provider(name).unsupported(Capability.FOLDERS, spec)
         if reason:
+            if machine.folders and machine.folders_set:
+                raise VboxError(f"{name}: synced folders are not supported for this machine, because {reason}",
+                                hint="set folders = [] for it")
             if machine.folders and name not in self._said_no_folders:
                 self._said_no_folders.add(name)
                 self.events.note(f"{name}: no synced folder, because {reason}", name)

@@ -20,7 +20,10 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def up(session, names: list[str], jobs: int | None = None, provision: bool = True) -> list[Result]:
+def up(session, names: list[str], jobs: int | None = None, provision: bool = True,
+       restart: bool = False) -> list[Result]:
+    """`restart`: a running machine that takes a change of the Envfile only when it starts
+    again (a KVM machine's synced folders) is restarted; without it, `up` says so."""
     selected = session.select(names, autostart_only=not names)
     if not selected:
         return []  # nothing to bring up: make nothing, not even the network
@@ -50,7 +53,8 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
         addresses = placements.addresses(batch)
         ensure_networks(session, batch)
         results += run_each(session, batch, lambda name: up_one(
-            session, name, boxes[session.machines[name].box], addresses[name], provision, forwards.get(name)), jobs)
+            session, name, boxes[session.machines[name].box], addresses[name], provision, forwards.get(name),
+            restart), jobs)
     return results
 
 
@@ -74,7 +78,8 @@ def ensure_networks(session, names: list[str]) -> None:
         host.ensure_network(placements.network(on_host[0]), dns)
 
 
-def up_one(session, name: str, box, address: str, provision: bool, forwards: list | None = None) -> str:
+def up_one(session, name: str, box, address: str, provision: bool, forwards: list | None = None,
+           restart: bool = False) -> str:
     from providers.base import NOT_CREATED, RUNNING
     from vbox_cli.sshkeys import new_ed25519
 
@@ -111,12 +116,18 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         project.write_known_hosts()
         actions.append("created")
         state = provider.state(obj)
+    if state == RUNNING and not actions and _update_folders(session, name, provider, box, address, restart):
+        from vbox_cli.machines.down import HALT_TIMEOUT
+
+        events.phase(name, Phase.HALTING, "to apply the synced folders")
+        provider.halt(obj, HALT_TIMEOUT)
+        actions.append("restarted")
+        state = provider.state(obj)
     if state != RUNNING:
         events.phase(name, Phase.STARTING)
         provider.start(session.spec(name, box, address))
-        actions.append("started")
-    elif not actions:
-        _update_folders(session, name, provider, box, address)
+        if "restarted" not in actions:
+            actions.append("started")
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
         ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
     steps = session.machines[name].provision
@@ -125,19 +136,44 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         run_steps(session, name, steps, todo)
         if todo:
             actions.append("provisioned")
+    _watch_folders(session, name, provider, session.spec(name, box, address))
     project.set_machine(name, last_up=_now())
     events.phase(name, Phase.READY, address)
     return ", ".join(actions) or "nothing to do"
 
 
-def _update_folders(session, name: str, provider, box, address: str) -> None:
-    """A running machine gets folders added, changed or removed in the Envfile."""
-    from providers.base import Capability, supports
+def _update_folders(session, name: str, provider, box, address: str, restart: bool) -> bool:
+    """A running machine gets folders added, changed or removed in the Envfile, live where
+    its provider can; True when it must restart for them (and `restart` allows it)."""
+    from providers.base import Capability, NeedsRestart, supports
 
-    if supports(provider, Capability.FOLDERS):
-        done = provider.update_folders(session.spec(name, box, address))
-        if done:
-            session.events.note(f"{name}: synced folders changed in the Envfile: {done}, live", name)
+    spec = session.spec(name, box, address)
+    if not supports(provider, Capability.FOLDERS, spec):
+        return False
+    try:
+        done = provider.update_folders(spec)
+    except NeedsRestart as exc:
+        if restart:
+            session.events.note(f"{exc.message}: restarting it (--restart-if-needed)", name)
+            return True
+        session.events.warning(f"{exc.message}: {exc.hint}", name)
+        return False
+    if done:
+        session.events.note(f"{name}: synced folders changed in the Envfile: {done}, live", name)
+    return False
+
+
+def _watch_folders(session, name: str, provider, spec) -> None:
+    """Changes made on this host reach the machine's inotify: by themselves (LXC), or
+    through a folder watcher (vbox_cli/folderwatch.py) where the provider says they do not."""
+    from vbox_cli import folderwatch
+
+    if spec.folders and not provider.folder_events_native:
+        folders = [(str(share.source), share.target) for share in spec.folders]
+        if folderwatch.ensure(session.project, name, session.ssh_target(name), folders):
+            session.events.note(f"{name}: watching its synced folders here for its inotify", name)
+    else:
+        folderwatch.stop(session.project, name)
 
 
 def say_accel(session, provider, spec) -> None:
