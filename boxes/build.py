@@ -113,10 +113,37 @@ FILES = {
         "exit $rc\n",
         0o755,
     ),
+    # KVM machines' static addresses on extra networks (vbox.net=MAC,ADDRESS/PREFIX on the
+    # kernel command line, providers/kvm.py), handed to networkd before it starts
+    "etc/systemd/system/vbox-network.service": (
+        "[Unit]\nDescription=vbox: static addresses named on the kernel command line\n"
+        "ConditionKernelCommandLine=vbox.net\nDefaultDependencies=no\n"
+        "Before=systemd-networkd.service network-pre.target\nWants=network-pre.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/network\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/network": (
+        "#!/bin/sh\n"
+        "# For each vbox.net=MAC,ADDRESS/PREFIX of the kernel command line: networkd gives the\n"
+        "# interface with that MAC that address (a .network file in /run, before /etc's DHCP one).\n"
+        "set -uf\n"
+        "n=0\n"
+        "mkdir -p /run/systemd/network\n"
+        "for word in $(cat /proc/cmdline); do\n"
+        "  case \"$word\" in vbox.net=*) ;; *) continue ;; esac\n"
+        "  value=${word#vbox.net=}; mac=${value%%,*}; address=${value#*,}\n"
+        "  echo \"$mac\" | grep -Eqx '([0-9a-f]{2}:){5}[0-9a-f]{2}' || { echo \"vbox-network: bad MAC in $word\" >&2; continue; }\n"
+        "  echo \"$address\" | grep -Eqx '[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}' || { echo \"vbox-network: bad address in $word\" >&2; continue; }\n"
+        "  n=$((n + 1))\n"
+        "  printf '[Match]\\nMACAddress=%s\\n\\n[Network]\\nAddress=%s\\n' \"$mac\" \"$address\" > /run/systemd/network/11-vbox-net$n.network\n"
+        "done\n",
+        0o755,
+    ),
     "etc/hostname": ("debian\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
 }
-SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed", "vbox-folders")
+SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed", "vbox-folders", "vbox-network")
 
 
 class Reporter:
@@ -194,7 +221,7 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
         name=recipe.name, version=recipe.version, description=recipe.description, digest=f"sha256:{digest}",
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
         boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
-        kernel_version=kernel.name.removeprefix("vmlinuz-"), features=["virtiofs"],
+        kernel_version=kernel.name.removeprefix("vmlinuz-"), features=["virtiofs", "static-addresses"],
         built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),
     )

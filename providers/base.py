@@ -31,6 +31,28 @@ class Share:
     readonly: bool = False
 
 
+MAX_NETWORKS = 8  # extra networks of one machine (`networks` in the Envfile)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A network the machine joins besides the project network, resolved."""
+
+    kind: str  # "bridge" (a Linux bridge of this host) or "ovs" (an Open vSwitch bridge)
+    bridge: str
+    vlan: int | None  # ovs: the tag of the machine's port
+    address: str  # "192.168.42.10/24"; "": DHCP
+    mac: str
+
+
+def extra_mac(object_name: str, index: int) -> str:
+    """The MAC address of a machine's extra network `index` (1, 2, ...), the same every time."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{object_name}#net{index}".encode()).digest()
+    return "52:54:01:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
 @dataclass(frozen=True)
 class MachineSpec:
     """Everything a provider may know about one machine."""
@@ -52,6 +74,7 @@ class MachineSpec:
     console_log: Path  # where a provider that can choose writes the console (under .vbox/)
     folders: tuple[Share, ...] = ()  # synced folders (providers that have Capability.FOLDERS)
     folder_owner: tuple[int, int] = (0, 0)  # uid and gid of the project folder's owner
+    networks: tuple[Attachment, ...] = ()  # extra networks (providers that have Capability.NETWORKS)
 
 
 class NeedsRestart(VboxError):
@@ -67,6 +90,7 @@ class Capability(str, Enum):
     PREFLIGHT = "check the host before anything is made"
     PORTS = "forward ports of this host to the machine"
     FOLDERS = "share folders of the project with the machine"
+    NETWORKS = "join networks besides the project network"
 
 
 @runtime_checkable
@@ -110,6 +134,13 @@ class SupportsFolders(Protocol):
         that cannot change them live raises an error that says what to do."""
 
 
+@runtime_checkable
+class SupportsNetworks(Protocol):
+    def joins_networks(self) -> bool:
+        """Always True: the machines of this provider join the bridges of `spec.networks`
+        (made before they start, by providers/ovs.py where vbox makes them)."""
+
+
 _PROTOCOLS = {
     Capability.RESOURCES: SupportsResources,
     Capability.CONSOLE: SupportsConsole,
@@ -117,6 +148,7 @@ _PROTOCOLS = {
     Capability.PREFLIGHT: SupportsPreflight,
     Capability.PORTS: SupportsPorts,
     Capability.FOLDERS: SupportsFolders,
+    Capability.NETWORKS: SupportsNetworks,
 }
 
 

@@ -228,7 +228,27 @@ def check_virtiofsd() -> Check:
     return Check("virtiofsd", "ok", _version([str(VIRTIOFSD), "--version"]) or str(VIRTIOFSD))
 
 
-def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> HostReport:
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+
+
+def check_openvswitch(needed: bool) -> Check:
+    """Open vSwitch, for `networks = [{ ovs = ... }]`: installed when an Envfile here needs
+    it; running wherever it is installed."""
+    from providers.ovs import unavailable
+
+    if not shutil.which("ovs-vsctl"):
+        if needed:
+            return Check("openvswitch", "missing", "not installed; the Envfile here joins an Open vSwitch bridge",
+                         packages=("openvswitch-switch",), daemons=("openvswitch",))
+        return Check("openvswitch", "ok", "not installed (needed only by networks = [{ ovs = ... }])")
+    if why := unavailable():
+        return Check("openvswitch", "missing", why.split(" (")[0].split(":")[0], daemons=("openvswitch",))
+    datapath = "kernel datapath" if os.path.isdir("/sys/module/openvswitch") else \
+        "userspace datapath (no openvswitch kernel module)"
+    return Check("openvswitch", "ok", f"ovsdb-server and ovs-vswitchd answer; {datapath}")
+
+
+def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ovs: bool = False) -> HostReport:
     checks = [
         _tool("debootstrap", "debootstrap", "debootstrap"),
         _tool("e2fsprogs", "mke2fs", "e2fsprogs", ("-V",)),
@@ -244,6 +264,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> Host
         _tool("lxc", "lxc-start", "lxc"),
         check_lxcfs(),
         check_cgroup_view(),
+        check_openvswitch(needs_ovs),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),
         check_disk(store),
     ]
@@ -253,7 +274,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None) -> Host
 
 # -- fixing -------------------------------------------------------------------------
 
-DAEMON_ORDER = ("virtlogd", "libvirtd", "lxcfs")
+DAEMON_ORDER = ("virtlogd", "libvirtd", "lxcfs", "openvswitch")
 
 
 def fix(report: HostReport, say: Callable[[str], None], recheck: Callable[[], HostReport]) -> HostReport:
@@ -287,6 +308,10 @@ START_TIMEOUT = 15.0
 
 def ready(name: str) -> bool:
     """Whether a daemon vbox needs is up and answering (not only started)."""
+    if name == "openvswitch":
+        from providers.ovs import unavailable
+
+        return unavailable() is None
     return _socket_answers(SOCKETS[name]) if name in SOCKETS else check_lxcfs().ok
 
 
@@ -306,23 +331,24 @@ def start_daemon(name: str) -> str:
     from vbox_cli import proc
     from vbox_cli.errors import VboxError
 
+    unit = "openvswitch-switch" if name == "openvswitch" else name
     if systemd_is_init():
-        started = proc.run(["systemctl", "start", name], check=False, timeout=120)
+        started = proc.run(["systemctl", "start", unit], check=False, timeout=120)
         if _wait_ready(name):
-            return f"started {name} (systemd unit {name})"
-        status = proc.run(["systemctl", "status", "--no-pager", "--lines=5", name], check=False, timeout=30).stdout
+            return f"started {name} (systemd unit {unit})"
+        status = proc.run(["systemctl", "status", "--no-pager", "--lines=5", unit], check=False, timeout=30).stdout
         condition = next((line.strip() for line in status.splitlines() if "Condition" in line), "")
         if name == "lxcfs" and condition:
             _start_directly(name)
             if _wait_ready(name):
                 return f"started lxcfs itself: its systemd unit did not run ({condition})"
         why = condition or (started.stderr.strip().splitlines() or ["it did not answer"])[-1]
-        raise VboxError(f"{name} did not start: {why}", hint=f"`systemctl status {name}`, `journalctl -u {name}`",
+        raise VboxError(f"{name} did not start: {why}", hint=f"`systemctl status {unit}`, `journalctl -u {unit}`",
                         details=status.strip() or None)
     _start_directly(name)
     if _wait_ready(name):
         return f"started {name}"
-    log = LXCFS_LOG if name == "lxcfs" else f"/var/log/libvirt/{name}.log"
+    log = {"lxcfs": LXCFS_LOG, "openvswitch": "/var/log/openvswitch/"}.get(name, f"/var/log/libvirt/{name}.log")
     raise VboxError(f"{name} did not come up within {START_TIMEOUT:g} s", hint=f"see {log}")
 
 
@@ -332,6 +358,8 @@ def _start_directly(name: str) -> None:
 
     if name in SOCKETS:
         proc.run([name, "--daemon"])
+    elif name == "openvswitch":  # ovsdb-server and ovs-vswitchd, by Open vSwitch's own script
+        proc.run([OVS_CTL, "--no-monitor", "--system-id=random", "start"], timeout=120)
     else:
         os.makedirs(LXCFS_MOUNT, exist_ok=True)
         proc.spawn_daemon(["lxcfs", LXCFS_MOUNT], LXCFS_LOG)

@@ -93,6 +93,36 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     )
 
 
+NET_KEY = "vbox.net="  # the kernel command line's word for a static address of an extra network
+
+
+def apply_networks(root: ET.Element, spec: MachineSpec) -> None:
+    """Make a domain's definition (parsed) join the spec's extra networks, and no others:
+    a bridge interface each (an Open vSwitch port with its VLAN tag, which libvirt sets at
+    every start); a static address goes on the kernel command line, where the box's
+    vbox-network.service gives it to networkd (DHCP otherwise)."""
+    devices = root.find("devices")
+    for element in devices.findall("interface"):
+        mac = element.find("mac")
+        if element.get("type") == "bridge" and mac is not None and mac.get("address", "").startswith("52:54:01:"):
+            devices.remove(element)
+    cmdline = root.find("os/cmdline")
+    words = [w for w in (cmdline.text or "").split() if not w.startswith(NET_KEY)]
+    words += [f"{NET_KEY}{net.mac},{net.address}" for net in spec.networks if net.address]
+    cmdline.text = " ".join(words)
+    last = max((i for i, e in enumerate(devices) if e.tag in ("disk", "interface")), default=-1)
+    for offset, net in enumerate(spec.networks, start=1):
+        interface = ET.Element("interface", type="bridge")
+        ET.SubElement(interface, "source", bridge=net.bridge)
+        ET.SubElement(interface, "mac", address=net.mac)
+        ET.SubElement(interface, "model", type="virtio")
+        if net.kind == "ovs":
+            ET.SubElement(interface, "virtualport", type="openvswitch")
+            if net.vlan:
+                ET.SubElement(ET.SubElement(interface, "vlan"), "tag", id=str(net.vlan))
+        devices.insert(last + offset, interface)
+
+
 class KvmProvider(LocalPorts, LibvirtDomainProvider):
     name = "kvm"
     label = "KVM machine"
@@ -121,7 +151,14 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             return f"it runs on {self.host.shown}, where its network is"
         if capability == Capability.FOLDERS:
             return self._no_folders(spec)
+        if capability == Capability.NETWORKS and self.session_mode:
+            return "a user's libvirt session has no bridges (run as root, or ask for the libvirt group)"
+        if capability == Capability.NETWORKS and self.remote:
+            return f"it runs on {self.host.shown}, whose bridges vbox does not manage"
         return None
+
+    def joins_networks(self) -> bool:
+        return True
 
     def _no_folders(self, spec: MachineSpec | None) -> str | None:
         from providers import virtiofs
@@ -211,6 +248,11 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         dom = self._domain(spec.object_name)
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         virtiofs.apply(root, spec, self._shares_dir(spec.object_name))
+        if any(net.address for net in spec.networks) and "static-addresses" not in spec.box.meta.features:
+            raise VboxError(f"{spec.machine.name}: its box {spec.box.name} {spec.box.version} cannot take a static "
+                            "address on an extra network (built by an earlier vbox)",
+                            hint=f"`env box build {spec.box.name}` makes one that can, or leave `address` out (DHCP)")
+        apply_networks(root, spec)
         try:
             self.conn.defineXML(ET.tostring(root, encoding="unicode"))
         except libvirt.libvirtError as exc:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
-from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
+from providers.base import MAX_NETWORKS, NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
 from providers.guest import user_ids
 from providers.idmap import folder_maps
 from providers.ports import LocalPorts
@@ -36,8 +37,30 @@ def lxc_path() -> Path:
     return vbox_home() / "lxc"
 
 
-def veth_name(object_name: str) -> str:
-    return VETH_PREFIX + hashlib.sha256(object_name.encode()).hexdigest()[:10]
+def veth_name(object_name: str, index: int = 0) -> str:
+    """The host side of a machine's veth: 0 on the project network, 1... its extra networks."""
+    key = object_name if index == 0 else f"{object_name}#net{index}"
+    return VETH_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def network_entries(spec: MachineSpec, folder: Path) -> list[dict]:
+    """The machine's extra networks as the config template takes them: a Linux bridge is
+    LXC's own link; an Open vSwitch bridge is joined by the scripts `write_net_scripts`
+    puts in the machine's folder (LXC has no VLAN tags for Open vSwitch ports)."""
+    return [{"index": i, "mac": net.mac, "veth": veth_name(spec.object_name, i), "address": net.address,
+             "link": net.bridge if net.kind == "bridge" else "",
+             "up": folder / f"ovs-up-{i}", "down": folder / "ovs-down"}
+            for i, net in enumerate(spec.networks, start=1)]
+
+
+def network_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
+    """networkd's settings of the extra networks, in the machine: a static address, or DHCP."""
+    files = {}
+    for i, net in enumerate(spec.networks, start=1):
+        body = f"Address={net.address}\n" if net.address else "DHCP=yes\n"
+        files[f"etc/systemd/network/11-vbox-net{i}.network"] = (
+            f"# written by vbox at every start\n[Match]\nMACAddress={net.mac}\n\n[Network]\n{body}", 0o644, "root")
+    return files
 
 
 def mac_address(object_name: str) -> str:
@@ -106,6 +129,7 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         cpuset=cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1),
         console_log=folder / CONSOLE_LOG,
         mounts=mount_entries(spec, folder, idmapped=bool(folder_maps(spec)[0])),
+        networks=network_entries(spec, folder),
     )
 
 
@@ -146,6 +170,9 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()
+
+    def joins_networks(self) -> bool:
+        return True
 
     @property
     def network_host(self):
@@ -221,7 +248,22 @@ class LxcProvider(LocalPorts, ProviderBase):
     def _write_config(self, spec: MachineSpec) -> None:
         from vbox_cli.files import atomic_write
 
+        from providers import ovs
+
         folder = self._folder(spec.object_name)
+        upper = folder / UPPER
+        network_dir = upper / "etc/systemd/network"
+        for old in network_dir.glob("11-vbox-net*.network") if network_dir.is_dir() else ():
+            old.unlink()
+        for old in folder.glob("ovs-*"):
+            old.unlink()
+        for relative, (content, mode, owner) in network_files(spec).items():
+            _make_parents(upper, spec.box.artefact("rootfs"), Path(relative))
+            atomic_write(upper / relative, content, mode)
+        for i, net in enumerate(spec.networks, start=1):
+            if net.kind == "ovs":
+                atomic_write(folder / f"ovs-up-{i}", ovs.port_script(net.bridge, net.vlan), 0o700)
+                atomic_write(folder / "ovs-down", ovs.down_script(), 0o700)
         atomic_write(folder / CONFIG, render_config(spec, folder), 0o600)
 
     def apply_resources(self, spec: MachineSpec) -> None:
@@ -310,9 +352,12 @@ class LxcProvider(LocalPorts, ProviderBase):
             while self.state(object_name) == RUNNING and time.monotonic() < deadline:
                 time.sleep(0.1)
         discard(folder)
-        veth = veth_name(object_name)
-        if os.path.exists(f"/sys/class/net/{veth}"):
-            proc.run(["ip", "link", "delete", veth], check=False)
+        for index in range(MAX_NETWORKS + 1):
+            veth = veth_name(object_name, index)
+            if os.path.exists(f"/sys/class/net/{veth}"):
+                proc.run(["ip", "link", "delete", veth], check=False)
+            if index and shutil.which("ovs-vsctl"):  # a port LXC's stop script did not get to remove
+                proc.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-port", veth], check=False)
 
     def console_log(self, object_name: str) -> Path | None:
         return self._folder(object_name) / CONSOLE_LOG
@@ -342,4 +387,5 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def _veth_in_use(self, link: str) -> bool:
         # a veth of a running container of another project (not ours to report)
-        return any(veth_name(name) == link and self.state(name) == RUNNING for name in self.objects("vbox-"))
+        return any(link in {veth_name(name, i) for i in range(MAX_NETWORKS + 1)} and self.state(name) == RUNNING
+                   for name in self.objects("vbox-"))

@@ -33,6 +33,7 @@ REGISTRY: dict[str, ProviderInfo] = {
                         default_uri="xen:///system", optional_here=True, accel_labels=(("xen", "Xen"),),
                         uri_schemes=("xen",),
                         lacks=(("ports", "a Xen guest's network is on its Xen host, not on this one"),
+                               ("networks", "a Xen guest's network is on its Xen host, not on this one"),
                                ("folders", "a Xen guest runs on its Xen host, which does not see this project "
                                            "folder"))),
 }

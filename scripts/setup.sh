@@ -23,13 +23,16 @@ pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
 # the tests check vbox's libvirt XML against libvirt's own schema (virt-xml-validate needs
 # xmllint), and reach this host's libvirt as a remote host through an sshd of their own
 [ "$mode" = dev ] && pkgs+=(libxml2-utils libvirt-clients openssh-server)
+# and join machines to Open vSwitch bridges and a bridge of their own (ping, dnsmasq's DHCP)
+[ "$mode" = dev ] && pkgs+=(openvswitch-switch iputils-ping dnsmasq-base)
 for pkg in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     apt-get update -q
-    # openssh-server's package would start the system's sshd: the tests start their own
+    # openssh-server's package would start the system's sshd (the tests start their own), and
+    # openvswitch-switch its daemons: `vbox doctor --fix` below starts them
     guard=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1

@@ -43,8 +43,10 @@ def doctor(
     box = store.find("debian-12")
     kernel = box.artefact("kernel") if box else None
 
+    needs_ovs = _envfile_needs_ovs()
+
     def check():
-        return run_checks(store.root, vbox_home(), kernel)
+        return run_checks(store.root, vbox_home(), kernel, needs_ovs)
 
     report = check()
     if fix and not report.ok:
@@ -69,3 +71,20 @@ def doctor(
             out.error("some things vbox needs are missing", hint="run `env doctor --fix` (needs root)")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _envfile_needs_ovs() -> bool:
+    """Whether the Envfile of the current folder (if any, and readable) joins an Open
+    vSwitch bridge: then doctor wants Open vSwitch installed."""
+    from vbox_cli.envfile.load import load
+    from vbox_cli.errors import VboxError
+    from vbox_cli.paths import find_envfile
+
+    path = find_envfile()
+    if path is None:
+        return False
+    try:
+        machines = load(path).envfile.machines_resolved().values()
+    except (VboxError, OSError):
+        return False
+    return any(net.ovs for machine in machines for net in machine.networks)

@@ -255,6 +255,7 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
         seen[machine.hostname] = machine_name
     _check_hosts(envfile, report)
     _check_ports(envfile, report)
+    _check_networks(envfile, report)
     _check_folders(envfile, base_dir, report)
     return problems
 
@@ -314,6 +315,37 @@ def _check_ports(envfile: Envfile, report) -> None:
                            hint="each host port can be forwarded once; `auto = true` picks a free one at up")
                     break
             seen.setdefault(key, []).append((forward.address, f"machines.{name}.ports[{index}]"))
+
+
+def _check_networks(envfile: Envfile, report) -> None:
+    """Extra networks only where vbox can attach them (machines of this host), each bridge
+    once per machine, a static address once per bridge and VLAN."""
+    from providers.base import MAX_NETWORKS
+    from providers.registry import lacks
+
+    addresses: dict[tuple, str] = {}
+    for name, machine in envfile.machines_resolved().items():
+        joined = set()
+        if len(machine.networks) > MAX_NETWORKS:
+            report(("machines", name, "networks"), f"machine {name!r} joins {len(machine.networks)} networks; "
+                                                   f"at most {MAX_NETWORKS}")
+        for index, network in enumerate(machine.networks):
+            where = ("machines", name, "networks", index)
+            reason = lacks(machine.provider, "networks") or ("it runs on another host (`host`), whose bridges "
+                                                              "vbox does not manage" if machine.host else None)
+            if reason:
+                report(where, f"extra networks are not supported for machine {name!r}, because {reason}")
+                continue
+            bridge = ("ovs", network.ovs, network.vlan) if network.ovs else ("bridge", network.bridge, None)
+            if bridge in joined:
+                report(where, f"machine {name!r} joins {bridge[1]}" + (f" on VLAN {bridge[2]}" if bridge[2] else "")
+                       + " twice")
+            joined.add(bridge)
+            if network.address:
+                ip = network.address.split("/")[0]
+                if (bridge, ip) in addresses:
+                    report((*where, "address"), f"{ip} is also the address of {addresses[(bridge, ip)]}")
+                addresses[(bridge, ip)] = f"machines.{name}.networks[{index}]"
 
 
 def _check_hosts(envfile: Envfile, report) -> None:

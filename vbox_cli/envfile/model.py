@@ -29,6 +29,7 @@ from vbox_cli.envfile.types import (  # noqa: F401 - re-exported: the model's vo
     MachineName,
     Memory,
     DEFAULT_FOLDERS,
+    ExtraNetwork,
     PortForward,
     StepBase,
     SyncedFolder,
@@ -109,6 +110,8 @@ class MachineSpec(Frozen):
     hostname: Hostname | None = Field(None, description="host name in the machine; default: the machine's name")
     ports: Annotated[tuple[PortForward, ...], BeforeValidator(_as_tuple)] = Field(
         (), description="ports of this host forwarded to the machine while it runs")
+    networks: Annotated[tuple[ExtraNetwork, ...], BeforeValidator(_as_tuple)] = Field(
+        (), description="networks it joins besides the project network: host bridges, Open vSwitch bridges")
 
 
 class Machine(Frozen):
@@ -128,6 +131,7 @@ class Machine(Frozen):
     provision: tuple[Any, ...]
     hostname: str
     ports: tuple[Any, ...] = ()
+    networks: tuple[Any, ...] = ()
     folders: tuple[Any, ...] = ()
     folders_set: bool = False  # the Envfile names folders (not only the default)
 
@@ -167,6 +171,8 @@ def fields_of(loc: tuple) -> list[str] | None:
             return list(STEP_KINDS[kind].model_fields)
         case ("machines", str(), "ports", int()):
             return list(PortForward.model_fields)
+        case ("machines", str(), "networks", int()):
+            return list(ExtraNetwork.model_fields)
         case (*_, "folders", int()):
             return list(SyncedFolder.model_fields)
     return None

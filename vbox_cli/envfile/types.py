@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    model_validator,
 )
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -261,6 +262,50 @@ class SyncedFolder(Frozen):
 
 
 DEFAULT_FOLDERS = (SyncedFolder(host=".", guest="/vbox"),)
+
+
+def _bridge_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}", value):
+        raise ValueError(f"not a network interface name: {value!r}; 1 to 15 letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _interface_address(value: str) -> str:
+    import ipaddress
+
+    try:
+        interface = ipaddress.IPv4Interface(value)
+    except ValueError:
+        raise ValueError(f'{value!r} is not an IPv4 address with its prefix length, like "192.168.42.10/24"') \
+            from None
+    if "/" not in value or interface.network.prefixlen > 30 or interface.ip in (interface.network.network_address,
+                                                                                interface.network.broadcast_address):
+        raise ValueError(f'{value!r} is not a host address with its prefix length, like "192.168.42.10/24"')
+    return str(interface)
+
+
+BridgeName = Annotated[str, AfterValidator(_bridge_name)]
+InterfaceAddress = Annotated[str, AfterValidator(_interface_address)]
+
+
+class ExtraNetwork(Frozen):
+    """Another network the machine joins besides the project network: a bridge of this host
+    (its LAN's DHCP gives the address) or an Open vSwitch bridge, with a VLAN tag."""
+
+    bridge: BridgeName | None = Field(None, description="an existing Linux bridge of this host")
+    ovs: BridgeName | None = Field(None, description='an Open vSwitch bridge; vbox makes one named "vbox-..." '
+                                                     "if it is missing, and removes it when no machine uses it")
+    vlan: int | None = Field(None, ge=1, le=4094, description="ovs: the VLAN tag of the machine's port")
+    address: InterfaceAddress | None = Field(None, description='a static address, like "192.168.42.10/24"; '
+                                                               "default: DHCP")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.bridge is None) == (self.ovs is None):
+            raise ValueError('name one of bridge = "NAME" or ovs = "NAME"')
+        if self.vlan is not None and self.ovs is None:
+            raise ValueError("vlan goes with an Open vSwitch bridge (ovs = ...); a Linux bridge's port has no tag")
+        return self
 
 
 class StepBase(Frozen):

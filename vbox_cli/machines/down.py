@@ -95,6 +95,7 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
     if not everything:
         results = remote_first(session, list(targets), remove, jobs)
         project.write_known_hosts()
+        _remove_bridges(session)
         return results
     # the guests of remote hosts, and the project network on those hosts, go first
     remote = [n for n in targets if n in session.machines and placements[n].remote]
@@ -108,12 +109,25 @@ def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
         networks = side.submit(_remove_networks, session, list(session.machines), False)
         results += run_each(session, local, remove, jobs) if local else []
         networks_gone = networks.result() and networks_remote_gone
+    _remove_bridges(session)
     if all(r.ok for r in results) and networks_gone and ports_gone:
         project.remove_state_dir()
     else:
         session.events.warning(f"{project.state_dir} is kept (the project's key and records): "
                                "run `env destroy` again once what failed above is dealt with")
     return results
+
+
+def _remove_bridges(session) -> None:
+    """vbox's Open vSwitch bridges that this Envfile names and no machine uses any more."""
+    from providers import ovs
+
+    named = {net.ovs for machine in session.machines.values() for net in machine.networks if net.ovs}
+    try:
+        for bridge in ovs.remove_unused({b for b in named if b.startswith(ovs.PREFIX)}):
+            session.events.note(f"removed the Open vSwitch bridge {bridge}")
+    except VboxError as exc:
+        session.events.warning(f"could not remove an Open vSwitch bridge: {exc.message}")
 
 
 def _remove_networks(session, names: list[str], on_remote: bool) -> bool:

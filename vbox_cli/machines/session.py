@@ -89,7 +89,21 @@ class Session:
             index=list(self.machines).index(name), console_log=self.project.console_log(name),
             folder_owner=self._folder_owner(),
         )
-        return replace(spec, folders=self.shares(name, spec))
+        return replace(spec, folders=self.shares(name, spec), networks=self.attachments(name, spec))
+
+    def attachments(self, name: str, spec) -> tuple:
+        """The machine's extra networks (validate refused them where its provider cannot)."""
+        from providers.base import Attachment, Capability, extra_mac
+
+        machine = self.machines[name]
+        if not machine.networks:
+            return ()
+        reason = self.provider(name).unsupported(Capability.NETWORKS, spec)
+        if reason:
+            raise VboxError(f"{name}: extra networks are not supported for this machine, because {reason}",
+                            hint="remove its `networks`")
+        return tuple(Attachment("ovs" if net.ovs else "bridge", net.ovs or net.bridge, net.vlan, net.address or "",
+                                extra_mac(spec.object_name, i)) for i, net in enumerate(machine.networks, start=1))
 
     def shares(self, name: str, spec=None) -> tuple:
         """The machine's synced folders, resolved inside the project; none where its provider

@@ -8,12 +8,16 @@ trusted but made anew.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from vbox_cli.events import Phase
 from vbox_cli.machines import ports
 from vbox_cli.machines.provision import run_steps, steps_to_run
 from vbox_cli.machines.runner import Result, run_each
+
+
+_BRIDGES = threading.Lock()
 
 
 def _now() -> str:
@@ -62,10 +66,14 @@ def preflight(session, names: list[str]) -> None:
     """An unavailable provider, or one that cannot run here, fails before anything is made."""
     from providers.base import Capability, supports
 
+    from providers import ovs
+
     for name in names:
         provider = session.provider(name)
         if supports(provider, Capability.PREFLIGHT):
             provider.preflight(name)
+        for network in session.machines[name].networks:  # the bridges are there, or vbox may make them
+            ovs.check("ovs" if network.ovs else "bridge", network.ovs or network.bridge, name)
 
 
 def ensure_networks(session, names: list[str]) -> None:
@@ -125,7 +133,9 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         state = provider.state(obj)
     if state != RUNNING:
         events.phase(name, Phase.STARTING)
-        provider.start(session.spec(name, box, address))
+        spec = session.spec(name, box, address)
+        _ensure_bridges(session, name, spec)
+        provider.start(spec)
         if "restarted" not in actions:
             actions.append("started")
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
@@ -161,6 +171,16 @@ def _update_folders(session, name: str, provider, box, address: str, restart: bo
     if done:
         session.events.note(f"{name}: synced folders changed in the Envfile: {done}, live", name)
     return False
+
+
+def _ensure_bridges(session, name: str, spec) -> None:
+    """The Open vSwitch bridges the machine joins, made where vbox may make them."""
+    from providers import ovs
+
+    for bridge in sorted({net.bridge for net in spec.networks if net.kind == "ovs"}):
+        with _BRIDGES:  # machines start in parallel
+            if ovs.ensure(bridge):
+                session.events.note(f"made the Open vSwitch bridge {bridge} (removed by destroy once unused)", name)
 
 
 def _watch_folders(session, name: str, provider, spec) -> None:

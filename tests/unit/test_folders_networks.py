@@ -1,6 +1,7 @@
-"""KVM synced folders, the parts without a machine: how a guest path is written on the
-kernel command line (as systemd-escape does, which the box's script undoes), and what
-a domain's definition carries for its folders (and keeps of nothing earlier)."""
+"""Synced folders and extra networks, the parts without a machine: how a guest path is
+written on the kernel command line (as systemd-escape does, which the box's script
+undoes), what a KVM domain's definition carries for its folders and networks (and keeps
+of nothing earlier), and an LXC machine's network settings."""
 
 from __future__ import annotations
 
@@ -115,3 +116,48 @@ def test_apply_again_replaces_and_removes(spec, tmp_path):
 def test_digest_follows_the_owner(spec):
     """The same folders under another owner are mapped otherwise: a restart changes them."""
     assert virtiofs.digest(spec) != virtiofs.digest(replace(spec, folder_owner=(1000, 1000)))
+
+
+def test_kvm_extra_networks_in_the_domain(spec):
+    """Each extra network is a bridge interface (an Open vSwitch port with its tag); a
+    static address goes on the kernel command line; a later start replaces them all."""
+    from providers.base import Attachment
+    from providers.kvm import apply_networks
+
+    root = ET.fromstring(DOMAIN)
+    nets = (Attachment("ovs", "vbox-ovs0", 42, "192.168.42.10/24", "52:54:01:aa:bb:cc"),
+            Attachment("bridge", "br0", None, "", "52:54:01:dd:ee:ff"))
+    apply_networks(root, replace(spec, networks=nets))
+    interfaces = root.findall("devices/interface")
+    assert [(i.find("source").get("bridge"), i.find("mac").get("address")) for i in interfaces] == \
+        [("vbox-ovs0", "52:54:01:aa:bb:cc"), ("br0", "52:54:01:dd:ee:ff")]
+    assert interfaces[0].find("virtualport").get("type") == "openvswitch"
+    assert interfaces[0].find("vlan/tag").get("id") == "42"
+    assert interfaces[1].find("virtualport") is None and interfaces[1].find("vlan") is None
+    assert root.find("os/cmdline").text.endswith("console=ttyS0 vbox.net=52:54:01:aa:bb:cc,192.168.42.10/24")
+    apply_networks(root, replace(spec, networks=nets[1:]))
+    assert len(root.findall("devices/interface")) == 1
+    assert "vbox.net=" not in root.find("os/cmdline").text
+
+
+def test_lxc_extra_networks(spec, tmp_path, monkeypatch):
+    """A Linux bridge is LXC's link; an Open vSwitch port is added with its tag by a script
+    LXC runs at every start; networkd in the machine gets the static address."""
+    from providers import ovs
+    from providers.base import Attachment
+    from providers.lxc import network_entries, network_files, render_config
+
+    nets = (Attachment("ovs", "vbox-ovs0", 42, "192.168.42.10/24", "52:54:01:aa:bb:cc"),
+            Attachment("bridge", "br0", None, "", "52:54:01:dd:ee:ff"))
+    machine = replace(spec, networks=nets, folders=())
+    text = render_config(machine, tmp_path / "m")
+    assert "lxc.net.1.hwaddr = 52:54:01:aa:bb:cc" in text
+    assert f"lxc.net.1.script.up = {tmp_path / 'm' / 'ovs-up-1'}" in text and "lxc.net.1.link" not in text
+    assert "lxc.net.1.ipv4.address = 192.168.42.10/24" in text
+    assert "lxc.net.2.link = br0" in text and "lxc.net.2.script.up" not in text
+    veths = [entry["veth"] for entry in network_entries(machine, tmp_path)]
+    assert len(set(veths)) == 2 and all(len(v) <= 15 for v in veths)
+    assert 'add-port vbox-ovs0 "$5" tag=42' in ovs.port_script("vbox-ovs0", 42)
+    files = network_files(machine)
+    assert "Address=192.168.42.10/24" in files["etc/systemd/network/11-vbox-net1.network"][0]
+    assert "DHCP=yes" in files["etc/systemd/network/11-vbox-net2.network"][0]
