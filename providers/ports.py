@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import threading
 from dataclasses import dataclass
 
 from vbox_cli.errors import VboxError
@@ -103,8 +104,16 @@ def _rule_args(project_id: str, machine: str, target: str, forward: Forward) -> 
     }
 
 
+_CHANGES = threading.RLock()  # machines come up in parallel: one change of the rules at a time
+
+
 def apply(project_id: str, machine: str, target: str, bridge: str, forwards: list[Forward]) -> None:
     """Make the machine's forwards exactly `forwards` (to its address `target`)."""
+    with _CHANGES:  # checking that a chain exists and making it is not one step
+        _apply(project_id, machine, target, bridge, forwards)
+
+
+def _apply(project_id: str, machine: str, target: str, bridge: str, forwards: list[Forward]) -> None:
     remove(project_id, machine)
     if not forwards:
         return
@@ -129,6 +138,11 @@ def _route_localnet(bridge: str) -> None:
 
 def remove(project_id: str, machine: str) -> None:
     """Remove every rule of one machine (found by its comment)."""
+    with _CHANGES:
+        _remove(project_id, machine)
+
+
+def _remove(project_id: str, machine: str) -> None:
     comment = COMMENT.format(project=project_id, machine=machine)
     for table, chain, _ in chains(project_id).values():
         if _iptables(table, "-n", "-L", chain, check=False).returncode != 0:
