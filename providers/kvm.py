@@ -169,6 +169,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             return "a user's libvirt session cannot run virtiofsd, which must be root here"
         if why := virtiofs.missing():
             return why
+        if spec is not None and spec.box.meta.boot.hypervisor:
+            return "its box boots Xen, and vbox has not tried virtiofs under a Xen dom0"
         if spec is not None and virtiofs.BOX_FEATURE not in spec.box.meta.features:
             return (f"its box {spec.box.name} {spec.box.version} does not mount them (built by an earlier vbox): "
                     f"`env box build {spec.box.name}` makes one that does")
