@@ -165,7 +165,8 @@ def ensure(project, machine: str, target, folders: list[tuple[str, str]]) -> boo
 
     config, pid_file = _files(project, machine)
     wanted = {"machine": machine, "host": target.host, "port": target.port, "user": target.user,
-              "client_key": str(target.client_key), "host_key": target.host_key, "folders": folders}
+              "client_key": str(target.client_key), "host_key": target.host_key,
+              "folders": [list(pair) for pair in folders]}  # as JSON reads it back
     if _running(pid_file, config) and config.exists() and json.loads(config.read_text()) == wanted:
         return False
     stop(project, machine)
