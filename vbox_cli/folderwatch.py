@@ -5,10 +5,13 @@ in the machine that watches files (a rebuild on save) sees nothing. So while suc
 machine runs, a small process of vbox watches its folders here (inotify) and, for each
 file written, made, moved or removed here, has the machine's root give that file (or,
 for a removal, its folder) its own modification time again (`touch -c -m -r F F`).
-That changes nothing, but the machine's kernel reports it to its watchers (IN_ATTRIB,
-which node's fs.watch, chokidar, watchdog and systemd's path units take as a change).
-It goes back to this host as an attribute change, which this watcher does not
-forward: no loop.
+That changes nothing, but the machine's kernel reports it to its watchers as a
+modification (IN_MODIFY: node's fs.watch, chokidar, watchdog, inotifywait -e modify and
+systemd's path units take it as a change). Here it comes back as a modification too,
+which this watcher does not listen for (it takes IN_CLOSE_WRITE and the folder's
+entries): no loop. Changes the machine makes itself come back once (this host cannot
+tell them apart) and are touched in it once more; more than MAX_BATCH paths at once (a
+checkout, a build's output) are touched as their folders instead.
 
 One process per machine, in a session of its own: `python -m vbox_cli.folderwatch
 CONFIG`, where CONFIG (0600, in the project's .vbox/watch/) says how to reach the
@@ -31,6 +34,7 @@ from pathlib import Path
 
 SKIP = {".git", ".vbox"}
 GUEST_COMMAND = "sudo -n sh -c 'while IFS= read -r p; do touch -c -m -r \"$p\" -- \"$p\" 2>/dev/null; done'"
+MAX_BATCH = 100  # paths changed at once (a checkout, a build): beyond that, their folders
 MODULE = "vbox_cli.folderwatch"
 
 # inotify (linux/inotify.h)
@@ -134,6 +138,8 @@ def run(config_path: Path) -> int:
         ready, _, _ = select.select([watcher.fd], [], [], 0)
         if ready:
             paths += [p for p in watcher.read() if p not in paths]
+        if len(paths) > MAX_BATCH:
+            paths = list(dict.fromkeys(p.rsplit("/", 1)[0] or "/" for p in paths))
         if paths:
             try:
                 channel.sendall(("\n".join(paths) + "\n").encode(errors="surrogateescape"))
