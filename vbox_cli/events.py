@@ -40,13 +40,18 @@ class Phase(str, Enum):
     DIGEST = "digest"
     INSTALLING = "installing"
     BUILT = "built"
+    EXPORTING = "exporting"  # env box export: bytes written so far
+    EXPORTED = "exported"
+    IMPORTING = "importing"  # env box import: bytes unpacked so far
+    VERIFYING = "verifying"
+    IMPORTED = "imported"
 
     @property
     def final(self) -> bool:
         return self in _FINAL
 
 
-_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.FAILED, Phase.BUILT}
+_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,39 @@ def test_killed_build_is_swept_by_the_next(host, tmp_path):
     vbox("box", "build", str(broken), env={"VBOX_HOME": str(home)}, check_rc=1)
     assert not staging.exists()  # ... and the next build swept it away
     _assert_store_clean(home)
+
+
+def test_export_and_import_give_the_same_box(debian12, tmp_path):
+    """The real box through one archive and back, under another name: the same digest and
+    root tree, and an LXC machine made from it comes up."""
+    from boxes.archive import tree_digest
+    from tests.integration.test_lxc import Project
+
+    exported = vbox("box", "export", "debian-12", "-o", str(tmp_path / "d.box"), check_rc=0)
+    assert "exported box debian-12" in exported.stdout
+    sha = (tmp_path / "d.box.sha256").read_text().split()[0]
+    assert sha in exported.stdout
+    store = BoxStore()
+    try:
+        vbox("box", "import", str(tmp_path / "d.box"), "--name", "debian-12-imported", check_rc=0)
+        copy = store.find("debian-12-imported")
+        assert copy.digest == debian12.digest and copy.version == debian12.version
+        assert tree_digest(copy.artefact("rootfs")) == tree_digest(debian12.artefact("rootfs"))
+        again = vbox("box", "import", str(tmp_path / "d.box"), "--name", "debian-12-imported", check_rc=0)
+        assert "imported box debian-12-imported" in again.stdout
+        project = Project(tmp_path / "imported")
+        project.folder.mkdir()
+        project.write('[machines.web]\nbox = "debian-12-imported"\nfolders = []\n')
+        try:
+            project.env("up")
+            assert project.ssh("web", "cat /etc/debian_version").startswith("12.")
+        finally:
+            project.env("destroy", "-f", check_rc=None)
+    finally:
+        vbox("box", "remove", "debian-12-imported", "--force")
+    # a damaged copy: refused, nothing added
+    data = (tmp_path / "d.box").read_bytes()
+    (tmp_path / "cut.box").write_bytes(data[: len(data) * 2 // 3])
+    refused = vbox("box", "import", str(tmp_path / "cut.box"), "--name", "debian-12-cut")
+    assert refused.returncode == 1 and "nothing was written" in refused.stderr
+    assert store.find("debian-12-cut") is None

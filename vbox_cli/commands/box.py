@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -9,7 +11,8 @@ import typer
 from vbox_cli.commands import complete
 from vbox_cli.commands.session import Events
 
-app = typer.Typer(help="Base boxes: build them from recipes, list them, remove them.", no_args_is_help=True)
+app = typer.Typer(help="Base boxes: build them from recipes, list, export, import and remove them.",
+                  no_args_is_help=True)
 
 
 @app.command("build")
@@ -106,6 +109,101 @@ def remove(
     for box in targets:
         store.remove(box, force=force)
         out.success(f"removed box {box.name} {box.version}")
+
+
+class _ByteProgress:
+    """A long copy's progress as phase events: at most every 2 % (a line each in plain
+    output), with bytes done, in all, and the rate."""
+
+    def __init__(self, stream, subject: str, phase):
+        self.stream, self.subject, self.phase = stream, subject, phase
+        self.started = time.monotonic()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        step = int(50 * done / total) if total else 50
+        if step == self.shown:
+            return
+        self.shown = step
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        self.stream.phase(self.subject, self.phase, f"{format_size_human(done)} of {format_size_human(total)}, "
+                                                    f"{format_size_human(int(rate))}/s")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The box to export.", autocompletion=complete.boxes)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The archive to write (default: "
+                                                   "NAME-VERSION.box here).", metavar="FILE")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="This version (default: the newest).")] = None,
+    events: Events = False,
+) -> None:
+    """Write a box to one archive file (zstd-compressed tar: every artefact, the root tree,
+    the metadata and their digests), for `env box import` on another machine. Its sha256
+    is printed and written beside it (FILE.sha256)."""
+    from boxes.archive import export as export_box
+    from boxes.store import BoxStore
+    from vbox_cli.commands.session import event_stream
+    from vbox_cli.errors import UsageError
+    from vbox_cli.events import Phase
+
+    out = ctx.obj.out
+    box = BoxStore().find(name, version)
+    if box is None:
+        raise UsageError(f"no box named {name!r}" + (f" version {version!r}" if version else ""),
+                         hint="see `env box list`")
+    target = output or Path(f"{box.name.replace('/', '_')}-{box.version}.box")
+    if target.is_dir():
+        target = target / f"{box.name.replace('/', '_')}-{box.version}.box"
+    if events:
+        ctx.obj.start_events("box export", subject_key="box")
+    with event_stream(ctx, "box export", [box.name], events, subject_key="box", show_output=False) as stream:
+        try:
+            sha256 = export_box(box, target, _ByteProgress(stream, box.name, Phase.EXPORTING))
+        except OSError as exc:
+            from vbox_cli.errors import VboxError
+
+            raise VboxError(f"cannot write {target}: {exc.strerror}") from None
+        (target.parent / (target.name + ".sha256")).write_text(f"{sha256}  {target.name}\n")
+        stream.phase(box.name, Phase.EXPORTED, f"{target} sha256:{sha256[:12]}")
+    out.success(f"exported box {box.name} {box.version} to {target} ({format_size_human(target.stat().st_size)}), "
+                f"sha256 {sha256}")
+
+
+@app.command("import")
+def import_box(
+    ctx: typer.Context,
+    archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`.", metavar="FILE")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Import it under this name.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a different box of the same name and version.")]
+    = False,
+    events: Events = False,
+) -> None:
+    """Add a box archive to the store, checked first: every artefact's sha256, the box's
+    digest and the root tree's digest must be those the exporter wrote, and no member may
+    leave the box (absolute paths, "..", links on the way, devices, bombs). Nothing is
+    written to the store unless every check passes. Importing the same box again does
+    nothing."""
+    from boxes.archive import import_archive
+    from boxes.store import BoxStore
+    from vbox_cli.commands.session import event_stream
+    from vbox_cli.errors import UsageError
+    from vbox_cli.events import Phase
+
+    out = ctx.obj.out
+    if not archive.is_file():
+        raise UsageError(f"{archive}: no such file")
+    subject = name or archive.name
+    if events:
+        ctx.obj.start_events("box import", subject_key="box")
+    store = BoxStore()
+    with event_stream(ctx, "box import", [subject], events, subject_key="box", show_output=False) as stream:
+        box = import_archive(archive, store, name=name, force=force,
+                             progress=_ByteProgress(stream, subject, Phase.IMPORTING),
+                             on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "sha256 and digests"))
+        stream.phase(subject, Phase.IMPORTED, f"{box.name} {box.version} {box.digest[:19]}")
+    out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}")
 
 
 def format_size_human(size: int) -> str:
