@@ -27,7 +27,6 @@ import json
 import os
 import stat
 import tarfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -156,7 +155,7 @@ def export(box, target: Path, progress: Progress | None = None) -> str:
                     tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 data = json.dumps(manifest, indent=1, sort_keys=True).encode()
                 info = tarfile.TarInfo(MANIFEST)
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                info.size, info.mode, info.mtime = len(data), 0o644, 0  # the same archive from the same box
                 tar.addfile(info, io.BytesIO(data))
                 for name in files:
                     with open(box.path / name, "rb") as f:
@@ -360,7 +359,7 @@ def open_archive(path: Path):
 
 
 def import_archive(path: Path, store, name: str | None = None, progress: Progress | None = None,
-                   on_phase: Callable[[str], None] | None = None, force: bool = False):
+                   on_phase: Callable[[str], None] | None = None, force: bool = False, source: dict | None = None):
     """Check and unpack a box archive into the store; the Box. Nothing is written to the
     store unless every check passes."""
     import shutil
@@ -393,7 +392,7 @@ def import_archive(path: Path, store, name: str | None = None, progress: Progres
             free = shutil.disk_usage(where).free
             if manifest["size"] > min(free, MAX_SIZE):
                 raise ArchiveError(f"it needs {manifest['size'] >> 20} MiB and the store has {free >> 20} MiB free")
-            meta = BoxMeta.from_dict({**manifest["meta"], "name": box_name})
+            meta = BoxMeta.from_dict({**manifest["meta"], "name": box_name, **({"source": source} if source else {})})
             existing = store.find(box_name, version)
             if existing is not None and existing.digest == meta.digest and not force:
                 return existing  # already here, identical

@@ -25,11 +25,17 @@ from pathlib import Path
 from boxes.meta import ARTEFACTS, BoxMeta
 from vbox_cli.errors import UsageError, VboxError
 
-__all__ = ["ARTEFACTS", "Box", "BoxStore", "discard", "mounts_under"]
+__all__ = ["ARTEFACTS", "Box", "BoxStore", "discard", "folder_name", "mounts_under"]
 META = "box.json"
 STAGING = ".build"
 LOCKS = ".locks"
 USES = "uses"
+SLASH = "@"  # "team/debian-12" is kept in the folder "team@debian-12" (names have no "@")
+
+
+def folder_name(name: str) -> str:
+    """The store's folder of a box name (an "org/name" one is a single folder)."""
+    return name.replace("/", SLASH)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class BoxStore:
         if not root.is_dir():
             return found
         for meta_path in sorted(root.glob(f"*/*/{META}")):
-            name, version = meta_path.parent.parent.name, meta_path.parent.name
+            name, version = meta_path.parent.parent.name.replace(SLASH, "/"), meta_path.parent.name
             if name.startswith(".") or name == USES:
                 continue
             try:
@@ -116,14 +122,14 @@ class BoxStore:
     def lock(self, name: str, on_wait=None):
         from vbox_cli.locks import exclusive
 
-        return exclusive(self.root / LOCKS / f"{name}.lock", on_wait)
+        return exclusive(self.root / LOCKS / f"{folder_name(name)}.lock", on_wait)
 
     def staging(self, name: str) -> Path:
         """A new, empty staging folder for a build of `name`, owned by this process."""
         base = self.root / STAGING
         base.mkdir(parents=True, exist_ok=True)
         self.sweep_staging()
-        path = base / f"{name}.{os.getpid()}"
+        path = base / f"{folder_name(name)}.{os.getpid()}"
         if path.exists():
             discard(path)
         path.mkdir()
@@ -149,11 +155,11 @@ class BoxStore:
 
         meta = BoxMeta.from_dict(meta) if isinstance(meta, dict) else meta
         atomic_write(staged / META, json.dumps(meta.to_dict(), indent=2) + "\n")
-        target = self.root / name / version
+        target = self.root / folder_name(name) / version
         target.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if target.exists():
-            old = self.root / STAGING / f"{name}.replaced.{os.getpid()}"
+            old = self.root / STAGING / f"{folder_name(name)}.replaced.{os.getpid()}"
             os.rename(target, old)
         os.rename(staged, target)
         if old is not None:
@@ -181,24 +187,25 @@ class BoxStore:
     def add_user(self, box_name: str, machine_id: str, info: dict) -> None:
         from vbox_cli.files import atomic_write
 
-        folder = self.root / USES / box_name
+        folder = self.root / USES / folder_name(box_name)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / f"{machine_id}.json", json.dumps(info) + "\n")
 
     def remove_user(self, box_name: str, machine_id: str) -> None:
-        (self.root / USES / box_name / f"{machine_id}.json").unlink(missing_ok=True)
+        (self.root / USES / folder_name(box_name) / f"{machine_id}.json").unlink(missing_ok=True)
 
     def user_records(self, box_name: str) -> dict[str, dict]:
         records = {}
         for machine_id in self.users(box_name):
             try:
-                records[machine_id] = json.loads((self.root / USES / box_name / f"{machine_id}.json").read_text())
+                records[machine_id] = json.loads((self.root / USES / folder_name(box_name) /
+                                                  f"{machine_id}.json").read_text())
             except (OSError, ValueError):
                 records[machine_id] = {}
         return records
 
     def users(self, box_name: str) -> list[str]:
-        folder = self.root / USES / box_name
+        folder = self.root / USES / folder_name(box_name)
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 

@@ -23,6 +23,7 @@ class Phase(str, Enum):
     QUEUED = "queued"
     CREATING = "creating"
     STARTING = "starting"
+    DOWNLOADING = "downloading"  # its box, from box_url (detail: bytes so far, in all, rate)
     CONNECTING = "connecting"  # waiting for SSH to answer with the expected host key
     PROVISIONING = "provisioning"
     READY = "ready"

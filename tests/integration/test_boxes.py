@@ -220,3 +220,55 @@ def test_export_and_import_give_the_same_box(debian12, tmp_path):
     refused = vbox("box", "import", str(tmp_path / "cut.box"), "--name", "debian-12-cut")
     assert refused.returncode == 1 and "nothing was written" in refused.stderr
     assert store.find("debian-12-cut") is None
+
+
+def test_up_fetches_the_box_from_a_catalog_over_http(debian12, tmp_path):
+    """A catalog folder written by `env box publish`, served on 127.0.0.1 by the test: an
+    Envfile naming it brings its machines up from a box it did not have, fetched once."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.integration.test_lxc import Project
+
+    vbox("box", "export", "debian-12", "-o", str(tmp_path / "d.box"), check_rc=0)
+    vbox("box", "publish", str(tmp_path / "d.box"), "--catalog", str(tmp_path / "www"), "--name", "team/deb12",
+         check_rc=0)
+    catalog = json.loads((tmp_path / "www/team/deb12.json").read_text())
+    assert catalog["versions"][0]["providers"][0]["name"] == "vbox"
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(args[1] if len(args) > 1 else "")
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Handler, directory=str(tmp_path / "www")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    project = Project(tmp_path / "fetching")
+    project.folder.mkdir()
+    project.write(f"""
+[defaults]
+box = "team/deb12"
+box_url = "http://127.0.0.1:{httpd.server_address[1]}/team/deb12.json"
+box_version = "~> {debian12.version.rsplit('.', 1)[0]}"
+folders = []
+[machines.a]
+[machines.b]
+""")
+    store = BoxStore()
+    try:
+        said = project.env("up")
+        assert "added box team/deb12" in said.stdout + said.stderr
+        fetched = store.find("team/deb12")
+        assert fetched.digest == debian12.digest and fetched.meta.source["sha256"]
+        assert sum("vbox.box" in r for r in requests) == 1  # one download for both machines
+        assert project.ssh("b", "cat /etc/debian_version").startswith("12.")
+        assert "nothing to do" in project.env("up").stdout  # the store has it now: no request
+        assert sum("vbox.box" in r for r in requests) == 1
+    finally:
+        project.env("destroy", "-f", check_rc=None)
+        httpd.shutdown()
+        httpd.server_close()
+        vbox("box", "remove", "team/deb12", "--force")
+    assert store.find("team/deb12") is None

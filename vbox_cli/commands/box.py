@@ -206,6 +206,75 @@ def import_box(
     out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}")
 
 
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The box's name, as the catalog names it (team/debian-12).")],
+    catalog: Annotated[str, typer.Option("--catalog", help="A catalog (Vagrant's box metadata JSON), a folder of "
+                                         "catalogs or a box archive (.box): a URL or a path.", metavar="LOCATION")],
+    version: Annotated[Optional[str], typer.Option("--version", help='Which versions will do, like ">= 12.1, < 13"; '
+                                                   "default: the newest.", metavar="CONSTRAINT")] = None,
+    events: Events = False,
+) -> None:
+    """Add a box from a catalog or an archive: downloaded (resumed where a download was
+    cut short), its sha256 checked, then imported with every check of `env box import`.
+    A version the store has already is not fetched again."""
+    from boxes.catalog import CatalogError, locate, obtain
+    from boxes.store import BoxStore
+    from boxes.versions import Constraint
+    from vbox_cli.commands.session import event_stream
+    from vbox_cli.errors import UsageError, VboxError
+    from vbox_cli.events import Phase
+    from vbox_cli.paths import vbox_cache
+
+    out = ctx.obj.out
+    try:
+        constraint = Constraint(version or "")
+    except ValueError as exc:
+        raise UsageError(f"--version: {exc}") from None
+    if events:
+        ctx.obj.start_events("box add", subject_key="box")
+    store = BoxStore()
+    with event_stream(ctx, "box add", [name], events, subject_key="box", show_output=False) as stream:
+        try:
+            where = locate(catalog)
+            stream.phase(name, Phase.DOWNLOADING, str(where))
+            box = obtain(store, name, where, constraint, vbox_cache() / "downloads",
+                         _ByteProgress(stream, name, Phase.DOWNLOADING),
+                         on_wait=lambda: stream.note(f"waiting for another command fetching {name}", name),
+                         on_phase=lambda what: stream.phase(name, Phase.VERIFYING, "sha256 and digests"))
+        except CatalogError as exc:
+            raise VboxError(f"box {name}: {exc.message}", hint=exc.hint) from None
+        stream.phase(name, Phase.IMPORTED, f"{box.name} {box.version} {box.digest[:19]}")
+    out.success(f"box {box.name} {box.version} ({box.digest[:19]}) is in the store")
+
+
+@app.command("publish")
+def publish(
+    ctx: typer.Context,
+    archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`.", metavar="FILE")],
+    catalog: Annotated[Path, typer.Option("--catalog", help="The catalog folder to write (static files, for any "
+                                          "web server).", metavar="FOLDER")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Publish it under this name (team/debian-12).")]
+    = None,
+) -> None:
+    """Put a box archive into a catalog folder: FOLDER/NAME.json in Vagrant's box metadata
+    format (other versions and providers kept) and the archive beside it with its sha256.
+    Serve the folder over http(s) and name FOLDER's URL/NAME.json as box_url."""
+    from boxes.catalog import CatalogError
+    from boxes.catalog import publish as publish_box
+    from vbox_cli.errors import UsageError, VboxError
+
+    out = ctx.obj.out
+    if not archive.is_file():
+        raise UsageError(f"{archive}: no such file")
+    try:
+        box_name, version, catalog_file = publish_box(archive, catalog, name)
+    except CatalogError as exc:
+        raise VboxError(exc.message, hint=exc.hint) from None
+    out.success(f"published {box_name} {version} in {catalog_file}")
+
+
 def format_size_human(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -257,7 +257,25 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
     _check_ports(envfile, report)
     _check_networks(envfile, report)
     _check_folders(envfile, base_dir, report)
+    _check_box_urls(envfile, base_dir, report)
     return problems
+
+
+def _check_box_urls(envfile: Envfile, base_dir: Path | None, report) -> None:
+    """A box location in the Envfile is a URL, or a path that stays in the project."""
+    from boxes.catalog import CatalogError, locate
+
+    if base_dir is None:
+        return
+    tables = [(("defaults", "box_url"), envfile.defaults.box_url)]
+    tables += [(("machines", name, "box_url"), spec.box_url) for name, spec in envfile.machines.items()]
+    for where, url in tables:
+        if url is None:
+            continue
+        try:
+            locate(url, base=base_dir, confine=base_dir)
+        except CatalogError as exc:
+            report(where, exc.message, hint=exc.hint)
 
 
 def _check_folders(envfile: Envfile, base_dir: Path | None, report) -> None:

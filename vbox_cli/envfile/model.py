@@ -21,6 +21,8 @@ from vbox_cli.envfile.types import (  # noqa: F401 - re-exported: the model's vo
     Accel,
     BootTimeout,
     BoxName,
+    BoxURL,
+    BoxVersion,
     Cpus,
     Disk,
     Frozen,
@@ -76,6 +78,11 @@ class Defaults(Frozen):
     """Settings every machine inherits unless it sets its own."""
 
     box: BoxName = Field(DEFAULT_BOX, description="base box, from `env box list`")
+    box_url: BoxURL | None = Field(None, description="where `up` fetches the box when the store lacks it: a catalog "
+                                   "(Vagrant's box metadata JSON) or a box archive (.box); a URL or a path in the "
+                                   "project")
+    box_version: BoxVersion | None = Field(None, description='which versions of the box will do, like ">= 12.1, < 13" '
+                                           'or "~> 12.0"; default: the newest')
     provider: Provider = Field(DEFAULT_PROVIDER, description="lxc (container), kvm (virtual machine) or xen (Xen guest)")
     cpus: Cpus = Field(1, description="virtual CPUs")
     memory: Memory = Field(512 * MIB, description='memory limit, like "512M" or "1G"')
@@ -95,6 +102,8 @@ class MachineSpec(Frozen):
     """One [machines.NAME] table; unset keys come from [defaults]."""
 
     box: BoxName | None = None
+    box_url: BoxURL | None = None
+    box_version: BoxVersion | None = None
     provider: Provider | None = None
     cpus: Cpus | None = None
     memory: Memory | None = None
@@ -119,6 +128,8 @@ class Machine(Frozen):
 
     name: str
     box: str
+    box_url: str | None = None
+    box_version: str | None = None
     provider: Provider
     cpus: int
     memory: int

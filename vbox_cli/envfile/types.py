@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_BOX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_BOX_NAME = re.compile(r"^([a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}$")  # "debian-12", "team/debian-12"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -96,7 +96,8 @@ def _hostname(value: str) -> str:
 
 def _box_name(value: str) -> str:
     if not _BOX_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a box name: use a-z, 0-9, '.', '_' and '-'")
+        raise ValueError(f"{value!r} is not a box name: use a-z, 0-9, '.', '_' and '-', with one '/' after an "
+                         "organisation's name (team/debian-12)")
     return value
 
 
@@ -157,6 +158,28 @@ EnvVars = Annotated[dict[str, str], AfterValidator(_env_names)]
 Args = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
 Text = Annotated[str, AfterValidator(_non_blank)]
 BoxName = Annotated[str, AfterValidator(_box_name)]
+
+
+def _box_url(value: str) -> str:
+    import urllib.parse
+
+    scheme = urllib.parse.urlsplit(value).scheme
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError("must be a URL or a path, without control characters")
+    if scheme and len(scheme) > 1 and scheme not in ("http", "https", "file"):
+        raise ValueError(f"vbox fetches boxes over http, https or from files of the project, not {scheme}:")
+    return value
+
+
+def _box_version(value: str) -> str:
+    from boxes.versions import Constraint
+
+    Constraint(value)  # raises ValueError with what is wrong
+    return value
+
+
+BoxURL = Annotated[str, AfterValidator(_box_url)]  # a catalog or a box archive: a URL, or a path in the project
+BoxVersion = Annotated[str, AfterValidator(_box_version)]  # ">= 12.1, < 13", "~> 12.0"
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Accel = Literal["auto", "kvm", "tcg"]
 XenMode = Literal["pv", "pvh", "hvm"]

@@ -38,11 +38,9 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
             selected.insert(0, host)
     preflight(session, selected)
     forwards = ports.plan(session, [n for n in selected if not placements[n].remote])  # before anything is made
-    boxes = {}
-    for name in selected:
-        box_name = session.machines[name].box
-        if box_name not in boxes:
-            boxes[box_name] = session.store.get(box_name)
+    from vbox_cli.machines.boxes import boxes_for
+
+    boxes = boxes_for(session, selected)  # fetched where the store lacks them (box_url)
     session.project.ensure_client_key()
     # first the machines of this host (a Xen host among them), then the guests of remote hosts
     first = [n for n in selected if not placements[n].remote]
@@ -57,7 +55,7 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
         addresses = placements.addresses(batch)
         ensure_networks(session, batch)
         results += run_each(session, batch, lambda name: up_one(
-            session, name, boxes[session.machines[name].box], addresses[name], provision, forwards.get(name),
+            session, name, boxes[name], addresses[name], provision, forwards.get(name),
             restart), jobs)
     return results
 

@@ -1,0 +1,76 @@
+"""The boxes of the machines `up` brings up: from the store, or fetched from the
+machine's `box_url` (a catalog or a box archive) when the store has no version that
+its `box_version` allows. Before anything is made."""
+
+from __future__ import annotations
+
+import time
+
+from vbox_cli.errors import VboxError
+from vbox_cli.events import Phase
+
+
+def boxes_for(session, names: list[str]) -> dict:
+    """machine name -> Box; a box several machines share is looked up (or fetched) once."""
+    from boxes.versions import Constraint
+
+    found: dict[tuple, object] = {}
+    result = {}
+    for name in names:
+        machine = session.machines[name]
+        key = (machine.box, machine.box_version or "", machine.box_url or "")
+        if key not in found:
+            found[key] = _box(session, name, machine, Constraint(machine.box_version or ""))
+        result[name] = found[key]
+    return result
+
+
+def _box(session, name: str, machine, constraint):
+    store = session.store
+    local = [b for b in store.boxes() if b.name == machine.box and constraint.allows(b.version)]
+    if local:
+        from boxes.versions import parse
+
+        return max(local, key=lambda b: (_key(parse, b.version), b.meta.built))
+    if not machine.box_url:
+        have = sorted({b.version for b in store.boxes() if b.name == machine.box})
+        if have:
+            raise VboxError(f"{name}: the store has {machine.box} {', '.join(have)}, none of them {constraint}",
+                            hint="set box_url to a catalog that has one, or change box_version")
+        raise VboxError(f"{name}: no box named {machine.box!r} in the store ({store.root})",
+                        hint=f"run `env box build {machine.box}`, `env box import FILE`, or set box_url")
+    return _fetch(session, name, machine, constraint)
+
+
+def _key(parse, version: str):
+    try:
+        return parse(version) + (0,) * 6
+    except ValueError:
+        return (-1,)
+
+
+def _fetch(session, name: str, machine, constraint):
+    from boxes.catalog import CatalogError, locate, obtain
+    from vbox_cli.paths import vbox_cache
+
+    events = session.events
+    where = locate(machine.box_url, base=session.loaded.project_dir, confine=session.loaded.project_dir)
+    started, shown = time.monotonic(), [-1]
+
+    def progress(done: int, total: int) -> None:
+        step = int(50 * done / total) if total else 0
+        if step != shown[0]:
+            shown[0] = step
+            rate = done / max(time.monotonic() - started, 1e-6) / 2**20
+            events.phase(name, Phase.DOWNLOADING, f"{machine.box}: {done / 2**20:.1f} of {total / 2**20:.1f} MiB, "
+                                                  f"{rate:.1f} MiB/s")
+
+    events.phase(name, Phase.DOWNLOADING, f"{machine.box} from {where}")
+    try:
+        box = obtain(session.store, machine.box, where, constraint, vbox_cache() / "downloads", progress,
+                     on_wait=lambda: events.note(f"{name}: waiting for another command fetching the same box", name),
+                     on_phase=lambda what: events.phase(name, Phase.VERIFYING, f"{machine.box}: sha256 and digests"))
+    except CatalogError as exc:
+        raise VboxError(f"{name}: box {machine.box}: {exc.message}", hint=exc.hint) from None
+    events.note(f"{name}: added box {box.name} {box.version} ({box.digest[:19]}) from {where}", name)
+    return box
