@@ -220,9 +220,12 @@ class ProviderBase:
 
     name = ""
     label = ""
-    # a change made on this host to a synced folder reaches inotify in the machine by
-    # itself (LXC's bind mounts); False: vbox forwards them (vbox_cli/folderwatch.py)
-    folder_events_native = True
+    def folder_event_source(self, object_name: str) -> str | None:
+        """None: a change made on this host to a synced folder reaches inotify in the
+        machine by itself (LXC's bind mounts). Else vbox forwards them (vbox_cli/folderwatch.py),
+        and this is what the command line of the processes that serve the machine's
+        folders has (the machine's own changes come through them: not sent back)."""
+        return None
 
     def unsupported(self, capability: Capability, spec: MachineSpec | None = None) -> str | None:
         if not isinstance(self, _PROTOCOLS[capability]):

@@ -128,7 +128,6 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
     label = "KVM machine"
     host_types = ("qemu",)
     extra_volumes = (".cred",)
-    folder_events_native = False  # virtiofs tells the guest nothing of changes made here
 
     def __init__(self, access=None):
         super().__init__(access.uri if access is not None else choose_uri(), access)
@@ -230,6 +229,10 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         from vbox_cli.paths import vbox_home
 
         return vbox_home() / "shares" / object_name
+
+    def folder_event_source(self, object_name: str) -> str | None:
+        # virtiofs tells the guest nothing of changes made here; its virtiofsd serve from here
+        return f"{self._shares_dir(object_name)}/"
 
     def update_folders(self, spec: MachineSpec) -> str | None:
         """A running machine sees the folders it was started with: a change needs a restart."""

@@ -2,16 +2,19 @@
 
 virtiofs has no way to tell the guest's kernel that a file changed on the host: a tool
 in the machine that watches files (a rebuild on save) sees nothing. So while such a
-machine runs, a small process of vbox watches its folders here (inotify) and, for each
-file written, made, moved or removed here, has the machine's root give that file (or,
-for a removal, its folder) its own modification time again (`touch -c -m -r F F`).
-That changes nothing, but the machine's kernel reports it to its watchers as a
-modification (IN_MODIFY: node's fs.watch, chokidar, watchdog, inotifywait -e modify and
-systemd's path units take it as a change). Here it comes back as a modification too,
-which this watcher does not listen for (it takes IN_CLOSE_WRITE and the folder's
-entries): no loop. Changes the machine makes itself come back once (this host cannot
-tell them apart) and are touched in it once more; more than MAX_BATCH paths at once (a
-checkout, a build's output) are touched as their folders instead.
+machine runs, a small process of vbox watches its folders here and, for each file
+written, made, moved or removed here, has the machine's root give that file (or, for a
+removal, its folder) its own modification time again (`touch -c -m -r F F`). That
+changes nothing, but the machine's kernel reports it to its watchers as a modification
+(IN_MODIFY: node's fs.watch, chokidar, watchdog, inotifywait -e modify and systemd's
+path units take it as a change).
+
+It watches with fanotify, not inotify, because fanotify says which process made each
+change: changes made by the machine itself reach this host through its own virtiofsd,
+and are not sent back to it (the machine's watchers saw them already; a build writing
+thousands of files would otherwise be echoed file by file). The touch comes back here
+as a modification by virtiofsd too: no loop. More than MAX_BATCH paths at once (a
+checkout) are touched as their folders.
 
 One process per machine, in a session of its own: `python -m vbox_cli.folderwatch
 CONFIG`, where CONFIG (0600, in the project's .vbox/watch/) says how to reach the
@@ -37,25 +40,39 @@ GUEST_COMMAND = "sudo -n sh -c 'while IFS= read -r p; do touch -c -m -r \"$p\" -
 MAX_BATCH = 100  # paths changed at once (a checkout, a build): beyond that, their folders
 MODULE = "vbox_cli.folderwatch"
 
-# inotify (linux/inotify.h)
-IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
-IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x400, 0x800, 0x4000, 0x8000, 0x40000000
-IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x01000000, 0x800, 0x80000
-MASK = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ONLYDIR
-_EVENT = struct.Struct("iIII")
+# fanotify (linux/fanotify.h): like inotify, but each event says which process caused it
+FAN_CLOEXEC, FAN_UNLIMITED_QUEUE, FAN_UNLIMITED_MARKS = 0x1, 0x10, 0x20
+FAN_REPORT_DFID_NAME = 0x400 | 0x800  # the folder's file handle and the entry's name
+FAN_CLOSE_WRITE, FAN_MOVED_FROM, FAN_MOVED_TO, FAN_CREATE, FAN_DELETE = 0x8, 0x40, 0x80, 0x100, 0x200
+FAN_Q_OVERFLOW, FAN_EVENT_ON_CHILD, FAN_ONDIR = 0x4000, 0x08000000, 0x40000000
+FAN_MARK_ADD = 0x1
+MASK = FAN_CLOSE_WRITE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_CREATE | FAN_DELETE | FAN_EVENT_ON_CHILD | FAN_ONDIR
+INFO_DFID_NAME = 2
+_META = struct.Struct("IBBHQii")  # fanotify_event_metadata
+_INFO = struct.Struct("BBH")  # fanotify_event_info_header
+_HANDLE = struct.Struct("Ii")  # file_handle: handle_bytes, handle_type
 
 
-class Inotify:
-    """Recursive inotify watches on folders, each mapped to the path the machine sees."""
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
 
-    def __init__(self):
+
+class Watcher:
+    """Folders watched with fanotify, each mapped to the path the machine sees. Events
+    caused by a process for which `ignore(pid)` is true (the machine's own virtiofsd:
+    the machine saw those changes itself) are dropped: no echo back into it."""
+
+    def __init__(self, ignore=lambda pid: False):
         self.libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = self.libc.inotify_init1(IN_CLOEXEC)
+        self.libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                                            ctypes.c_char_p]
+        self.fd = self.libc.fanotify_init(FAN_CLOEXEC | FAN_REPORT_DFID_NAME | FAN_UNLIMITED_QUEUE
+                                          | FAN_UNLIMITED_MARKS, os.O_RDONLY)
         if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        self.watches: dict[int, tuple[Path, str]] = {}  # watch descriptor -> (host folder, guest folder)
-        self.full = False
+            raise OSError(ctypes.get_errno(), "fanotify_init")
+        self.folders: dict[bytes, tuple[Path, str]] = {}  # a folder's handle -> (host folder, guest folder)
+        self.ignore = ignore
+        self._ignored: dict[int, bool] = {}
 
     def add_tree(self, host: Path, guest: str) -> None:
         for root, dirs, _ in os.walk(host):
@@ -64,37 +81,64 @@ class Inotify:
             self._add(Path(root), guest if relative == "." else f"{guest.rstrip('/')}/{relative}")
 
     def _add(self, host: Path, guest: str) -> None:
-        wd = self.libc.inotify_add_watch(self.fd, os.fsencode(host), MASK)
-        if wd < 0:
-            if ctypes.get_errno() == 28 and not self.full:  # ENOSPC: fs.inotify.max_user_watches
-                self.full = True
-                print(f"folderwatch: out of inotify watches at {host} (sysctl fs.inotify.max_user_watches)",
-                      flush=True)
+        handle = _FileHandle(128)
+        mount_id = ctypes.c_int()
+        if self.libc.name_to_handle_at(-100, os.fsencode(host), ctypes.byref(handle), ctypes.byref(mount_id), 0):
+            return  # gone already
+        if self.libc.fanotify_mark(self.fd, FAN_MARK_ADD, MASK, -100, os.fsencode(host)):
+            print(f"folderwatch: cannot watch {host}: {os.strerror(ctypes.get_errno())}", flush=True)
             return
-        self.watches[wd] = (host, guest)
+        key = struct.pack("i", handle.handle_type) + bytes(handle.f_handle[:handle.handle_bytes])
+        self.folders[key] = (host, guest)
+
+    def _is_ignored(self, pid: int) -> bool:
+        if pid not in self._ignored:
+            self._ignored[pid] = self.ignore(pid)
+        return self._ignored[pid]
 
     def read(self) -> list[str]:
         """Block for events; the machine's paths to touch, in order, without repeats."""
         data = os.read(self.fd, 65536)
         found: list[str] = []
         offset = 0
-        while offset < len(data):
-            wd, mask, _, size = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size: offset + _EVENT.size + size].rstrip(b"\0").decode(errors="surrogateescape")
-            offset += _EVENT.size + size
-            if mask & IN_IGNORED:
-                self.watches.pop(wd, None)
+        while offset + _META.size <= len(data):
+            length, _, _, header, mask, fd, pid = _META.unpack_from(data, offset)
+            event = data[offset + header: offset + length]
+            offset += length
+            if fd >= 0:
+                os.close(fd)
+            if mask & FAN_Q_OVERFLOW or self._is_ignored(pid):
                 continue
-            if wd not in self.watches or not name or name in SKIP:
+            info_type, _, info_length = _INFO.unpack_from(event, 0)
+            if info_type != INFO_DFID_NAME:
                 continue
-            host, guest = self.watches[wd]
+            body = event[_INFO.size + 8: info_length]  # after the file system id
+            size, kind = _HANDLE.unpack_from(body, 0)
+            key = struct.pack("i", kind) + body[_HANDLE.size: _HANDLE.size + size]
+            name = body[_HANDLE.size + size:].split(b"\0", 1)[0].decode(errors="surrogateescape")
+            if key not in self.folders or not name or name in SKIP or name == ".":
+                continue
+            host, guest = self.folders[key]
             path = f"{guest.rstrip('/')}/{name}"
-            if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+            if mask & FAN_ONDIR and mask & (FAN_CREATE | FAN_MOVED_TO):
                 self.add_tree(host / name, path)
-            target = guest if mask & (IN_DELETE | IN_MOVED_FROM) else path
+            target = guest if mask & (FAN_DELETE | FAN_MOVED_FROM) else path
             if "\n" not in target and target not in found:
                 found.append(target)
         return found
+
+
+def served_by(marker: str):
+    """A predicate: is this process a virtiofsd serving a folder under `marker` (the
+    machine's own, whose changes the machine has seen already)?"""
+    def check(pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return bool(argv) and argv[0].endswith(b"virtiofsd") and any(marker.encode() in arg for arg in argv)
+
+    return check
 
 
 def run(config_path: Path) -> int:
@@ -107,7 +151,7 @@ def run(config_path: Path) -> int:
     owner = config_path.stat().st_ino  # a new config (a new watcher) replaces this one
     target = Target(name=config["machine"], host=config["host"], port=config["port"], user=config["user"],
                     client_key=Path(config["client_key"]), host_key=config["host_key"])
-    watcher = Inotify()
+    watcher = Watcher(served_by(config["served_from"]) if config.get("served_from") else lambda pid: False)
     for host, guest in config["folders"]:
         watcher.add_tree(Path(host), guest)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -163,16 +207,17 @@ def _running(pid_file: Path, config: Path) -> int | None:
     return pid if MODULE.encode() in argv and os.fsencode(config) in argv else None
 
 
-def ensure(project, machine: str, target, folders: list[tuple[str, str]]) -> bool:
+def ensure(project, machine: str, target, folders: list[tuple[str, str]], served_from: str = "") -> bool:
     """A watcher for the machine's folders (`folders`: host path, path in the machine)
-    running with these settings; True if one was started."""
+    running with these settings; True if one was started. `served_from`: what the command
+    line of the machine's own virtiofsd has (their changes are not sent back)."""
     from vbox_cli import proc
     from vbox_cli.files import atomic_write
 
     config, pid_file = _files(project, machine)
     wanted = {"machine": machine, "host": target.host, "port": target.port, "user": target.user,
               "client_key": str(target.client_key), "host_key": target.host_key,
-              "folders": [list(pair) for pair in folders]}  # as JSON reads it back
+              "folders": [list(pair) for pair in folders], "served_from": served_from}  # as JSON reads it back
     if _running(pid_file, config) and config.exists() and json.loads(config.read_text()) == wanted:
         return False
     stop(project, machine)

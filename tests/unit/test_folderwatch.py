@@ -1,6 +1,7 @@
 """The folder watcher of KVM machines, without a machine: which paths of the machine a
-change here names (real inotify on a temporary folder), and that `ensure` keeps one
-watcher per machine, started once, ended by `stop`."""
+change here names (real fanotify on a temporary folder), that changes made by the
+machine's own server are not sent back, and that `ensure` keeps one watcher per
+machine, started once, ended by `stop`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from vbox_cli import folderwatch
 from vbox_cli.project import Project
 
 
-def _read_all(watcher: folderwatch.Inotify) -> list[str]:
+def _read_all(watcher: folderwatch.Watcher) -> list[str]:
     import select
 
     found: list[str] = []
@@ -26,7 +27,7 @@ def test_changes_name_the_machines_paths(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / ".git").mkdir()
     (tmp_path / "old.txt").write_text("x")
-    watcher = folderwatch.Inotify()
+    watcher = folderwatch.Watcher()
     watcher.add_tree(tmp_path, "/vbox")
     (tmp_path / "src" / "app.py").write_text("print(1)\n")  # written: the file
     (tmp_path / "old.txt").unlink()  # removed: its folder
@@ -37,6 +38,24 @@ def test_changes_name_the_machines_paths(tmp_path):
     (tmp_path / "new" / "inner.txt").write_text("y")
     os.utime(tmp_path / "src" / "app.py")  # an attribute change (the machine's own touch): not forwarded
     assert _read_all(watcher) == ["/vbox/new/inner.txt"]
+
+
+def test_changes_of_the_machines_own_server_are_not_sent_back(tmp_path):
+    import subprocess
+
+    writer = subprocess.Popen(["sh", "-c", "read go; echo x > made-by-server; read done"], cwd=tmp_path,
+                              stdin=subprocess.PIPE, text=True)
+    watcher = folderwatch.Watcher(ignore=lambda pid: pid == writer.pid)
+    watcher.add_tree(tmp_path, "/vbox")
+    try:
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        time.sleep(0.2)
+        (tmp_path / "made-here").write_text("y")
+        assert _read_all(watcher) == ["/vbox/made-here"]
+    finally:
+        writer.stdin.close()
+        writer.wait()
 
 
 def test_one_watcher_per_machine(tmp_path):

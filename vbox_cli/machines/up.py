@@ -186,9 +186,10 @@ def _watch_folders(session, name: str, provider, spec) -> None:
     through a folder watcher (vbox_cli/folderwatch.py) where the provider says they do not."""
     from vbox_cli import folderwatch
 
-    if spec.folders and not provider.folder_events_native:
+    source = provider.folder_event_source(spec.object_name) if spec.folders else None
+    if source is not None:
         folders = [(str(share.source), share.target) for share in spec.folders]
-        if folderwatch.ensure(session.project, name, session.ssh_target(name), folders):
+        if folderwatch.ensure(session.project, name, session.ssh_target(name), folders, source):
             session.events.note(f"{name}: watching its synced folders here for its inotify", name)
     else:
         folderwatch.stop(session.project, name)
