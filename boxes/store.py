@@ -192,7 +192,12 @@ class BoxStore:
         atomic_write(folder / f"{machine_id}.json", json.dumps(info) + "\n")
 
     def remove_user(self, box_name: str, machine_id: str) -> None:
-        (self.root / USES / folder_name(box_name) / f"{machine_id}.json").unlink(missing_ok=True)
+        folder = self.root / USES / folder_name(box_name)
+        (folder / f"{machine_id}.json").unlink(missing_ok=True)
+        try:
+            folder.rmdir()  # the last one
+        except OSError:
+            pass
 
     def user_records(self, box_name: str) -> dict[str, dict]:
         records = {}

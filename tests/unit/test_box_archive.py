@@ -20,7 +20,7 @@ from boxes.build import _digest
 from boxes.store import STAGING, BoxStore
 
 
-def make_box(store: BoxStore, name: str = "tiny") -> object:
+def make_box(store: BoxStore, name: str = "tiny", version: str = "1.0") -> object:
     staged = store.staging(name)
     (staged / "disk.qcow2").write_bytes(os.urandom(300_000))
     (staged / "vmlinuz").write_bytes(b"kernel" * 1000)
@@ -39,8 +39,8 @@ def make_box(store: BoxStore, name: str = "tiny") -> object:
     os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
     os.setxattr(root / "usr/bin/tool", "security.capability",
                 base64.b64decode("AQAAAgAgAAAAAAAAAAAAAAAAAAA="))
-    meta = {"digest": f"sha256:{_digest(staged)}", "name": name, "version": "1.0", "user": "vbox"}
-    return store.install(staged, name, "1.0", meta)
+    meta = {"digest": f"sha256:{_digest(staged)}", "name": name, "version": version, "user": "vbox"}
+    return store.install(staged, name, version, meta)
 
 
 @pytest.fixture
@@ -192,3 +192,27 @@ def test_damaged_and_truncated(stores, tmp_path):
     disk.write_bytes(b"\0" + disk.read_bytes()[1:])
     archive.export(box, tmp_path / "altered.box")
     assert_refused(tmp_path / "altered.box", target, "digest")
+
+
+def test_outdated_update_and_prune(stores, tmp_path):
+    """A box from a catalog folder: a newer version there is listed and fetched; prune
+    keeps the newest and what a machine uses, and removes the rest."""
+    from boxes import catalog, upkeep
+    from boxes.versions import Constraint
+
+    source, store = stores
+    for version in ("1.0", "1.1"):
+        archive.export(make_box(source, "team/tiny", version), tmp_path / f"tiny-{version}.box")
+        catalog.publish(tmp_path / f"tiny-{version}.box", tmp_path / "www")
+    where = catalog.locate(str(tmp_path / "www"))
+    old = catalog.obtain(store, "team/tiny", where, Constraint("< 1.1"), tmp_path / "cache")
+    assert old.version == "1.0" and old.meta.source["catalog"].endswith("team/tiny.json")
+    assert [(o.name, o.have, o.newest) for o in upkeep.outdated(store)] == [("team/tiny", "1.0", "1.1")]
+    catalog.obtain(store, "team/tiny", where, Constraint(""), tmp_path / "cache")
+    assert upkeep.outdated(store) == []
+    assert [b.version for b in upkeep.prunable(store)] == ["1.0"]
+    store.add_user("team/tiny", "vbox-p-web", {"version": "1.0"})  # a machine made from 1.0
+    assert upkeep.prunable(store) == []
+    store.remove_user("team/tiny", "vbox-p-web")
+    store.add_user("team/tiny", "vbox-p-db", {})  # a record of an earlier vbox: keeps every version
+    assert upkeep.prunable(store) == []

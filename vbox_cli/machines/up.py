@@ -113,7 +113,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
             "created": _now(), "provisioned": [],
         }))
         session.store.add_user(box.name, obj, {"project": str(project.folder), "machine": name,
-                                               "provider": provider.name})
+                                               "provider": provider.name, "version": box.version})
         spec = session.spec(name, box, address, (private, public))
         say_accel(session, provider, spec)
         provider.create(spec)
