@@ -13,7 +13,8 @@ It watches with fanotify, not inotify, because fanotify says which process made 
 change: changes made by the machine itself reach this host through its own virtiofsd,
 and are not sent back to it (the machine's watchers saw them already; a build writing
 thousands of files would otherwise be echoed file by file). The touch comes back here
-as a modification by virtiofsd too: no loop. More than MAX_BATCH paths at once (a
+as a modification by virtiofsd too: no loop. One batch of paths is in the machine at a
+time; what changes meanwhile makes the next one, and more than MAX_BATCH paths (a
 checkout) are touched as their folders.
 
 One process per machine, in a session of its own: `python -m vbox_cli.folderwatch
@@ -36,7 +37,9 @@ import time
 from pathlib import Path
 
 SKIP = {".git", ".vbox"}
-GUEST_COMMAND = "sudo -n sh -c 'while IFS= read -r p; do touch -c -m -r \"$p\" -- \"$p\" 2>/dev/null; done'"
+# each path on a line; an empty line ends a batch, and the machine answers it with one
+GUEST_COMMAND = ("sudo -n sh -c 'while IFS= read -r p; do if [ -z \"$p\" ]; then echo; "
+                 "else touch -c -m -r \"$p\" -- \"$p\" 2>/dev/null; fi; done'")
 MAX_BATCH = 100  # paths changed at once (a checkout, a build): beyond that, their folders
 MODULE = "vbox_cli.folderwatch"
 
@@ -141,8 +144,19 @@ def served_by(marker: str):
     return check
 
 
+def batch(paths: list[str]) -> list[str]:
+    """What to touch for these changed paths: themselves, or their folders when there are
+    more than MAX_BATCH (a checkout, a build's output)."""
+    if len(paths) > MAX_BATCH:
+        return list(dict.fromkeys(p.rsplit("/", 1)[0] or "/" for p in paths))
+    return paths
+
+
 def run(config_path: Path) -> int:
-    """The watcher's loop: connect, forward, reconnect; end when the config is gone."""
+    """The watcher's loop: connect, forward, reconnect; end when the config is gone. One
+    batch at a time: the machine answers each with a line once it has touched them all,
+    and what changes meanwhile makes the next batch (so a burst of changes becomes a few
+    batches of folders, not a queue of thousands of touches)."""
     import select
 
     from provisioners.ssh import Target, connect
@@ -156,6 +170,8 @@ def run(config_path: Path) -> int:
         watcher.add_tree(Path(host), guest)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     channel = client = None
+    queued: list[str] = []
+    in_flight = False
     while True:
         try:
             if config_path.stat().st_ino != owner:
@@ -166,6 +182,7 @@ def run(config_path: Path) -> int:
             if client is not None:
                 client.close()
             channel = client = None
+            in_flight = False
             try:
                 client = connect(target, timeout=5)
                 channel = client.get_transport().open_session()
@@ -174,21 +191,23 @@ def run(config_path: Path) -> int:
                 print(f"folderwatch: {config['machine']}: not connected ({exc}); trying again", flush=True)
                 time.sleep(2)
                 continue
-        ready, _, _ = select.select([watcher.fd], [], [], 2.0)
-        if not ready:
-            continue
-        paths = watcher.read()
-        time.sleep(0.01)  # an editor's save is several events: take them in one go
-        ready, _, _ = select.select([watcher.fd], [], [], 0)
-        if ready:
-            paths += [p for p in watcher.read() if p not in paths]
-        if len(paths) > MAX_BATCH:
-            paths = list(dict.fromkeys(p.rsplit("/", 1)[0] or "/" for p in paths))
-        if paths:
+        ready, _, _ = select.select([watcher.fd, channel], [], [], 2.0)
+        if channel in ready:
+            answer = channel.recv(4096) if channel.recv_ready() else b""
+            if b"\n" in answer:
+                in_flight = False
+        if watcher.fd in ready:
+            queued += [p for p in watcher.read() if p not in queued]
+            time.sleep(0.01)  # an editor's save is several events: take them in one go
+            if select.select([watcher.fd], [], [], 0)[0]:
+                queued += [p for p in watcher.read() if p not in queued]
+        if queued and not in_flight:
             try:
-                channel.sendall(("\n".join(paths) + "\n").encode(errors="surrogateescape"))
+                channel.sendall(("\n".join(batch(queued)) + "\n\n").encode(errors="surrogateescape"))
             except Exception:
                 channel = None
+                continue
+            queued, in_flight = [], True
 
 
 # -- managed from the verbs ----------------------------------------------------------

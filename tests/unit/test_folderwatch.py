@@ -79,3 +79,10 @@ def test_one_watcher_per_machine(tmp_path):
     assert folderwatch.leaks(project.id) == []
     assert not (tmp_path / ".vbox/watch/vm.json").exists() and not Path(f"/proc/{pid}").exists() or \
         b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+
+
+def test_a_burst_becomes_its_folders():
+    few = [f"/vbox/src/f{i}" for i in range(folderwatch.MAX_BATCH)]
+    assert folderwatch.batch(few) == few
+    many = few + [f"/vbox/out/f{i}" for i in range(50)] + ["/top"]
+    assert folderwatch.batch(many) == ["/vbox/src", "/vbox/out", "/"]
