@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from boxes.guestfiles import FILES, ROOT_LABEL, SERVICES
 from boxes.meta import Boot, BoxMeta
 from boxes.recipe import Recipe
 from boxes.store import ARTEFACTS, Box, BoxStore, discard
@@ -20,130 +21,7 @@ from vbox_cli import proc
 from vbox_cli.errors import CommandError, VboxError
 from vbox_cli.events import Phase
 
-ROOT_LABEL = "vbox-root"
-REQUIRED_TOOLS = ("debootstrap", "mke2fs", "qemu-img", "chroot")
-
-# Files written into every box. The machine's own SSH host keys are written by vbox when
-# the machine is made; this drop-in only makes sshd start on a box used without vbox.
-FILES = {
-    "etc/systemd/network/80-vbox.network": (
-        # UseDomains: the project network's domain becomes the search domain (`ping db`)
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n",
-        0o644,
-    ),
-    "etc/systemd/system/ssh.service.d/vbox-host-keys.conf": (
-        "[Service]\nExecStartPre=\n"
-        # only when the machine has no host key at all: generating RSA keys takes 0.5 s
-        "ExecStartPre=/bin/sh -c 'ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || /usr/bin/ssh-keygen -A'\n"
-        "ExecStartPre=/usr/sbin/sshd -t\n",
-        0o644,
-    ),
-    "etc/ssh/sshd_config.d/vbox.conf": (
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        "UseDNS no\n",
-        0o644,
-    ),
-    # x-systemd.growfs: a VM's root file system grows to its (larger) disk at boot;
-    # noinit_itable: without it ext4 zeroes the new inode tables after growing, about
-    # 100 MB of writes into a fresh machine's overlay; noatime: reads write nothing
-    "etc/fstab": (f"LABEL={ROOT_LABEL} / ext4 defaults,noatime,noinit_itable,errors=remount-ro,x-systemd.growfs 0 1\n",
-                  0o644),
-    # a volatile journal: a persistent one preallocates 8 MB and more in every machine
-    "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644),
-    # names come from the project network's DNS, not from multicast guesses
-    "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644),
-    # Xen guests have no SMBIOS strings: vbox gives them the same tmpfiles lines as KVM's
-    # credential on a small raw disk that starts with "# vbox-seed " (see providers/xen.py)
-    "etc/systemd/system/vbox-seed.service": (
-        "[Unit]\nDescription=vbox: the machine's identity from its seed disk (Xen guests)\n"
-        "ConditionVirtualization=xen\nDefaultDependencies=no\n"
-        "After=local-fs.target\nBefore=ssh.service systemd-user-sessions.service sysinit.target\n\n"
-        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/seed\n\n"
-        "[Install]\nWantedBy=sysinit.target\n",
-        0o644,
-    ),
-    "usr/local/lib/vbox/seed": (
-        "#!/bin/sh\n"
-        "# Apply the seed disk vbox gives a Xen guest (its SSH host key, the authorized key).\n"
-        "# Its block device may come a moment after boot: look for up to 10 s.\n"
-        "set -u\n"
-        "i=0\n"
-        "while [ $i -lt 100 ]; do\n"
-        "  for dev in /sys/block/xvd* /sys/block/vd* /sys/block/sd*; do\n"
-        "    [ -e \"$dev\" ] || continue\n"
-        "    node=/dev/${dev##*/}\n"
-        "    if [ \"$(head -c 12 \"$node\" 2>/dev/null)\" = \"# vbox-seed \" ]; then\n"
-        "      head -c 1048576 \"$node\" | tr -d '\\000' > /run/vbox-seed.conf\n"
-        "      systemd-tmpfiles --create /run/vbox-seed.conf; rc=$?\n"
-        "      rm -f /run/vbox-seed.conf\n"
-        "      exit $rc\n"
-        "    fi\n"
-        "  done\n"
-        "  i=$((i + 1)); sleep 0.1\n"
-        "done\n"
-        "echo 'vbox-seed: no seed disk' >&2\n",
-        0o755,
-    ),
-    # KVM machines' synced folders: virtiofs tags named on the kernel command line
-    # (providers/virtiofs.py), mounted before sshd starts, so `up` finds them there
-    "etc/systemd/system/vbox-folders.service": (
-        "[Unit]\nDescription=vbox: the synced folders named on the kernel command line (virtiofs)\n"
-        "ConditionKernelCommandLine=vbox.folder\nDefaultDependencies=no\n"
-        "After=local-fs.target\nBefore=ssh.service systemd-user-sessions.service sysinit.target\n\n"
-        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/folders\n\n"
-        "[Install]\nWantedBy=sysinit.target\n",
-        0o644,
-    ),
-    "usr/local/lib/vbox/folders": (
-        "#!/bin/sh\n"
-        "# Mount each vbox.folder=TAG,MODE,PATH of the kernel command line: a virtiofs TAG at\n"
-        "# PATH (escaped as systemd-escape --path writes it), MODE ro or rw.\n"
-        "set -uf\n"
-        "rc=0\n"
-        "for word in $(cat /proc/cmdline); do\n"
-        "  case \"$word\" in vbox.folder=*) ;; *) continue ;; esac\n"
-        "  value=${word#vbox.folder=}\n"
-        "  tag=${value%%,*}; rest=${value#*,}; mode=${rest%%,*}; escaped=${rest#*,}\n"
-        "  case \"$tag\" in vbox[0-9]|vbox[0-9][0-9]) ;; *) echo \"vbox-folders: bad tag in $word\" >&2; rc=1; continue ;; esac\n"
-        "  case \"$mode\" in ro|rw) ;; *) echo \"vbox-folders: bad mode in $word\" >&2; rc=1; continue ;; esac\n"
-        "  path=$(systemd-escape --unescape --path -- \"$escaped\") || { rc=1; continue; }\n"
-        "  mountpoint -q -- \"$path\" && continue\n"
-        "  mkdir -p -- \"$path\" && mount -t virtiofs -o \"$mode\" -- \"$tag\" \"$path\" || rc=1\n"
-        "done\n"
-        "exit $rc\n",
-        0o755,
-    ),
-    # KVM machines' static addresses on extra networks (vbox.net=MAC,ADDRESS/PREFIX on the
-    # kernel command line, providers/kvm.py), handed to networkd before it starts
-    "etc/systemd/system/vbox-network.service": (
-        "[Unit]\nDescription=vbox: static addresses named on the kernel command line\n"
-        "ConditionKernelCommandLine=vbox.net\nDefaultDependencies=no\n"
-        "Before=systemd-networkd.service network-pre.target\nWants=network-pre.target\n\n"
-        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/network\n\n"
-        "[Install]\nWantedBy=sysinit.target\n",
-        0o644,
-    ),
-    "usr/local/lib/vbox/network": (
-        "#!/bin/sh\n"
-        "# For each vbox.net=MAC,ADDRESS/PREFIX of the kernel command line: networkd gives the\n"
-        "# interface with that MAC that address (a .network file in /run, before /etc's DHCP one).\n"
-        "set -uf\n"
-        "n=0\n"
-        "mkdir -p /run/systemd/network\n"
-        "for word in $(cat /proc/cmdline); do\n"
-        "  case \"$word\" in vbox.net=*) ;; *) continue ;; esac\n"
-        "  value=${word#vbox.net=}; mac=${value%%,*}; address=${value#*,}\n"
-        "  echo \"$mac\" | grep -Eqx '([0-9a-f]{2}:){5}[0-9a-f]{2}' || { echo \"vbox-network: bad MAC in $word\" >&2; continue; }\n"
-        "  echo \"$address\" | grep -Eqx '[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}' || { echo \"vbox-network: bad address in $word\" >&2; continue; }\n"
-        "  n=$((n + 1))\n"
-        "  printf '[Match]\\nMACAddress=%s\\n\\n[Network]\\nAddress=%s\\n' \"$mac\" \"$address\" > /run/systemd/network/11-vbox-net$n.network\n"
-        "done\n",
-        0o755,
-    ),
-    "etc/hostname": ("debian\n", 0o644),
-    "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
-}
-SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed", "vbox-folders", "vbox-network")
+REQUIRED_TOOLS = ("debootstrap", "mke2fs", "debugfs", "qemu-img", "chroot")
 
 
 class Reporter:
@@ -207,6 +85,8 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
     _debootstrap(rootfs, recipe, report, mirror, cache_dir)
     report.phase(Phase.CONFIGURING, "the root tree")
     _configure(rootfs, recipe)
+    packages = _packages(rootfs)
+    _normalize(rootfs, recipe.epoch)
     report.phase(Phase.KERNEL, "extracting the kernel and initrd")
     kernel, initrd = _kernel_files(rootfs)
     shutil.copy2(kernel, staged / ARTEFACTS["kernel"])
@@ -222,6 +102,7 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
         boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
         kernel_version=kernel.name.removeprefix("vmlinuz-"), features=["virtiofs", "static-addresses"],
+        packages=packages,
         built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),
     )
@@ -237,7 +118,7 @@ def _debootstrap(rootfs: Path, recipe: Recipe, report: Reporter, mirror: str, ca
         argv.append(f"--cache-dir={cache_dir}")
     argv += [recipe.suite, str(rootfs), mirror]
     try:
-        proc.stream(argv, report.detail)
+        proc.stream(argv, report.detail, env=_build_env(recipe))
     except CommandError as exc:
         log = rootfs / "debootstrap" / "debootstrap.log"
         reason = _debootstrap_reason(exc.output, log)
@@ -256,8 +137,15 @@ def _debootstrap_reason(output: str, log: Path) -> str:
     return " / ".join(line.strip() for line in lines) or "no output"
 
 
-def _chroot(rootfs: Path, *argv: str) -> None:
-    proc.run(["chroot", str(rootfs), *argv], env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"})
+def _build_env(recipe: Recipe) -> dict[str, str]:
+    """What every program of the build sees: its clock for what it stamps (mkinitramfs,
+    man-db, ...), no questions, one locale."""
+    return {"SOURCE_DATE_EPOCH": str(recipe.epoch), "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+
+
+def _chroot(rootfs: Path, *argv: str, env: dict[str, str] | None = None) -> str:
+    return proc.run(["chroot", str(rootfs), *argv], env=env or {"DEBIAN_FRONTEND": "noninteractive",
+                                                                 "LC_ALL": "C"}).stdout
 
 
 def _configure(rootfs: Path, recipe: Recipe) -> None:
@@ -290,6 +178,50 @@ def _configure(rootfs: Path, recipe: Recipe) -> None:
         for path in glob.glob(str(rootfs / pattern)):
             os.unlink(path)
     shutil.rmtree(rootfs / "debootstrap", ignore_errors=True)
+
+
+def _packages(rootfs: Path) -> list[str]:
+    """Every package of the box as name=version (architecture-qualified where dpkg does)."""
+    out = _chroot(rootfs, "dpkg-query", "-W", "-f", "${binary:Package}=${Version}\\n")
+    return sorted(line for line in out.splitlines() if line.strip())
+
+
+# Files the build leaves that differ from one build to the next, whatever the packages:
+# logs, caches with inode numbers and times in them, backups of files written above.
+UNSTABLE = ("var/log/**/*", "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
+            "etc/*-", "var/lib/systemd/catalog/database")
+
+
+def _normalize(rootfs: Path, epoch: int) -> None:
+    """The same packages give the same tree: what a build stamps is taken out or set to
+    the recipe's date, and no file is newer than it."""
+    for pattern in UNSTABLE:
+        for path in glob.glob(str(rootfs / pattern), recursive=True):
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)
+    days = epoch // 86400  # /etc/shadow's "last changed" field, in days
+    for name in ("etc/shadow", "etc/gshadow"):
+        path = rootfs / name
+        if path.is_file():
+            lines = []
+            for line in path.read_text().splitlines():
+                fields = line.split(":")
+                if name == "etc/shadow" and len(fields) > 2 and fields[2]:
+                    fields[2] = str(days)
+                lines.append(":".join(fields))
+            mode = path.stat().st_mode
+            path.write_text("\n".join(lines) + "\n")
+            os.chmod(path, mode & 0o7777)
+    for root, dirs, files in os.walk(rootfs):
+        for name in dirs + files:
+            _clamp(os.path.join(root, name), epoch)
+    _clamp(str(rootfs), epoch)
+
+
+def _clamp(path: str, epoch: int) -> None:
+    info = os.lstat(path)
+    if info.st_mtime > epoch or info.st_atime > epoch:
+        os.utime(path, (min(info.st_atime, epoch), min(info.st_mtime, epoch)), follow_symlinks=False)
 
 
 def _kernel_files(rootfs: Path) -> tuple[Path, Path]:
@@ -327,16 +259,44 @@ def disk_mib(rootfs_bytes: int, disk_size: str) -> int:
 
 
 def _make_disk(rootfs: Path, disk: Path, recipe: Recipe) -> None:
+    """An ext4 image of the tree, the same bytes from the same tree: its UUID and hash seed
+    come from the recipe, its own times from the recipe's date (E2FSPROGS_FAKE_TIME), and
+    the times mke2fs copies that the tree cannot keep still (each file's ctime, and its
+    atime, which reading it to copy it moves) are set to that date afterwards with debugfs.
+    mke2fs 1.47 adds a folder's entries in name order."""
+    import uuid
+
     raw = disk.with_suffix(".raw")
     size_mib = disk_mib(_tree_size(rootfs), recipe.disk_size)
+    fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://vbox.dev/box/{recipe.name}/{recipe.version}"))
+    env = {"E2FSPROGS_FAKE_TIME": str(recipe.epoch)}
     # Inode tables zeroed now (they stay sparse in the qcow2), or every machine's kernel
     # zeroes them at first boot: 32 MB of writes per 2 GB into its overlay.
-    proc.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-E", "lazy_itable_init=0,lazy_journal_init=0",
-              "-d", str(rootfs), str(raw), f"{size_mib}M"])
+    proc.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-U", fs_uuid,
+              "-E", f"lazy_itable_init=0,lazy_journal_init=0,hash_seed={fs_uuid}",
+              "-d", str(rootfs), str(raw), f"{size_mib}M"], env=env)
     try:
+        _set_ctimes(rootfs, raw, recipe.epoch, env)
         proc.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
     finally:
         raw.unlink(missing_ok=True)
+
+
+def _set_ctimes(rootfs: Path, image: Path, epoch: int, env: dict[str, str]) -> None:
+    """Every inode's change and access times in the image set to `epoch` (one debugfs session)."""
+    commands = [f"sif / ctime @{epoch}", f"sif / atime @{epoch}"]
+    for root, dirs, files in os.walk(rootfs):
+        for name in sorted(dirs + files):
+            relative = "/" + os.path.relpath(os.path.join(root, name), rootfs)
+            if any(c in relative for c in '"\n'):
+                raise VboxError(f"the box has a file whose name debugfs cannot take: {relative!r}")
+            commands += [f'sif "{relative}" ctime @{epoch}', f'sif "{relative}" atime @{epoch}']
+    script = image.with_suffix(".debugfs")
+    script.write_text("\n".join(commands) + "\n")
+    try:
+        proc.run(["debugfs", "-w", "-f", str(script), str(image)], env=env, timeout=1800)
+    finally:
+        script.unlink(missing_ok=True)
 
 
 def _digest(staged: Path) -> str:

@@ -38,6 +38,7 @@ class BoxMeta:
     # what the box's own services do for vbox: "virtiofs" = it mounts the synced folders
     # that its kernel command line names (KVM machines; providers/virtiofs.py)
     features: list[str] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)  # "name=version" of every package in it, sorted
     # where it came from when it was not built here: {"catalog", "version", "sha256"} or {"url"}
     source: dict[str, Any] = field(default_factory=dict)
     size: int = 0

@@ -13,7 +13,7 @@ from vbox_cli.errors import UsageError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Bump when the builder's output changes, so cached boxes are rebuilt.
-BUILDER_VERSION = "7"
+BUILDER_VERSION = "8"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -57,6 +57,16 @@ class Recipe(BaseModel):
     # own `disk` at first boot), or a size
     disk_size: Annotated[str, AfterValidator(_size)] = "auto"
     hypervisor: bool = False  # Xen: the box also carries the hypervisor's multiboot image
+    # the box's clock (SOURCE_DATE_EPOCH): no file of the box is newer, and every time the
+    # builder writes is this one, so the same packages give the same box on any machine
+    date: str = Field("2024-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+    @property
+    def epoch(self) -> int:
+        import calendar
+        import time
+
+        return calendar.timegm(time.strptime(self.date, "%Y-%m-%d"))
 
     # set by load(), not by the file
     source: str = ""

@@ -272,3 +272,27 @@ folders = []
         httpd.server_close()
         vbox("box", "remove", "team/deb12", "--force")
     assert store.find("team/deb12") is None
+
+
+@pytest.mark.slow
+def test_builds_are_reproducible(host, tmp_path):
+    """The same recipe from a cold and then a warm package cache: the same packages give
+    the same digest, disk, kernel and initrd byte for byte (SOURCE_DATE_EPOCH, fixed
+    UUID and hash seed, normalised times and files)."""
+    from boxes.archive import tree_digest
+
+    cache = tmp_path / "cache"  # cold for the first build, warm for the second
+    built = []
+    for run in ("cold", "warm"):
+        env = {"VBOX_HOME": str(tmp_path / run), "VBOX_CACHE": str(cache)}
+        vbox("box", "build", "debian-12", env=env, timeout=1800, check_rc=0)
+        built.append(BoxStore(tmp_path / run / "boxes").find("debian-12"))
+    cold, warm = built
+    assert cold.meta.packages and any(p.startswith("openssh-server=") for p in cold.meta.packages)
+    if cold.meta.packages != warm.meta.packages:  # the mirror moved between the two builds
+        assert cold.digest != warm.digest
+        pytest.fail("the mirror changed packages between the two builds; run again")
+    assert cold.digest == warm.digest
+    for kind in ("disk", "kernel", "initrd"):
+        assert cold.artefact(kind).read_bytes() == warm.artefact(kind).read_bytes(), kind
+    assert tree_digest(cold.artefact("rootfs")) == tree_digest(warm.artefact("rootfs"))

@@ -1,0 +1,130 @@
+"""What vbox writes into every box it builds: systemd units and small scripts through
+which a machine receives what vbox gives it (its identity on a Xen seed disk, the synced
+folders and static addresses its kernel command line names), and settings that make a
+box small and quiet. path in the box -> (content, mode)."""
+
+from __future__ import annotations
+
+ROOT_LABEL = "vbox-root"
+
+# Files written into every box. The machine's own SSH host keys are written by vbox when
+# the machine is made; this drop-in only makes sshd start on a box used without vbox.
+FILES = {
+    "etc/systemd/network/80-vbox.network": (
+        # UseDomains: the project network's domain becomes the search domain (`ping db`)
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n",
+        0o644,
+    ),
+    "etc/systemd/system/ssh.service.d/vbox-host-keys.conf": (
+        "[Service]\nExecStartPre=\n"
+        # only when the machine has no host key at all: generating RSA keys takes 0.5 s
+        "ExecStartPre=/bin/sh -c 'ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || /usr/bin/ssh-keygen -A'\n"
+        "ExecStartPre=/usr/sbin/sshd -t\n",
+        0o644,
+    ),
+    "etc/ssh/sshd_config.d/vbox.conf": (
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "UseDNS no\n",
+        0o644,
+    ),
+    # x-systemd.growfs: a VM's root file system grows to its (larger) disk at boot;
+    # noinit_itable: without it ext4 zeroes the new inode tables after growing, about
+    # 100 MB of writes into a fresh machine's overlay; noatime: reads write nothing
+    "etc/fstab": (f"LABEL={ROOT_LABEL} / ext4 defaults,noatime,noinit_itable,errors=remount-ro,x-systemd.growfs 0 1\n",
+                  0o644),
+    # a volatile journal: a persistent one preallocates 8 MB and more in every machine
+    "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644),
+    # names come from the project network's DNS, not from multicast guesses
+    "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644),
+    # Xen guests have no SMBIOS strings: vbox gives them the same tmpfiles lines as KVM's
+    # credential on a small raw disk that starts with "# vbox-seed " (see providers/xen.py)
+    "etc/systemd/system/vbox-seed.service": (
+        "[Unit]\nDescription=vbox: the machine's identity from its seed disk (Xen guests)\n"
+        "ConditionVirtualization=xen\nDefaultDependencies=no\n"
+        "After=local-fs.target\nBefore=ssh.service systemd-user-sessions.service sysinit.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/seed\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/seed": (
+        "#!/bin/sh\n"
+        "# Apply the seed disk vbox gives a Xen guest (its SSH host key, the authorized key).\n"
+        "# Its block device may come a moment after boot: look for up to 10 s.\n"
+        "set -u\n"
+        "i=0\n"
+        "while [ $i -lt 100 ]; do\n"
+        "  for dev in /sys/block/xvd* /sys/block/vd* /sys/block/sd*; do\n"
+        "    [ -e \"$dev\" ] || continue\n"
+        "    node=/dev/${dev##*/}\n"
+        "    if [ \"$(head -c 12 \"$node\" 2>/dev/null)\" = \"# vbox-seed \" ]; then\n"
+        "      head -c 1048576 \"$node\" | tr -d '\\000' > /run/vbox-seed.conf\n"
+        "      systemd-tmpfiles --create /run/vbox-seed.conf; rc=$?\n"
+        "      rm -f /run/vbox-seed.conf\n"
+        "      exit $rc\n"
+        "    fi\n"
+        "  done\n"
+        "  i=$((i + 1)); sleep 0.1\n"
+        "done\n"
+        "echo 'vbox-seed: no seed disk' >&2\n",
+        0o755,
+    ),
+    # KVM machines' synced folders: virtiofs tags named on the kernel command line
+    # (providers/virtiofs.py), mounted before sshd starts, so `up` finds them there
+    "etc/systemd/system/vbox-folders.service": (
+        "[Unit]\nDescription=vbox: the synced folders named on the kernel command line (virtiofs)\n"
+        "ConditionKernelCommandLine=vbox.folder\nDefaultDependencies=no\n"
+        "After=local-fs.target\nBefore=ssh.service systemd-user-sessions.service sysinit.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/folders\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/folders": (
+        "#!/bin/sh\n"
+        "# Mount each vbox.folder=TAG,MODE,PATH of the kernel command line: a virtiofs TAG at\n"
+        "# PATH (escaped as systemd-escape --path writes it), MODE ro or rw.\n"
+        "set -uf\n"
+        "rc=0\n"
+        "for word in $(cat /proc/cmdline); do\n"
+        "  case \"$word\" in vbox.folder=*) ;; *) continue ;; esac\n"
+        "  value=${word#vbox.folder=}\n"
+        "  tag=${value%%,*}; rest=${value#*,}; mode=${rest%%,*}; escaped=${rest#*,}\n"
+        "  case \"$tag\" in vbox[0-9]|vbox[0-9][0-9]) ;; *) echo \"vbox-folders: bad tag in $word\" >&2; rc=1; continue ;; esac\n"
+        "  case \"$mode\" in ro|rw) ;; *) echo \"vbox-folders: bad mode in $word\" >&2; rc=1; continue ;; esac\n"
+        "  path=$(systemd-escape --unescape --path -- \"$escaped\") || { rc=1; continue; }\n"
+        "  mountpoint -q -- \"$path\" && continue\n"
+        "  mkdir -p -- \"$path\" && mount -t virtiofs -o \"$mode\" -- \"$tag\" \"$path\" || rc=1\n"
+        "done\n"
+        "exit $rc\n",
+        0o755,
+    ),
+    # KVM machines' static addresses on extra networks (vbox.net=MAC,ADDRESS/PREFIX on the
+    # kernel command line, providers/kvm.py), handed to networkd before it starts
+    "etc/systemd/system/vbox-network.service": (
+        "[Unit]\nDescription=vbox: static addresses named on the kernel command line\n"
+        "ConditionKernelCommandLine=vbox.net\nDefaultDependencies=no\n"
+        "Before=systemd-networkd.service network-pre.target\nWants=network-pre.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/vbox/network\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/network": (
+        "#!/bin/sh\n"
+        "# For each vbox.net=MAC,ADDRESS/PREFIX of the kernel command line: networkd gives the\n"
+        "# interface with that MAC that address (a .network file in /run, before /etc's DHCP one).\n"
+        "set -uf\n"
+        "n=0\n"
+        "mkdir -p /run/systemd/network\n"
+        "for word in $(cat /proc/cmdline); do\n"
+        "  case \"$word\" in vbox.net=*) ;; *) continue ;; esac\n"
+        "  value=${word#vbox.net=}; mac=${value%%,*}; address=${value#*,}\n"
+        "  echo \"$mac\" | grep -Eqx '([0-9a-f]{2}:){5}[0-9a-f]{2}' || { echo \"vbox-network: bad MAC in $word\" >&2; continue; }\n"
+        "  echo \"$address\" | grep -Eqx '[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}' || { echo \"vbox-network: bad address in $word\" >&2; continue; }\n"
+        "  n=$((n + 1))\n"
+        "  printf '[Match]\\nMACAddress=%s\\n\\n[Network]\\nAddress=%s\\n' \"$mac\" \"$address\" > /run/systemd/network/11-vbox-net$n.network\n"
+        "done\n",
+        0o755,
+    ),
+    "etc/hostname": ("debian\n", 0o644),
+    "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
+}
+SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed", "vbox-folders", "vbox-network")
