@@ -39,6 +39,9 @@ class Reporter:
     def detail(self, line: str) -> None:
         self.events.output(self.subject, line)
 
+    def warning(self, text: str) -> None:
+        self.events.warning(f"{self.subject}: {text}", self.subject)
+
 
 def build(
     recipe: Recipe,
@@ -47,13 +50,16 @@ def build(
     force: bool = False,
     mirror: str | None = None,
     cache_dir: Path | None = None,
+    pinned: list[str] | None = None,
 ) -> tuple[Box, bool]:
     """Build the box of `recipe` into `store`. Returns (box, built): built is False when the
-    store already had this recipe's box (nothing was done)."""
+    store already had this recipe's box (nothing was done). `pinned`: name=version of the
+    packages an earlier build had (its box.json): those versions are installed where the
+    mirror has them, and the report says which it has not."""
     report = report or Reporter(subject=recipe.name)
     with store.lock(recipe.name, on_wait=lambda: report.phase(Phase.WAITING, "another build of this box")):
         current = store.find(recipe.name, recipe.version)
-        if current and current.meta.recipe_digest == recipe.digest and not force:
+        if current and current.meta.recipe_digest == recipe.digest and not force and not pinned:
             return current, False
         if current and store.users(recipe.name):
             # Never replace a box under machines: LXC machines have its root tree as their lower layer.
@@ -64,7 +70,7 @@ def build(
         check_host()
         staged = store.staging(recipe.name)
         try:
-            meta = _build_into(staged, recipe, report, mirror or recipe.mirror, cache_dir)
+            meta = _build_into(staged, recipe, report, mirror or recipe.mirror, cache_dir, pinned)
             report.phase(Phase.INSTALLING, "moving the box into the store")
             return store.install(staged, recipe.name, recipe.version, meta), True
         finally:
@@ -79,10 +85,13 @@ def check_host() -> None:
         raise VboxError(f"missing tools for a box build: {', '.join(missing)}", hint="run `env doctor --fix`")
 
 
-def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> BoxMeta:
+def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None,
+                pinned: list[str] | None = None) -> BoxMeta:
     started = time.monotonic()
     rootfs = staged / ARTEFACTS["rootfs"]
     _debootstrap(rootfs, recipe, report, mirror, cache_dir)
+    if pinned:
+        _pin(rootfs, recipe, report, pinned)
     report.phase(Phase.CONFIGURING, "the root tree")
     _configure(rootfs, recipe)
     packages = _packages(rootfs)
@@ -180,6 +189,46 @@ def _configure(rootfs: Path, recipe: Recipe) -> None:
     shutil.rmtree(rootfs / "debootstrap", ignore_errors=True)
 
 
+def _pin(rootfs: Path, recipe: Recipe, report: Reporter, pinned: list[str]) -> None:
+    """Install the versions of `pinned` that differ from what debootstrap installed, where
+    the mirror still has them (each one tried alone when they do not go in together); say
+    which it cannot get, and which packages are new."""
+    wanted = dict(item.split("=", 1) for item in pinned if "=" in item)
+    have = dict(item.split("=", 1) for item in _packages(rootfs))
+    todo = [f"{name}={version}" for name, version in sorted(wanted.items()) if have.get(name) != version]
+    report.phase(Phase.CONFIGURING, f"{len(wanted) - len(todo)} of {len(wanted)} package versions as pinned; "
+                                    f"{len(todo)} to install")
+    env = _build_env(recipe)
+    missing = []
+    marks = rootfs / "var/lib/apt/extended_states"  # apt marks what it installs as wanted by hand
+    saved = marks.read_bytes() if marks.is_file() else None
+    if todo:
+        proc.run(["chroot", str(rootfs), "apt-get", "update", "-q"], env=env, timeout=600)
+        install = ["chroot", str(rootfs), "apt-get", "install", "-y", "-q", "--allow-downgrades",
+                   "--no-install-recommends"]
+        if proc.run([*install, *todo], env=env, check=False, timeout=1800).returncode != 0:
+            for item in todo:
+                if proc.run([*install, item], env=env, check=False, timeout=1800).returncode != 0:
+                    missing.append(item)
+        if saved is None:
+            marks.unlink(missing_ok=True)
+        else:
+            marks.write_bytes(saved)
+    extra = sorted(set(have) - set(wanted))
+    now = _packages_map(rootfs)
+    for item in missing:
+        name = item.split("=", 1)[0]
+        report.warning(f"the mirror does not have {item}: the box has {name}={now.get(name, '(none)')}")
+    if extra:
+        report.warning(f"packages the earlier build did not have: {', '.join(extra)}")
+    if missing or extra:
+        report.warning("the digest will differ from the earlier build's")
+
+
+def _packages_map(rootfs: Path) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in _packages(rootfs))
+
+
 def _packages(rootfs: Path) -> list[str]:
     """Every package of the box as name=version (architecture-qualified where dpkg does)."""
     out = _chroot(rootfs, "dpkg-query", "-W", "-f", "${binary:Package}=${Version}\\n")
@@ -189,7 +238,8 @@ def _packages(rootfs: Path) -> list[str]:
 # Files the build leaves that differ from one build to the next, whatever the packages:
 # logs, caches with inode numbers and times in them, backups of files written above.
 UNSTABLE = ("var/log/**/*", "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
-            "etc/*-", "var/lib/systemd/catalog/database")
+            "etc/*-", "var/lib/systemd/catalog/database", "var/lib/apt/lists/lock", "var/cache/apt/archives/lock",
+            "var/lib/dpkg/lock", "var/lib/dpkg/lock-frontend")
 
 
 def _normalize(rootfs: Path, epoch: int) -> None:

@@ -296,3 +296,22 @@ def test_builds_are_reproducible(host, tmp_path):
     for kind in ("disk", "kernel", "initrd"):
         assert cold.artefact(kind).read_bytes() == warm.artefact(kind).read_bytes(), kind
     assert tree_digest(cold.artefact("rootfs")) == tree_digest(warm.artefact("rootfs"))
+
+
+@pytest.mark.slow
+def test_build_from_an_earlier_box_says_what_the_mirror_lacks(debian12, tmp_path):
+    """--from installs the versions an earlier box.json lists where the mirror has them;
+    one it has not is named, and the box is built all the same."""
+    meta = json.loads((debian12.path / "box.json").read_text())
+    assert meta["packages"]
+    meta["packages"] = [p if not p.startswith("sudo=") else "sudo=0.0-notonthemirror" for p in meta["packages"]]
+    (tmp_path / "box.json").write_text(json.dumps(meta))
+    result = vbox("box", "build", "debian-12", "--from", str(tmp_path / "box.json"),
+                  env={"VBOX_HOME": str(tmp_path / "home")}, timeout=1800, check_rc=0)
+    said = result.stdout + result.stderr
+    assert "the mirror does not have sudo=0.0-notonthemirror: the box has sudo=" in said
+    assert "the digest will differ" in said
+    rebuilt = BoxStore(tmp_path / "home" / "boxes").find("debian-12")
+    assert any(p.startswith("sudo=") and p != "sudo=0.0-notonthemirror" for p in rebuilt.meta.packages)
+    bad = vbox("box", "build", "debian-12", "--from", str(tmp_path / "missing.json"))
+    assert bad.returncode == 2 and "cannot read" in bad.stderr

@@ -24,11 +24,17 @@ def build(
     mirror: Annotated[
         Optional[str], typer.Option("--mirror", help="Debian mirror to use instead of the recipe's.", metavar="URL")
     ] = None,
+    from_meta: Annotated[
+        Optional[Path], typer.Option("--from", help="An earlier build's box.json (or box archive): install the "
+                                     "package versions it lists, where the mirror has them.", metavar="METADATA")
+    ] = None,
     events: Events = False,
 ) -> None:
     """Build a box from its recipe (debootstrap from the Debian mirror; needs root).
 
-    Does nothing when the store already holds the box built from this very recipe.
+    Builds are reproducible: the same package versions give the same digest. Does nothing
+    when the store already holds the box built from this very recipe (unless --force or
+    --from).
     """
     from boxes import recipe as recipes
     from boxes.build import Reporter
@@ -42,11 +48,12 @@ def build(
     if events:
         ctx.obj.start_events("box build", subject_key="box")
     spec = recipes.load(recipe)
+    pinned = _pinned_packages(from_meta) if from_meta else None
     store = BoxStore()
     with event_stream(ctx, "box build", [spec.name], events, subject_key="box", show_output=False) as stream:
         box, built = build_box(
             spec, store, Reporter(stream, spec.name), force=force, mirror=mirror,
-            cache_dir=vbox_cache() / "debootstrap",
+            cache_dir=vbox_cache() / "debootstrap", pinned=pinned,
         )
         stream.phase(spec.name, Phase.BUILT, f"{box.version} {box.digest[:19]}" + ("" if built else " (up to date)"))
     if built:
@@ -55,6 +62,42 @@ def build(
                     f"{format_size_human(box.size)}")
     else:
         out.success(f"box {box.name} {box.version} is up to date ({box.digest[:19]})")
+
+
+def _pinned_packages(path: Path) -> list[str]:
+    """The package list of a box.json, or of the manifest of a box archive."""
+    import json as json_
+
+    from vbox_cli.errors import UsageError
+
+    try:
+        if path.suffix == ".box":
+            from boxes.archive import ArchiveError, open_archive, read_manifest
+
+            raw, tar = open_archive(path)
+            try:
+                meta = read_manifest(tar)["meta"]
+            except ArchiveError as exc:
+                raise UsageError(f"{path}: {exc.message}") from None
+            finally:
+                tar.close()
+                raw.close()
+        else:
+            meta = json_.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise UsageError(f"{path} is not JSON (a box.json)") from None
+    packages = meta.get("packages") if isinstance(meta, dict) else None
+    if not isinstance(packages, list) or not all(isinstance(p, str) and "=" in p for p in packages) or not packages:
+        raise UsageError(f"{path} lists no packages (a box built by an earlier vbox)",
+                         hint="boxes built by this vbox list theirs in box.json")
+    import re
+
+    bad = [p for p in packages if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+", p)]
+    if bad:
+        raise UsageError(f"{path}: not package versions: {', '.join(bad[:3])}")
+    return packages
 
 
 @app.command("list")
