@@ -45,7 +45,7 @@ def veth_name(object_name: str, index: int = 0) -> str:
 
 def network_entries(spec: MachineSpec, folder: Path) -> list[dict]:
     """The machine's extra networks as the config template takes them: a Linux bridge is
-    LXC's own link; an Open vSwitch bridge is joined by the scripts `write_net_scripts`
+    LXC's own link; an Open vSwitch bridge is joined by the scripts `_write_config`
     puts in the machine's folder (LXC has no VLAN tags for Open vSwitch ports)."""
     return [{"index": i, "mac": net.mac, "veth": veth_name(spec.object_name, i), "address": net.address,
              "link": net.bridge if net.kind == "bridge" else "",
@@ -243,6 +243,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             target.write_text(content)
             os.chown(target, *user_ids(spec.box, owner))
             os.chmod(target, mode)
+        self._write_network_files(spec)
         self._write_config(spec)  # last: a folder with a config is a complete machine
 
     def _write_config(self, spec: MachineSpec) -> None:
@@ -251,22 +252,30 @@ class LxcProvider(LocalPorts, ProviderBase):
         from providers import ovs
 
         folder = self._folder(spec.object_name)
-        upper = folder / UPPER
-        network_dir = upper / "etc/systemd/network"
-        for old in network_dir.glob("11-vbox-net*.network") if network_dir.is_dir() else ():
-            old.unlink()
         for old in folder.glob("ovs-*"):
             old.unlink()
-        for relative, (content, mode, owner) in network_files(spec).items():
-            _make_parents(upper, spec.box.artefact("rootfs"), Path(relative))
-            atomic_write(upper / relative, content, mode)
         for i, net in enumerate(spec.networks, start=1):
             if net.kind == "ovs":
                 atomic_write(folder / f"ovs-up-{i}", ovs.port_script(net.bridge, net.vlan), 0o700)
                 atomic_write(folder / "ovs-down", ovs.down_script(), 0o700)
         atomic_write(folder / CONFIG, render_config(spec, folder), 0o600)
 
+    def _write_network_files(self, spec: MachineSpec) -> None:
+        """networkd's files of the extra networks, in the upper layer of a stopped machine
+        (never under a running one's overlay)."""
+        from vbox_cli.files import atomic_write
+
+        upper = self._folder(spec.object_name) / UPPER
+        network_dir = upper / "etc/systemd/network"
+        for old in network_dir.glob("11-vbox-net*.network") if network_dir.is_dir() else ():
+            old.unlink()
+        for relative, (content, mode, owner) in network_files(spec).items():
+            _make_parents(upper, spec.box.artefact("rootfs"), Path(relative))
+            atomic_write(upper / relative, content, mode)
+
     def apply_resources(self, spec: MachineSpec) -> None:
+        """Before a start: the config (cpus, memory, folders, networks) as the spec says."""
+        self._write_network_files(spec)
         self._write_config(spec)
 
     def update_folders(self, spec: MachineSpec) -> str | None:
@@ -316,6 +325,7 @@ class LxcProvider(LocalPorts, ProviderBase):
                                         f"with its owners mapped ({why}): its file system does not take idmapped "
                                         "mounts", hint="move the project to a local file system (ext4, xfs, "
                                                        "btrfs), or set folders = [] for this machine")
+            self._write_network_files(spec)  # stopped: nothing mounts its upper layer yet
             self._write_config(spec)
             (folder / CONSOLE_LOG).unlink(missing_ok=True)
             self._lxc_start(spec.object_name, folder)
