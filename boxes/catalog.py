@@ -339,12 +339,17 @@ def publish(archive_path: Path, folder: Path, name: str | None = None) -> tuple[
     from vbox_cli.envfile.types import _box_name
     from vbox_cli.files import atomic_write
 
-    raw, tar = open_archive(archive_path)
+    from boxes.archive import ArchiveError
+
     try:
-        manifest = read_manifest(tar)
-    finally:
-        tar.close()
-        raw.close()
+        raw, tar = open_archive(archive_path)
+        try:
+            manifest = read_manifest(tar)
+        finally:
+            tar.close()
+            raw.close()
+    except ArchiveError as exc:
+        raise CatalogError(f"{archive_path}: {exc.message}") from None
     name = name or manifest["name"]
     try:
         _box_name(name)

@@ -74,14 +74,15 @@ def _pinned_packages(path: Path) -> list[str]:
         if path.suffix == ".box":
             from boxes.archive import ArchiveError, open_archive, read_manifest
 
-            raw, tar = open_archive(path)
             try:
-                meta = read_manifest(tar)["meta"]
+                raw, tar = open_archive(path)
+                try:
+                    meta = read_manifest(tar)["meta"]
+                finally:
+                    tar.close()
+                    raw.close()
             except ArchiveError as exc:
                 raise UsageError(f"{path}: {exc.message}") from None
-            finally:
-                tar.close()
-                raw.close()
         else:
             meta = json_.loads(path.read_text())
     except OSError as exc:
