@@ -24,6 +24,40 @@ from vbox_cli.events import Phase
 REQUIRED_TOOLS = ("debootstrap", "mke2fs", "debugfs", "qemu-img", "chroot")
 
 
+class DebootstrapProgress:
+    """debootstrap's output, read as it comes: each line to the report's output, and what
+    it is doing as the phase's detail: packages fetched (or checked, from the cache), then
+    unpacked and configured of that many. At most one phase event per 10 packages."""
+
+    STAGES = {"Retrieving": "fetched", "Validating": "fetched", "Extracting": "extracted",
+              "Unpacking": "unpacked", "Configuring": "configured"}
+    LABELS = {"fetched": "packages fetched: {count}", "extracted": "extracting {count} of {total}",
+              "unpacked": "unpacking {count} of {total}", "configured": "configuring {count} of {total}"}
+
+    def __init__(self, report, first: str):
+        self.report = report
+        self.counts = {"fetched": 0, "extracted": 0, "unpacked": 0, "configured": 0}
+        self.shown = ""
+        self.first = first
+
+    def __call__(self, line: str) -> None:
+        self.report.detail(line)
+        words = line.split()
+        if len(words) < 3 or words[0] != "I:" or words[1] not in self.STAGES:
+            return
+        stage = self.STAGES[words[1]]
+        if words[1] == "Retrieving" and words[2].startswith(("Release", "InRelease", "Packages")):
+            return  # the index files, not packages
+        if words[1] == "Validating" and words[2].startswith(("Packages", "Release")):
+            return
+        self.counts[stage] += 1
+        count, total = self.counts[stage], self.counts["fetched"]
+        detail = self.LABELS[stage].format(count=count, total=total)
+        if count % 10 == 0 or stage != self.shown or (stage != "fetched" and count == total):
+            self.shown = stage
+            self.report.phase(Phase.BOOTSTRAPPING, f"{self.first}: {detail}")
+
+
 class Reporter:
     """A build's progress as events of the command's stream, about the box."""
 
@@ -118,7 +152,8 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
 
 
 def _debootstrap(rootfs: Path, recipe: Recipe, report: Reporter, mirror: str, cache_dir: Path | None) -> None:
-    report.phase(Phase.BOOTSTRAPPING, f"debootstrap {recipe.suite} from {mirror}")
+    first = f"debootstrap {recipe.suite} from {mirror}"
+    report.phase(Phase.BOOTSTRAPPING, first)
     argv = ["debootstrap", f"--variant={recipe.variant}", f"--components={','.join(recipe.components)}"]
     if recipe.packages:
         argv.append(f"--include={','.join(recipe.packages)}")
@@ -127,7 +162,7 @@ def _debootstrap(rootfs: Path, recipe: Recipe, report: Reporter, mirror: str, ca
         argv.append(f"--cache-dir={cache_dir}")
     argv += [recipe.suite, str(rootfs), mirror]
     try:
-        proc.stream(argv, report.detail, env=_build_env(recipe))
+        proc.stream(argv, DebootstrapProgress(report, f"debootstrap {recipe.suite}"), env=_build_env(recipe))
     except CommandError as exc:
         log = rootfs / "debootstrap" / "debootstrap.log"
         reason = _debootstrap_reason(exc.output, log)

@@ -120,6 +120,16 @@ def label(phase: Phase, detail: str = "") -> str:
 # -- sinks ---------------------------------------------------------------------------
 
 
+def byte_progress(done: int, total: int, seconds: float) -> str:
+    """"120.0 of 251.4 MiB, 80.2 MiB/s, 2 s left": a copy's progress as a phase's detail."""
+    rate = done / max(seconds, 1e-6)
+    text = f"{done / 2**20:.1f} of {total / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s"
+    if total and done < total and rate > 0:
+        left = (total - done) / rate
+        text += f", {int(left // 60)} min {int(left % 60)} s left" if left >= 60 else f", {left:.0f} s left"
+    return text
+
+
 class PhaseClock:
     """How long each machine spent in each phase, read from the stream (for the summary)."""
 

@@ -157,7 +157,7 @@ def remove(
 
 class _ByteProgress:
     """A long copy's progress as phase events: at most every 2 % (a line each in plain
-    output), with bytes done, in all, and the rate."""
+    output), with bytes done, in all, the rate and the time left."""
 
     def __init__(self, stream, subject: str, phase):
         self.stream, self.subject, self.phase = stream, subject, phase
@@ -169,9 +169,9 @@ class _ByteProgress:
         if step == self.shown:
             return
         self.shown = step
-        rate = done / max(time.monotonic() - self.started, 1e-6)
-        self.stream.phase(self.subject, self.phase, f"{format_size_human(done)} of {format_size_human(total)}, "
-                                                    f"{format_size_human(int(rate))}/s")
+        from vbox_cli.events import byte_progress
+
+        self.stream.phase(self.subject, self.phase, byte_progress(done, total, time.monotonic() - self.started))
 
 
 @app.command("export")

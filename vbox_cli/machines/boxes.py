@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from vbox_cli.errors import VboxError
-from vbox_cli.events import Phase
+from vbox_cli.events import Phase, byte_progress
 
 
 def boxes_for(session, names: list[str]) -> dict:
@@ -61,9 +61,8 @@ def _fetch(session, name: str, machine, constraint):
         step = int(50 * done / total) if total else 0
         if step != shown[0]:
             shown[0] = step
-            rate = done / max(time.monotonic() - started, 1e-6) / 2**20
-            events.phase(name, Phase.DOWNLOADING, f"{machine.box}: {done / 2**20:.1f} of {total / 2**20:.1f} MiB, "
-                                                  f"{rate:.1f} MiB/s")
+            events.phase(name, Phase.DOWNLOADING,
+                         f"{machine.box}: {byte_progress(done, total, time.monotonic() - started)}")
 
     events.phase(name, Phase.DOWNLOADING, f"{machine.box} from {where}")
     try:
