@@ -69,7 +69,9 @@ class Output:
         print(json.dumps(data, indent=2, sort_keys=False), file=self._stdout, flush=True)
 
     # -- tables ----------------------------------------------------------------
-    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
+              one_line: Sequence[str] = ()) -> None:
+        """`one_line`: columns whose cells stay on one line, cut with "…" to fit the terminal."""
         cells = [[str(c) for c in row] for row in rows]
         if self.plain or self.to_stderr:
             stream = self._stdout
@@ -85,8 +87,11 @@ class Output:
         from rich.text import Text
 
         table = Table(title=Text(title) if title else None, title_justify="left", header_style="bold")
-        for col in columns:
-            table.add_column(col)
+        for i, col in enumerate(columns):
+            # the one_line columns give way (cut with "…"); the others are kept whole
+            whole = max([len(col), *(len(row[i]) for row in cells)]) if one_line and col not in one_line else None
+            table.add_column(col, min_width=whole)
         for row in cells:
-            table.add_row(*(Text(cell) for cell in row))
+            table.add_row(*(Text(cell, no_wrap=True, overflow="ellipsis") if col in one_line else Text(cell)
+                            for col, cell in zip(columns, row)))
         self.console.print(table)

@@ -86,7 +86,8 @@ def report(ctx: typer.Context, results, title: str) -> None:
     room = max(20, 80 - width - 22)  # the table stays within 80 columns
     rows = [(r.machine, r.action if r.ok else _cut(f"FAILED: {_first_line(r.error.message, r.machine)}", room),
              *((addresses[r.machine],) if any(addresses.values()) else ()), f"{r.seconds:.1f}") for r in results]
-    out.table(["machine", "result", *(("address",) if any(addresses.values()) else ()), "seconds"], rows, title=title)
+    out.table(["machine", "result", *(("address",) if any(addresses.values()) else ()), "seconds"], rows, title=title,
+              one_line=("result",))
     if clock and not ctx.obj.out.to_stderr:  # how long each phase took, a line per machine
         for result in results:
             if spent := clock.summary(result.machine):
