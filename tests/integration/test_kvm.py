@@ -116,13 +116,19 @@ def test_lxc_and_kvm_machines_reach_each_other_by_name(project):
     assert project.ssh("vm", "ping -c 1 -W 5 ct > /dev/null && echo ok") == "ok\n"
 
 
-@pytest.mark.parametrize("delay,then", [(1.0, "up"), (4.0, "destroy")])
+@pytest.mark.parametrize("delay,then", [(1.0, "up"), (4.0, "destroy"), (9.0, "up")])
 def test_killed_vm_up_then_up_or_destroy(project, delay, then):
+    """Killed while it is made, while it starts (its synced folder being served), or while
+    it boots: the next up finishes it (the folder mounted, the step run once), or destroy
+    removes it with nothing left (no mount of the folder, no watcher)."""
     project.kill_up_after(delay)
     if then == "up":
         project.env("up")
         assert project.status()["vm"]["state"] == "running"
         assert project.ssh("vm", "sudo cat /root/once.log") == "provisioned\n"
+        assert project.ssh("vm", "cat /vbox/files/site.conf") == "listen 80;\n"  # the default synced folder
     else:
         project.env("destroy", "-f")
         assert find_leaks(project.id) == []
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if "/var/lib/vbox/shares/" in line]
