@@ -410,6 +410,12 @@ def import_archive(path: Path, store, name: str | None = None, progress: Progres
             extractor.finish(manifest["devices"])
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             raise ArchiveError(f"the archive is damaged or truncated ({exc})") from None
+        except OSError as exc:  # the store's disk: full, out of inodes, read-only
+            if exc.errno is None:
+                raise
+            raise ArchiveError(f"cannot write the box into {store.root}: {exc.strerror or exc}",
+                               hint="nothing was written to the box store; free some space there and import "
+                                    "again") from None
         if on_phase:
             on_phase("verifying")
         for file_name, expected in manifest["files"].items():

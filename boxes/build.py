@@ -101,7 +101,7 @@ def build(
                 f"box {recipe.name} {recipe.version} is in use and its recipe changed",
                 hint="bump the recipe's version to build a new box beside it, or destroy those machines first",
             )
-        check_host()
+        check_host(store.root)
         staged = store.staging(recipe.name)
         try:
             meta = _build_into(staged, recipe, report, mirror or recipe.mirror, cache_dir, pinned)
@@ -111,9 +111,20 @@ def build(
             discard(staged)
 
 
-def check_host() -> None:
+BUILD_SPACE = 2 * 1024**3  # what a build of debian-12 takes at its largest: the tree, the raw image, the qcow2
+
+
+def check_host(store_root: Path | None = None) -> None:
     if os.geteuid() != 0:
         raise VboxError("building a box needs root (debootstrap, chroot)", hint="run it with sudo")
+    if store_root is not None:
+        where = store_root
+        while not where.exists():
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if free < BUILD_SPACE:
+            raise VboxError(f"not enough space for a box build in {store_root}: {free >> 20} MiB free",
+                            hint=f"a build takes up to {BUILD_SPACE >> 30} GiB while it runs; free some space there")
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
         raise VboxError(f"missing tools for a box build: {', '.join(missing)}", hint="run `env doctor --fix`")
@@ -164,6 +175,11 @@ def _debootstrap(rootfs: Path, recipe: Recipe, report: Reporter, mirror: str, ca
     try:
         proc.stream(argv, DebootstrapProgress(report, f"debootstrap {recipe.suite}"), env=_build_env(recipe))
     except CommandError as exc:
+        free = shutil.disk_usage(rootfs).free
+        if free < 64 * 1024**2:  # debootstrap says "file already exists" or worse when the disk is full
+            raise VboxError(f"debootstrap failed: the disk of the box store is full ({free >> 20} MiB free)",
+                            hint=f"a box build needs about {BUILD_SPACE >> 30} GiB free there; free some space and "
+                                 "build again") from None
         log = rootfs / "debootstrap" / "debootstrap.log"
         reason = _debootstrap_reason(exc.output, log)
         raise VboxError(

@@ -178,6 +178,11 @@ def _invoke(app, args: list[str], prog_name: str, context: Context):
     except BrokenPipeError:
         return EXIT_FAILURE, None
     except Exception as exc:  # a bug: say so plainly, show the traceback on request
+        from vbox_cli.errors import disk_error
+
+        if (error := disk_error(exc)) is not None:
+            _report(out, error)
+            return EXIT_FAILURE, (error.message, error.hint)
         if os.environ.get("VBOX_DEBUG"):
             raise
         message = f"internal error: {type(exc).__name__}: {exc}"

@@ -88,3 +88,15 @@ class CommandError(VboxError):
         last = lines[-1].strip() if lines else ""
         message = f"command failed with exit status {returncode}: {shlex.join(argv)}" + (f": {last}" if last else "")
         super().__init__(message, hint, details="\n".join(lines[-15:]) or None)
+
+
+def disk_error(exc: BaseException) -> VboxError | None:
+    """A full, over-quota or read-only disk, as the user's error it is (not vbox's bug)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        where = f" {exc.filename}" if exc.filename else ""
+        return VboxError(f"cannot write{where}: {exc.strerror}",
+                         hint="free some space there (or make it writable) and run the command again: what was "
+                              "done so far is kept")
+    return None

@@ -25,11 +25,15 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        from vbox_cli.errors import disk_error
+
+        if isinstance(exc, OSError) and (error := disk_error(OSError(exc.errno, exc.strerror, str(path)))):
+            raise error from None
         raise
     if durable:
         try:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from vbox_cli.errors import VboxError
+from vbox_cli.errors import VboxError, disk_error
 from vbox_cli.events import Phase
 
 
@@ -32,9 +32,11 @@ def run_each(session, names: list[str], work: Callable[[str], str], jobs: int | 
             result = Result(name, True, work(name), seconds=time.monotonic() - started)
         except VboxError as exc:
             result = Result(name, False, "failed", exc, time.monotonic() - started)
-        except Exception as exc:  # a bug: say so, and let the other machines finish
-            error = VboxError(f"{name}: internal error: {type(exc).__name__}: {exc}",
-                              hint="run again with VBOX_DEBUG=1 for a traceback")
+        except Exception as exc:  # a bug (or a full disk): say so, and let the other machines finish
+            full = disk_error(exc)
+            error = VboxError(f"{name}: {full.message}", hint=full.hint) if full else \
+                VboxError(f"{name}: internal error: {type(exc).__name__}: {exc}",
+                          hint="run again with VBOX_DEBUG=1 for a traceback")
             if _debug():
                 import traceback
 
