@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Callable
 
 from boxes.meta import ARTEFACTS, BoxMeta
+from boxes.tree import XATTRS, file_sha256, kept_xattrs, tree_digest, walk
 from vbox_cli.errors import VboxError
 
 FORMAT = 1
 MANIFEST = "vbox-box.json"
 ROOTFS = ARTEFACTS["rootfs"]
 FILES = tuple(v for k, v in ARTEFACTS.items() if k != "rootfs")
-XATTRS = ("security.capability", "system.posix_acl_access", "system.posix_acl_default")  # and user.*
 XATTR_KEY = "VBOX.xattr."  # PAX record: base64 of the value
 DEVICES = {  # the only device nodes a box's /dev may have: name -> (kind, major, minor, mode)
     "null": ("c", 1, 3, 0o666), "zero": ("c", 1, 5, 0o666), "full": ("c", 1, 7, 0o666),
@@ -58,65 +58,6 @@ class ArchiveError(VboxError):
     """The archive is not a box vbox may import; nothing was written."""
 
 
-# -- the root tree's digest ------------------------------------------------------------
-def _xattrs(path: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    found = {}
-    for name in sorted(names):
-        if name in XATTRS or name.startswith("user."):
-            try:
-                found[name] = os.getxattr(path, name, follow_symlinks=False)
-            except OSError:
-                continue
-    return found
-
-
-def _file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _walk_sorted(root: Path):
-    """As `_walk`, but depth first: a folder's whole contents before its next sibling."""
-    def visit(relative: str):
-        folder = root / relative if relative else root
-        for name in sorted(os.listdir(folder), key=os.fsencode):
-            path = f"{relative}/{name}" if relative else name
-            info = os.lstat(root / path)
-            yield path, info
-            if stat.S_ISDIR(info.st_mode):
-                yield from visit(path)
-
-    yield from visit("")
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over the tree: each entry's path, kind, mode, owner, content (a file's sha256,
-    a link's target) and kept attributes. Device nodes and times are left out."""
-    total = hashlib.sha256()
-    for relative, info in _walk_sorted(root):
-        path = root / relative
-        mode = info.st_mode
-        if stat.S_ISREG(mode):
-            what = "f " + _file_sha256(path)
-        elif stat.S_ISDIR(mode):
-            what = "d"
-        elif stat.S_ISLNK(mode):
-            what = "l " + base64.b64encode(os.fsencode(os.readlink(path))).decode()
-        else:
-            continue  # devices, FIFOs, sockets
-        xattrs = ",".join(f"{k}={base64.b64encode(v).decode()}" for k, v in _xattrs(str(path)).items())
-        name = base64.b64encode(os.fsencode(relative)).decode()
-        total.update(f"{name} {what} {stat.S_IMODE(mode):o} {info.st_uid} {info.st_gid} {xattrs}\n".encode())
-    return total.hexdigest()
-
-
 # -- export --------------------------------------------------------------------------
 def export(box, target: Path, progress: Progress | None = None) -> str:
     """Write the box to `target` (through a .part file, renamed when complete); its sha256."""
@@ -127,10 +68,10 @@ def export(box, target: Path, progress: Progress | None = None) -> str:
     devices = sorted(name for name in DEVICES if os.path.lexists(rootfs / "dev" / name)) if rootfs.is_dir() else []
     total = sum((box.path / name).stat().st_size for name in files)
     if rootfs.is_dir():
-        total += sum(info.st_size for _, info in _walk_sorted(rootfs) if stat.S_ISREG(info.st_mode))
+        total += sum(info.st_size for _, info in walk(rootfs) if stat.S_ISREG(info.st_mode))
     manifest = {
         "format": FORMAT, "name": box.name, "version": box.version, "meta": box.meta.to_dict(),
-        "files": {name: _file_sha256(box.path / name) for name in files},
+        "files": {name: file_sha256(box.path / name) for name in files},
         "tree": tree_digest(rootfs) if rootfs.is_dir() else None, "devices": devices, "size": total,
     }
     partial = target.with_name(target.name + ".part")
@@ -165,7 +106,7 @@ def export(box, target: Path, progress: Progress | None = None) -> str:
                         progress(done, total)
                 if rootfs.is_dir():
                     tar.addfile(_info(tar, rootfs, ROOTFS))
-                    for relative, st in _walk_sorted(rootfs):
+                    for relative, st in walk(rootfs):
                         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                             continue  # device nodes: made by the import from DEVICES
                         path = rootfs / relative
@@ -190,7 +131,7 @@ def export(box, target: Path, progress: Progress | None = None) -> str:
 def _info(tar: tarfile.TarFile, path: Path, name: str) -> tarfile.TarInfo:
     info = tar.gettarinfo(str(path), arcname=name)  # a second name of a file: a hard link member
     info.uname = info.gname = ""
-    xattrs = _xattrs(str(path))
+    xattrs = kept_xattrs(str(path))
     if xattrs:
         info.pax_headers = {XATTR_KEY + k: base64.b64encode(v).decode() for k, v in xattrs.items()}
     return info
@@ -419,7 +360,7 @@ def import_archive(path: Path, store, name: str | None = None, progress: Progres
         if on_phase:
             on_phase("verifying")
         for file_name, expected in manifest["files"].items():
-            if _file_sha256(staging / file_name) != expected:
+            if file_sha256(staging / file_name) != expected:
                 raise ArchiveError(f"{file_name} does not have the sha256 its manifest gives (damaged in transit?)")
         has_disk = all((staging / ARTEFACTS[k]).is_file() for k in ("disk", "kernel", "initrd"))
         if has_disk and meta.digest.startswith("sha256:") and f"sha256:{_digest(staging)}" != meta.digest:

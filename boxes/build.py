@@ -15,6 +15,7 @@ from pathlib import Path
 
 from boxes.guestfiles import FILES, ROOT_LABEL, SERVICES
 from boxes.meta import Boot, BoxMeta
+from boxes.reproducible import normalize, set_times
 from boxes.recipe import Recipe
 from boxes.store import ARTEFACTS, Box, BoxStore, discard
 from vbox_cli import proc
@@ -140,7 +141,7 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
     report.phase(Phase.CONFIGURING, "the root tree")
     _configure(rootfs, recipe)
     packages = _packages(rootfs)
-    _normalize(rootfs, recipe.epoch)
+    normalize(rootfs, recipe.epoch)
     report.phase(Phase.KERNEL, "extracting the kernel and initrd")
     kernel, initrd = _kernel_files(rootfs)
     shutil.copy2(kernel, staged / ARTEFACTS["kernel"])
@@ -286,45 +287,6 @@ def _packages(rootfs: Path) -> list[str]:
     return sorted(line for line in out.splitlines() if line.strip())
 
 
-# Files the build leaves that differ from one build to the next, whatever the packages:
-# logs, caches with inode numbers and times in them, backups of files written above.
-UNSTABLE = ("var/log/**/*", "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
-            "etc/*-", "var/lib/systemd/catalog/database", "var/lib/apt/lists/lock", "var/cache/apt/archives/lock",
-            "var/lib/dpkg/lock", "var/lib/dpkg/lock-frontend")
-
-
-def _normalize(rootfs: Path, epoch: int) -> None:
-    """The same packages give the same tree: what a build stamps is taken out or set to
-    the recipe's date, and no file is newer than it."""
-    for pattern in UNSTABLE:
-        for path in glob.glob(str(rootfs / pattern), recursive=True):
-            if os.path.isfile(path) or os.path.islink(path):
-                os.unlink(path)
-    days = epoch // 86400  # /etc/shadow's "last changed" field, in days
-    for name in ("etc/shadow", "etc/gshadow"):
-        path = rootfs / name
-        if path.is_file():
-            lines = []
-            for line in path.read_text().splitlines():
-                fields = line.split(":")
-                if name == "etc/shadow" and len(fields) > 2 and fields[2]:
-                    fields[2] = str(days)
-                lines.append(":".join(fields))
-            mode = path.stat().st_mode
-            path.write_text("\n".join(lines) + "\n")
-            os.chmod(path, mode & 0o7777)
-    for root, dirs, files in os.walk(rootfs):
-        for name in dirs + files:
-            _clamp(os.path.join(root, name), epoch)
-    _clamp(str(rootfs), epoch)
-
-
-def _clamp(path: str, epoch: int) -> None:
-    info = os.lstat(path)
-    if info.st_mtime > epoch or info.st_atime > epoch:
-        os.utime(path, (min(info.st_atime, epoch), min(info.st_mtime, epoch)), follow_symlinks=False)
-
-
 def _kernel_files(rootfs: Path) -> tuple[Path, Path]:
     kernels = sorted(rootfs.glob("boot/vmlinuz-*"))
     if not kernels:
@@ -377,27 +339,10 @@ def _make_disk(rootfs: Path, disk: Path, recipe: Recipe) -> None:
               "-E", f"lazy_itable_init=0,lazy_journal_init=0,hash_seed={fs_uuid}",
               "-d", str(rootfs), str(raw), f"{size_mib}M"], env=env)
     try:
-        _set_ctimes(rootfs, raw, recipe.epoch, env)
+        set_times(rootfs, raw, recipe.epoch, env)
         proc.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
     finally:
         raw.unlink(missing_ok=True)
-
-
-def _set_ctimes(rootfs: Path, image: Path, epoch: int, env: dict[str, str]) -> None:
-    """Every inode's change and access times in the image set to `epoch` (one debugfs session)."""
-    commands = [f"sif / ctime @{epoch}", f"sif / atime @{epoch}"]
-    for root, dirs, files in os.walk(rootfs):
-        for name in sorted(dirs + files):
-            relative = "/" + os.path.relpath(os.path.join(root, name), rootfs)
-            if any(c in relative for c in '"\n'):
-                raise VboxError(f"the box has a file whose name debugfs cannot take: {relative!r}")
-            commands += [f'sif "{relative}" ctime @{epoch}', f'sif "{relative}" atime @{epoch}']
-    script = image.with_suffix(".debugfs")
-    script.write_text("\n".join(commands) + "\n")
-    try:
-        proc.run(["debugfs", "-w", "-f", str(script), str(image)], env=env, timeout=1800)
-    finally:
-        script.unlink(missing_ok=True)
 
 
 def _digest(staged: Path) -> str:

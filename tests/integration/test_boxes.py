@@ -189,7 +189,7 @@ def test_killed_build_is_swept_by_the_next(host, tmp_path):
 def test_export_and_import_give_the_same_box(debian12, tmp_path):
     """The real box through one archive and back, under another name: the same digest and
     root tree, and an LXC machine made from it comes up."""
-    from boxes.archive import tree_digest
+    from boxes.tree import tree_digest
     from tests.integration.test_lxc import Project
 
     exported = vbox("box", "export", "debian-12", "-o", str(tmp_path / "d.box"), check_rc=0)
@@ -280,7 +280,7 @@ def test_builds_are_reproducible(debian12, tmp_path):
     (built from the warm one): the same packages give the same digest, disk, kernel and
     initrd byte for byte (SOURCE_DATE_EPOCH, fixed UUID and hash seed, normalised times
     and files)."""
-    from boxes.archive import tree_digest
+    from boxes.tree import tree_digest
 
     env = {"VBOX_HOME": str(tmp_path / "home"), "VBOX_CACHE": str(tmp_path / "cold-cache")}
     vbox("box", "build", "debian-12", env=env, timeout=1800, check_rc=0)

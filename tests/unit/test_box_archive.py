@@ -18,6 +18,7 @@ import zstandard
 from boxes import archive
 from boxes.build import _digest
 from boxes.store import STAGING, BoxStore
+from boxes.tree import tree_digest
 
 
 def make_box(store: BoxStore, name: str = "tiny", version: str = "1.0") -> object:
@@ -55,7 +56,7 @@ def test_round_trip_is_identical(stores, tmp_path):
     assert sha == hashlib.sha256((tmp_path / "tiny.box").read_bytes()).hexdigest()
     copy = archive.import_archive(tmp_path / "tiny.box", target)
     assert (copy.name, copy.version, copy.digest) == (box.name, box.version, box.digest)
-    assert archive.tree_digest(copy.artefact("rootfs")) == archive.tree_digest(box.artefact("rootfs"))
+    assert tree_digest(copy.artefact("rootfs")) == tree_digest(box.artefact("rootfs"))
     rootfs = copy.artefact("rootfs")
     assert os.stat(rootfs / "usr/bin/tool").st_mode & 0o7777 == 0o4755
     assert os.stat(rootfs / "usr/bin/tool").st_ino == os.stat(rootfs / "usr/bin/tool2").st_ino
