@@ -72,15 +72,17 @@ def test_up_in_a_full_project_folder(debian12, tmp_path):
         project = Project(folder)
         project.write("[machines.web]\nfolders = []\n")
         fillers = fill(folder)
-        result = project.env("up", check_rc=1)
-        assert "No space left on device" in result.stderr and "internal error" not in result.stderr
-        assert find_leaks(project.id) == []  # nothing made before the project could keep its records
-        for path in fillers:
-            path.unlink()
         try:
+            result = project.env("up", check_rc=1)
+            assert "No space left on device" in result.stderr and "internal error" not in result.stderr
+            assert find_leaks(project.id) == []  # nothing made before the project could keep its records
+            for path in fillers:
+                path.unlink()
             project.env("up")
             assert project.ssh("web", "echo ok") == "ok\n"
-        finally:
+        finally:  # before the folder is unmounted: its Envfile and records say what to remove
+            for path in fillers:
+                path.unlink(missing_ok=True)
             project.env("destroy", "-f", check_rc=None)
         assert find_leaks(project.id) == []
 
