@@ -122,6 +122,21 @@ def build(case: str, tmp_path: Path, canary: dict) -> Path:
     elif case == "port-smuggles-arguments":
         folder = _project(tmp_path, '[machines.web]\nports = [{ host = 8080, guest = 80, '
                                     'address = "127.0.0.1 -j ACCEPT" }]\n')
+    elif case == "box-url-reads-a-host-file":
+        folder = _project(tmp_path, f'[defaults]\nbox_url = "file://{canary["folder"] / "secret"}"\n[machines.web]\n')
+    elif case == "box-url-through-a-link":
+        folder = _project(tmp_path, '[defaults]\nbox = "x"\nbox_url = "boxes/x.json"\n[machines.web]\n')
+        (folder / "boxes").symlink_to(outside)
+    elif case == "box-url-runs-a-program":
+        folder = _project(tmp_path, f'[defaults]\nbox_url = "ssh://host/{canary["pwn"]}"\n[machines.web]\n')
+    elif case == "box-version-smuggles":
+        folder = _project(tmp_path, '[defaults]\nbox_version = "12; rm -rf /"\n[machines.web]\n')
+    elif case == "network-bridge-smuggles":
+        folder = _project(tmp_path, '[machines.web]\nnetworks = [{ ovs = "br0 -- del-br x" }]\n')
+    elif case == "network-bridge-newline":
+        folder = _project(tmp_path, '[machines.web]\nnetworks = [{ bridge = "br0\\nlxc.hook.pre-start = /x" }]\n')
+    elif case == "folder-guest-newline":
+        folder = _project(tmp_path, '[machines.web]\nfolders = [{ host = ".", guest = "/a\\nvbox.folder=vbox9" }]\n')
     elif case == "envfile-is-dev-zero":
         folder = _project(tmp_path)
     elif case == "a-plain-project":  # the control: the harness itself runs every verb
@@ -136,6 +151,8 @@ CASES = ["uri-command", "uri-command-in-defaults", "uri-keyfile-outside", "vbox-
          "state-injects-ssh-options", "file-step-absolute", "file-step-dotdot", "file-step-through-a-link",
          "script-is-a-link-out", "envfile-links-outside", "envfile-is-a-fifo", "envfile-is-dev-zero",
          "folder-through-a-link", "folder-is-the-parent", "port-smuggles-arguments",
+         "box-url-reads-a-host-file", "box-url-through-a-link", "box-url-runs-a-program", "box-version-smuggles",
+         "network-bridge-smuggles", "network-bridge-newline", "folder-guest-newline",
          "a-plain-project"]
 GLOBAL_ARGS = {"envfile-is-a-fifo": ["--file", "Envfile"], "envfile-is-dev-zero": ["--file", "/dev/zero"]}
 
@@ -186,4 +203,11 @@ REFUSED_BY = {
     "folder-through-a-link": (ENVFILE_VERBS, "leads outside the project folder"),
     "folder-is-the-parent": (ENVFILE_VERBS, "leads outside the project folder"),
     "port-smuggles-arguments": (ENVFILE_VERBS, "is not an IPv4 address of this host"),
+    "box-url-reads-a-host-file": (ENVFILE_VERBS, "leads outside the project folder"),
+    "box-url-through-a-link": (ENVFILE_VERBS, "leads outside the project folder"),
+    "box-url-runs-a-program": (ENVFILE_VERBS, "vbox fetches boxes over http, https or from files"),
+    "box-version-smuggles": (ENVFILE_VERBS, "is not a version"),
+    "network-bridge-smuggles": (ENVFILE_VERBS, "not a network interface name"),
+    "network-bridge-newline": (ENVFILE_VERBS, "not a network interface name"),
+    "folder-guest-newline": (ENVFILE_VERBS, "must not contain control characters"),
 }
