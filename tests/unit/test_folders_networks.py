@@ -145,7 +145,7 @@ def test_lxc_extra_networks(spec, tmp_path, monkeypatch):
     LXC runs at every start; networkd in the machine gets the static address."""
     from providers import ovs
     from providers.base import Attachment
-    from providers.lxc import network_entries, network_files, render_config
+    from providers.lxc_config import network_entries, network_files, render_config
 
     nets = (Attachment("ovs", "vbox-ovs0", 42, "192.168.42.10/24", "52:54:01:aa:bb:cc"),
             Attachment("bridge", "br0", None, "", "52:54:01:dd:ee:ff"))

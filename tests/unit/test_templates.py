@@ -13,7 +13,7 @@ import pytest
 
 from boxes.store import Box
 from providers.base import MachineSpec
-from providers.lxc import cpuset, guest_files, mac_address, render_config, veth_name
+from providers.lxc_config import cpuset, guest_files, mac_address, render_config, veth_name
 from providers.network import NetworkPlan, bridge_name, choose_subnet, network_name
 from vbox_cli.envfile.load import parse
 
@@ -28,7 +28,7 @@ def check_golden(name: str, text: str) -> None:
 
 
 def spec(monkeypatch, cpus: int = 2, memory: str = "768M") -> MachineSpec:
-    monkeypatch.setattr("providers.lxc.cgroup_keys", lambda: ("cgroup.memory.limit_in_bytes", "cgroup.cpuset.cpus"))
+    monkeypatch.setattr("providers.lxc_config.cgroup_keys", lambda: ("cgroup.memory.limit_in_bytes", "cgroup.cpuset.cpus"))
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     envfile = parse(f'[machines.web]\ncpus = {cpus}\nmemory = "{memory}"\nhostname = "web.dev.test"\n'.encode(),
                     "Envfile", None)
@@ -218,7 +218,7 @@ def test_synced_folders_are_mount_entries_escaped_and_idmapped(monkeypatch, tmp_
     from providers.base import Share
     from providers.idmap import maps
     from providers.idmap import folder_maps
-    from providers.lxc import mount_entries
+    from providers.lxc_config import mount_entries
 
     rootfs = tmp_path / "box" / "rootfs" / "etc"
     rootfs.mkdir(parents=True)

@@ -1,0 +1,130 @@
+"""What an LXC machine's folder holds besides its upper layer: its LXC config (network,
+cgroup limits, synced folders as mount entries, extra networks), and the files vbox
+writes into the machine (identity, networkd's settings). Pure functions of the spec;
+the provider (providers/lxc.py) writes them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from providers.base import MachineSpec
+from providers.idmap import folder_maps
+
+CONFIG = "config"
+UPPER = "delta/upper"
+CONSOLE_LOG = "console.log"
+IDMAP = "idmap"  # the user namespace of the synced folders' idmapped mounts (providers/idmap.py)
+VETH_PREFIX = "vbv-"
+
+
+def veth_name(object_name: str, index: int = 0) -> str:
+    """The host side of a machine's veth: 0 on the project network, 1... its extra networks."""
+    key = object_name if index == 0 else f"{object_name}#net{index}"
+    return VETH_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def network_entries(spec: MachineSpec, folder: Path) -> list[dict]:
+    """The machine's extra networks as the config template takes them: a Linux bridge is
+    LXC's own link; an Open vSwitch bridge is joined by the scripts `_write_config`
+    puts in the machine's folder (LXC has no VLAN tags for Open vSwitch ports)."""
+    return [{"index": i, "mac": net.mac, "veth": veth_name(spec.object_name, i), "address": net.address,
+             "link": net.bridge if net.kind == "bridge" else "",
+             "up": folder / f"ovs-up-{i}", "down": folder / "ovs-down"}
+            for i, net in enumerate(spec.networks, start=1)]
+
+
+def network_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
+    """networkd's settings of the extra networks, in the machine: a static address, or DHCP."""
+    files = {}
+    for i, net in enumerate(spec.networks, start=1):
+        body = f"Address={net.address}\n" if net.address else "DHCP=yes\n"
+        files[f"etc/systemd/network/11-vbox-net{i}.network"] = (
+            f"# written by vbox at every start\n[Match]\nMACAddress={net.mac}\n\n[Network]\n{body}", 0o644, "root")
+    return files
+
+
+def mac_address(object_name: str) -> str:
+    digest = hashlib.sha256(object_name.encode()).digest()
+    return "00:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def cgroup_keys() -> tuple[str, str]:
+    """The config keys for memory and cpuset on this host's cgroup layout."""
+    memory = "cgroup.memory.limit_in_bytes" if os.path.isdir("/sys/fs/cgroup/memory") else "cgroup2.memory.max"
+    cpuset = "cgroup.cpuset.cpus" if os.path.isdir("/sys/fs/cgroup/cpuset") else "cgroup2.cpuset.cpus"
+    return memory, cpuset
+
+
+def cpuset(cpus: int, index: int, host_cpus: int) -> str:
+    """`cpus` host CPUs for the machine, starting at a place that spreads machines out."""
+    count = min(cpus, host_cpus)
+    first = (index * count) % host_cpus
+    chosen = sorted({(first + i) % host_cpus for i in range(count)})
+    return ",".join(str(c) for c in chosen)
+
+
+def fstab_escape(text: str) -> str:
+    """A path in a mount entry: white space, backslash and control characters as octal."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" or ord(c) < 32 else c for c in text)
+
+
+def fstab_unescape(text: str) -> str:
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), text)
+
+
+def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool) -> list[str]:
+    """The synced folders as LXC mount entries: bind mounts, idmapped where the project
+    folder's owner is not the machine's user."""
+    entries = []
+    for share in spec.folders:
+        options = "bind,create=dir" + (",ro" if share.readonly else "")
+        if idmapped:
+            options += f",idmap={fstab_escape(str(folder / IDMAP))}"
+        entries.append(f"{fstab_escape(str(share.source))} {fstab_escape(share.target.lstrip('/'))} none {options} 0 0")
+    return entries
+
+
+def render_config(spec: MachineSpec, folder: Path) -> str:
+    from providers.render import render
+
+    memory_key, cpuset_key = cgroup_keys()
+    return render(
+        "lxc.conf.j2",
+        object_name=spec.object_name,
+        project=spec.project_id,
+        machine=spec.machine.name,
+        hostname=spec.machine.hostname.split(".")[0],
+        lower=spec.box.artefact("rootfs"),
+        upper=folder / UPPER,
+        bridge=spec.bridge,
+        mac=mac_address(spec.object_name),
+        veth=veth_name(spec.object_name),
+        address=spec.address,
+        gateway=spec.gateway,
+        cgroup_memory=memory_key,
+        memory=spec.machine.memory,
+        cgroup_cpuset=cpuset_key,
+        cpuset=cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1),
+        console_log=folder / CONSOLE_LOG,
+        mounts=mount_entries(spec, folder, idmapped=bool(folder_maps(spec)[0])),
+        networks=network_entries(spec, folder),
+    )
+
+
+def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
+    """Files written into a new machine's upper layer: path -> (content, mode, owner)."""
+    from providers.guest import identity_files
+
+    return {
+        **{path.lstrip("/"): entry for path, entry in identity_files(spec).items()},
+        # no block device holds the root of a container: nothing to remount
+        "etc/fstab": ("# the root of an LXC machine is an overlay set up by LXC\n", 0o644, "root"),
+        # its address is static, set by LXC at start and kept by networkd
+        "etc/systemd/network/10-vbox.network": (
+            f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
+            f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
+    }
