@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from boxes.meta import ARTEFACTS, BoxMeta
-from boxes.tree import XATTRS, file_sha256, kept_xattrs, tree_digest, walk
+from boxes.tree import CHUNK, XATTRS, file_sha256, kept_xattrs, tree_digest, walk
 from vbox_cli.errors import VboxError
 
 FORMAT = 1
@@ -49,7 +49,6 @@ MAX_HEADER = 1024 * 1024  # a PAX or GNU long-name header
 MAX_MEMBERS = 2_000_000
 MAX_SIZE = 64 * 1024**3  # more than any box; a manifest may declare less, never more
 MAX_RATIO = 200  # bytes out per compressed byte in: a box gives about 3, a bomb of zeros thousands
-CHUNK = 1024 * 1024
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 

@@ -21,7 +21,6 @@ commands fetching the same file take turns (the second finds it done).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import urllib.error
@@ -31,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from boxes.versions import Constraint
+from boxes.tree import CHUNK, file_sha256
+from boxes.versions import Constraint, sort_key
 from vbox_cli.errors import VboxError
 
 PROVIDER = "vbox"  # our provider name in a catalog's versions[].providers[]
 MAX_CATALOG = 4 * 1024 * 1024
-CHUNK = 1024 * 1024
 TIMEOUT = 30
 
 Progress = Callable[[int, int], None]
@@ -215,14 +214,6 @@ def choose(location: Location, name: str, constraint: Constraint) -> Offer:
 
 
 # -- downloads ---------------------------------------------------------------------------
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(location: Location, sha256: str, cache: Path, progress: Progress | None = None,
           on_wait: Callable[[], None] | None = None) -> Path:
     """The file at `location`, checked against `sha256`: a local file as it is, a URL
@@ -232,17 +223,17 @@ def fetch(location: Location, sha256: str, cache: Path, progress: Progress | Non
     if not location.remote:
         if not location.path.is_file():
             raise CatalogError(f"{location}: no such file")
-        if sha256_of(location.path) != sha256:
+        if file_sha256(location.path) != sha256:
             raise CatalogError(f"{location} does not have the sha256 its catalog gives")
         return location.path
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     done = cache / f"{sha256}.box"
     with exclusive(cache / f"{sha256}.lock", on_wait):  # another command fetching it: wait, then use it
-        if done.is_file() and sha256_of(done) == sha256:
+        if done.is_file() and file_sha256(done) == sha256:
             return done
         partial = cache / f"{sha256}.part"
         _download(location.url, partial, progress)
-        if sha256_of(partial) != sha256:
+        if file_sha256(partial) != sha256:
             partial.unlink(missing_ok=True)
             raise CatalogError(f"{location.url}: the download does not have the sha256 its catalog gives",
                                hint="nothing was kept; the file on the server may be damaged or replaced")
@@ -363,8 +354,8 @@ def publish(archive_path: Path, folder: Path, name: str | None = None) -> tuple[
         raise CatalogError(f"{catalog_file} is the catalog of {catalog.get('name')!r}, not {name!r}")
     target = catalog_file.parent / name.split("/")[-1] / version / "vbox.box"
     target.parent.mkdir(parents=True, exist_ok=True)
-    sha256 = sha256_of(archive_path)
-    if not target.exists() or sha256_of(target) != sha256:
+    sha256 = file_sha256(archive_path)
+    if not target.exists() or file_sha256(target) != sha256:
         shutil.copyfile(archive_path, target.with_name("vbox.box.part"))
         os.replace(target.with_name("vbox.box.part"), target)
     atomic_write(target.with_name("vbox.box.sha256"), f"{sha256}  vbox.box\n", 0o644)
@@ -376,16 +367,7 @@ def publish(archive_path: Path, folder: Path, name: str | None = None) -> tuple[
                                                                           p.get("name") == PROVIDER)]
     entry["providers"].append({"name": PROVIDER, "url": f"{name.split('/')[-1]}/{version}/vbox.box",
                                "checksum_type": "sha256", "checksum": sha256})
-    catalog["versions"].sort(key=lambda v: _sort_key(v.get("version")))
+    catalog["versions"].sort(key=lambda v: sort_key(v.get("version") if isinstance(v, dict) else None))
     catalog.setdefault("name", name)
     atomic_write(catalog_file, json.dumps(catalog, indent=2) + "\n", 0o644)
     return name, version, catalog_file
-
-
-def _sort_key(version) -> tuple:
-    from boxes.versions import parse
-
-    try:
-        return (0, parse(version))
-    except (ValueError, AttributeError, TypeError):
-        return (-1, ())

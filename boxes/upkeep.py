@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boxes.versions import compare
+from boxes.versions import sort_key
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,8 @@ def _newest(boxes) -> dict:
     """name -> the store's newest box of that name (by version)."""
     newest = {}
     for box in boxes:
-        current = newest.get(box.name)
-        try:
-            if current is None or compare(box.version, current.version) > 0:
-                newest[box.name] = box
-        except ValueError:
-            newest.setdefault(box.name, box)
+        if box.name not in newest or sort_key(box.version) > sort_key(newest[box.name].version):
+            newest[box.name] = box
     return newest
 
 
@@ -45,16 +41,13 @@ def outdated(store) -> list[Outdated]:
             except CatalogError as exc:
                 found.append(Outdated(name, box.version, "?", source["catalog"], exc.message))
                 continue
-            newest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")), default=None)
-            if newest and compare(newest, box.version) > 0:
+            newest = max(versions, key=sort_key, default=None)
+            if newest and sort_key(newest) > sort_key(box.version):
                 found.append(Outdated(name, box.version, newest, source["catalog"]))
         elif name in recipes.available() and not source:
             spec = recipes.load(name)
-            try:
-                if compare(spec.version, box.version) > 0:
-                    found.append(Outdated(name, box.version, spec.version, "recipe"))
-            except ValueError:
-                continue
+            if sort_key(spec.version) > sort_key(box.version):
+                found.append(Outdated(name, box.version, spec.version, "recipe"))
     return found
 
 

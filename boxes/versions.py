@@ -24,9 +24,12 @@ def _padded(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], tu
     return a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
 
 
-def compare(a: str, b: str) -> int:
-    x, y = _padded(parse(a), parse(b))
-    return (x > y) - (x < y)
+def sort_key(version) -> tuple:
+    """Orders versions as Vagrant does; what is not a version sorts before every one."""
+    try:
+        return (1, *parse(version), *(0,) * (6 - len(parse(version))))
+    except (ValueError, AttributeError, TypeError):
+        return (0,)
 
 
 class Constraint:
@@ -49,6 +52,8 @@ class Constraint:
                 self.terms.append((op, version))
 
     def allows(self, version: str) -> bool:
+        if not self.terms:
+            return True  # no constraint: any version, a version or not
         try:
             value = parse(version)
         except ValueError:
@@ -61,7 +66,7 @@ class Constraint:
 
     def newest(self, versions) -> str | None:
         allowed = [v for v in versions if self.allows(v)]
-        return max(allowed, key=lambda v: _padded(parse(v), (0,) * 6)) if allowed else None
+        return max(allowed, key=sort_key) if allowed else None
 
     def __str__(self) -> str:
         return self.text or "any version"

@@ -24,12 +24,12 @@ import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from pathlib import Path
 
+from providers.libvirt_domain import METADATA_NS
 from vbox_cli.errors import VboxError
 
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")  # Debian's qemu-system-common
 KEY = "vbox.folder="  # the kernel command line's word for one folder
 BOX_FEATURE = "virtiofs"  # in a box's `guest_features`: it mounts the folders its command line names
-METADATA_NS = "https://vbox.dev/xmlns/machine/1"
 _SAFE = frozenset(string.ascii_letters + string.digits + ":_.")
 
 

@@ -219,3 +219,10 @@ def test_archive_url_needs_its_checksum(server):
         catalog.archive_sha256(Location(url=f"{base}/d.box"))
     (root / "d.box.sha256").write_text(f"{'e' * 64}  d.box\n")
     assert catalog.archive_sha256(Location(url=f"{base}/d.box")) == "e" * 64
+
+
+def test_versions_sort_and_an_unconstrained_box_of_any_version():
+    from boxes.versions import sort_key
+
+    assert sorted(["12.0.10", "12.0.9", "latest", "12.1"], key=sort_key) == ["latest", "12.0.9", "12.0.10", "12.1"]
+    assert Constraint("").allows("latest") and not Constraint(">= 1").allows("latest")

@@ -29,9 +29,9 @@ def _box(session, name: str, machine, constraint):
     store = session.store
     local = [b for b in store.boxes() if b.name == machine.box and constraint.allows(b.version)]
     if local:
-        from boxes.versions import parse
+        from boxes.versions import sort_key
 
-        return max(local, key=lambda b: (_key(parse, b.version), b.meta.built))
+        return max(local, key=lambda b: (sort_key(b.version), b.meta.built))
     if not machine.box_url:
         have = sorted({b.version for b in store.boxes() if b.name == machine.box})
         if have:
@@ -40,13 +40,6 @@ def _box(session, name: str, machine, constraint):
         raise VboxError(f"{name}: no box named {machine.box!r} in the store ({store.root})",
                         hint=f"run `env box build {machine.box}`, `env box import FILE`, or set box_url")
     return _fetch(session, name, machine, constraint)
-
-
-def _key(parse, version: str):
-    try:
-        return parse(version) + (0,) * 6
-    except ValueError:
-        return (-1,)
 
 
 def _fetch(session, name: str, machine, constraint):
