@@ -239,7 +239,11 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         from providers import virtiofs
 
         dom = self._domain(spec.object_name)
-        if dom is None or not dom.isActive() or virtiofs.running_digest(dom.XMLDesc(0)) == virtiofs.digest(spec):
+        if dom is None or not dom.isActive():
+            return None
+        if not self.remote:  # a start killed once the domain ran left its serving mounts: its virtiofsd have theirs
+            virtiofs.release(self._shares_dir(spec.object_name))
+        if virtiofs.running_digest(dom.XMLDesc(0)) == virtiofs.digest(spec):
             return None
         raise NeedsRestart(f"{spec.machine.name}: the synced folders in the Envfile changed; a {self.label} "
                            "sees them after a restart",
