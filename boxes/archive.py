@@ -27,6 +27,7 @@ import json
 import os
 import stat
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -186,6 +187,7 @@ class _Extractor:
         self.expected_files = set(manifest["files"])
         self.dir_attrs: list[tuple[str, tarfile.TarInfo]] = []
         self.progress = progress
+        self.limit = f"the {self.budget} bytes its manifest declares"
 
     def _name(self, member: tarfile.TarInfo) -> str:
         name = member.name
@@ -234,16 +236,16 @@ class _Extractor:
                 raise ArchiveError(f"{name!r} is a hard link to {member.linkname!r}, which is not a file of the tree")
             os.link(self.staging / member.linkname, target, follow_symlinks=False)
         else:
-            self._write(tar, member, target)
+            self.write(tar, member, target)
             self.files.add(name)
         self.names.add(name)
-        if not member.isdir():
+        if not member.isdir() and not member.islnk():  # a hard link's file has its attributes already
             self._attrs(target, member, symlink=member.issym())
 
-    def _write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+        """A regular member's bytes into a new file, within the budget and the ratio."""
         if self.written + member.size > self.budget:
-            raise ArchiveError(f"{member.name!r} would take it past the {self.budget} bytes its manifest declares "
-                               "(a damaged or hostile archive)")
+            raise ArchiveError(f"{member.name!r} would take it past {self.limit} (a damaged or hostile archive)")
         source = tar.extractfile(member)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
@@ -285,6 +287,13 @@ class _Extractor:
             self.progress(self.written, self.budget)
 
 
+def is_box_archive(path: Path) -> bool:
+    """Whether the file is zstd-compressed, as vbox's archives are (its manifest is checked
+    when it is imported)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x28\xb5\x2f\xfd"
+
+
 def open_archive(path: Path):
     """A streaming tar reader over the (zstd-compressed) file."""
     import zstandard
@@ -296,6 +305,26 @@ def open_archive(path: Path):
     except (zstandard.ZstdError, tarfile.TarError) as exc:
         raw.close()
         raise ArchiveError(f"not a zstd-compressed tar archive ({exc})") from None
+
+
+NOTHING_WRITTEN = "nothing was written to the box store"
+
+
+@contextmanager
+def refusals(path: Path, store, damaged: tuple[type[BaseException], ...] = ()):
+    """Every refusal of an import names the file and says that nothing was written; a
+    damaged stream and the store's disk (full, out of inodes, read-only) are refusals."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, *damaged) as exc:
+        raise ArchiveError(f"{path}: the archive is damaged or truncated ({exc})", hint=NOTHING_WRITTEN) from None
+    except ArchiveError as exc:
+        raise ArchiveError(f"{path}: {exc.message}", hint=exc.hint or NOTHING_WRITTEN) from None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise ArchiveError(f"{path}: cannot write the box into {store.root}: {exc.strerror or exc}",
+                           hint=f"{NOTHING_WRITTEN}; free some space there and import again") from None
 
 
 def import_archive(path: Path, store, name: str | None = None, progress: Progress | None = None,
@@ -310,13 +339,11 @@ def import_archive(path: Path, store, name: str | None = None, progress: Progres
     from boxes.store import discard
     from vbox_cli.envfile.types import _box_name
 
-    try:
+    with refusals(path, store):
         raw, tar = open_archive(path)
-    except ArchiveError as exc:
-        raise ArchiveError(f"{path}: {exc.message}", hint="nothing was written to the box store") from None
     staging = None
     try:
-        try:
+        with refusals(path, store, damaged=(zstandard.ZstdError,)):
             manifest = read_manifest(tar)
             box_name = name or manifest["name"]
             try:
@@ -348,30 +375,20 @@ def import_archive(path: Path, store, name: str | None = None, progress: Progres
             if missing:
                 raise ArchiveError(f"the archive ends before {', '.join(sorted(missing))} (truncated)")
             extractor.finish(manifest["devices"])
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            raise ArchiveError(f"the archive is damaged or truncated ({exc})") from None
-        except OSError as exc:  # the store's disk: full, out of inodes, read-only
-            if exc.errno is None:
-                raise
-            raise ArchiveError(f"cannot write the box into {store.root}: {exc.strerror or exc}",
-                               hint="nothing was written to the box store; free some space there and import "
-                                    "again") from None
-        if on_phase:
-            on_phase("verifying")
-        for file_name, expected in manifest["files"].items():
-            if file_sha256(staging / file_name) != expected:
-                raise ArchiveError(f"{file_name} does not have the sha256 its manifest gives (damaged in transit?)")
-        has_disk = all((staging / ARTEFACTS[k]).is_file() for k in ("disk", "kernel", "initrd"))
-        if has_disk and meta.digest.startswith("sha256:") and f"sha256:{_digest(staging)}" != meta.digest:
-            raise ArchiveError(f"the box's digest is not {meta.digest} (a box altered after it was built)")
-        if manifest.get("tree") and tree_digest(staging / ROOTFS) != manifest["tree"]:
-            raise ArchiveError("the root tree is not the one exported (its digest differs)")
-        box = store.install(staging, box_name, version, meta)
-        staging = None
-        return box
-    except ArchiveError as exc:
-        raise ArchiveError(f"{path}: {exc.message}", hint=exc.hint or "nothing was written to the box store") \
-            from None
+            if on_phase:
+                on_phase("verifying")
+            for file_name, expected in manifest["files"].items():
+                if file_sha256(staging / file_name) != expected:
+                    raise ArchiveError(f"{file_name} does not have the sha256 its manifest gives (damaged in "
+                                       "transit?)")
+            has_disk = all((staging / ARTEFACTS[k]).is_file() for k in ("disk", "kernel", "initrd"))
+            if has_disk and meta.digest.startswith("sha256:") and f"sha256:{_digest(staging)}" != meta.digest:
+                raise ArchiveError(f"the box's digest is not {meta.digest} (a box altered after it was built)")
+            if manifest.get("tree") and tree_digest(staging / ROOTFS) != manifest["tree"]:
+                raise ArchiveError("the root tree is not the one exported (its digest differs)")
+            box = store.install(staging, box_name, version, meta)
+            staging = None
+            return box
     finally:
         tar.close()
         raw.close()

@@ -69,3 +69,33 @@ def tree_digest(root: Path) -> str:
         name = base64.b64encode(os.fsencode(relative)).decode()
         total.update(f"{name} {what} {stat.S_IMODE(mode):o} {info.st_uid} {info.st_gid} {xattrs}\n".encode())
     return total.hexdigest()
+
+
+def resolve(root: Path, relative: str, hops: int = 40) -> Path | None:
+    """The path of `relative` in the tree at `root`, its links followed as the machine
+    would (an absolute target from the tree's top), never out of the tree; None when it
+    is not there."""
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        path = root.joinpath(*done, part)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(info.st_mode):
+            hops -= 1
+            if hops < 0:
+                return None
+            target = os.readlink(path)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return root.joinpath(*done)

@@ -35,16 +35,21 @@ def tmpfiles_lines(spec: MachineSpec) -> str:
     for path, (content, mode, owner) in identity_files(spec).items():
         encoded = base64.b64encode(content.encode()).decode()
         lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")
+    # the running name too: a box booted by its own bootloader (no systemd.hostname= on its
+    # command line) has set its old one from /etc/hostname before these lines are applied
+    lines.append(f"w /proc/sys/kernel/hostname - - - - {spec.machine.hostname.split('.')[0]}")
     return "\n".join(lines) + "\n"
 
 
 def user_ids(box, user: str) -> tuple[int, int]:
     """(uid, gid) of a user of the box, from its root tree's /etc/passwd."""
+    from boxes.tree import resolve
     from vbox_cli.errors import VboxError
 
     if user == "root":
         return 0, 0
-    for line in (box.artefact("rootfs") / "etc/passwd").read_text().splitlines():
+    passwd = resolve(box.artefact("rootfs"), "etc/passwd")  # the tree's links stay in the tree
+    for line in (passwd.read_text(errors="replace").splitlines() if passwd and passwd.is_file() else []):
         fields = line.split(":")
         if fields[0] == user:
             return int(fields[2]), int(fields[3])

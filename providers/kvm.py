@@ -40,6 +40,22 @@ def choose_uri() -> str:
         return SESSION_URI
 
 
+def _probe_kernel(box) -> Path | None:
+    """A kernel to find out whether KVM works with: the box's, or (a box that boots from its
+    disk) another box's in the store; None: a boot sector, which says less."""
+    if box.artefact("kernel").is_file():
+        return box.artefact("kernel")
+    from boxes.store import BoxStore
+
+    kernels = [b.artefact("kernel") for b in BoxStore().boxes() if b.artefact("kernel").is_file()]
+    return kernels[0] if kernels else None
+
+
+def _not_ours(box) -> str:
+    """Why a box lacks what vbox's own boxes have."""
+    return "built by an earlier vbox" if box.meta.recipe else "not a box vbox built: it has none of vbox's services"
+
+
 def free_port() -> int:
     import socket
 
@@ -57,7 +73,8 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     short = spec.machine.hostname.split(".")[0]
     linux_cmdline = (f"root=LABEL={spec.box.meta.boot.root_label} rw console=ttyS0 "
                      f"systemd.hostname={short} net.ifnames=0")
-    kernel, initrd, cmdline = paths["kernel"], paths["initrd"], linux_cmdline
+    # a box with no kernel beside its disk (a Vagrant box) boots from the disk's own bootloader
+    kernel, initrd, cmdline = paths.get("kernel", ""), paths.get("initrd", ""), linux_cmdline
     qemu_args = []
     if ssh_port:
         # session mode: user-mode networking, SSH forwarded from 127.0.0.1
@@ -107,9 +124,10 @@ def apply_networks(root: ET.Element, spec: MachineSpec) -> None:
         if element.get("type") == "bridge" and mac is not None and mac.get("address", "").startswith("52:54:01:"):
             devices.remove(element)
     cmdline = root.find("os/cmdline")
-    words = [w for w in (cmdline.text or "").split() if not w.startswith(NET_KEY)]
-    words += [f"{NET_KEY}{net.mac},{net.address}" for net in spec.networks if net.address]
-    cmdline.text = " ".join(words)
+    if cmdline is not None:  # none when it boots from its disk's bootloader: no static address then
+        words = [w for w in (cmdline.text or "").split() if not w.startswith(NET_KEY)]
+        words += [f"{NET_KEY}{net.mac},{net.address}" for net in spec.networks if net.address]
+        cmdline.text = " ".join(words)
     last = max((i for i, e in enumerate(devices) if e.tag in ("disk", "interface")), default=-1)
     for offset, net in enumerate(spec.networks, start=1):
         interface = ET.Element("interface", type="bridge")
@@ -171,8 +189,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         if spec is not None and spec.box.meta.boot.hypervisor:
             return "its box boots Xen, and vbox has not tried virtiofs under a Xen dom0"
         if spec is not None and virtiofs.BOX_FEATURE not in spec.box.meta.features:
-            return (f"its box {spec.box.name} {spec.box.version} does not mount them (built by an earlier vbox): "
-                    f"`env box build {spec.box.name}` makes one that does")
+            return (f"its box {spec.box.name} {spec.box.version} does not mount them ({_not_ours(spec.box)})"
+                    + (f": `env box build {spec.box.name}` makes one that does" if spec.box.meta.recipe else ""))
         return None
 
     def preflight(self, machine_name: str) -> None:
@@ -208,7 +226,7 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         if self.remote:
             result = self._remote_accel(spec)
         else:
-            result = detect(vbox_home(), spec.box.artefact("kernel"))
+            result = detect(vbox_home(), _probe_kernel(spec.box))
         return result.accel, result.reason + mode
 
     def _remote_accel(self, spec: MachineSpec):
@@ -259,8 +277,9 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         virtiofs.apply(root, spec, self._shares_dir(spec.object_name))
         if any(net.address for net in spec.networks) and "static-addresses" not in spec.box.meta.features:
             raise VboxError(f"{spec.machine.name}: its box {spec.box.name} {spec.box.version} cannot take a static "
-                            "address on an extra network (built by an earlier vbox)",
-                            hint=f"`env box build {spec.box.name}` makes one that can, or leave `address` out (DHCP)")
+                            f"address on an extra network ({_not_ours(spec.box)})",
+                            hint=(f"`env box build {spec.box.name}` makes one that can, or " if spec.box.meta.recipe
+                                  else "") + "leave `address` out (DHCP)")
         apply_networks(root, spec)
         try:
             self.conn.defineXML(ET.tostring(root, encoding="unicode"))

@@ -30,6 +30,7 @@ from providers.lxc_config import (
     VETH_PREFIX,
     fstab_unescape,
     guest_files,
+    mac_address,
     mount_entries,
     network_files,
     render_config,
@@ -141,6 +142,13 @@ class LxcProvider(LocalPorts, ProviderBase):
             os.chown(target, *user_ids(spec.box, owner))
             os.chmod(target, mode)
         self._write_network_files(spec)
+        if spec.network:
+            # its address is set by LXC; a box that asks DHCP as well (a Vagrant box's ifupdown)
+            # gets the same one, not a second address from the pool
+            from providers.network import add_dhcp_host
+
+            add_dhcp_host(self.network_host.conn, spec.network, mac_address(spec.object_name), spec.address,
+                          spec.machine.hostname.split(".")[0])
         self._write_config(spec)  # last: a folder with a config is a complete machine
 
     def _write_config(self, spec: MachineSpec) -> None:
@@ -259,6 +267,15 @@ class LxcProvider(LocalPorts, ProviderBase):
             while self.state(object_name) == RUNNING and time.monotonic() < deadline:
                 time.sleep(0.1)
         discard(folder)
+        if os.geteuid() == 0:
+            import libvirt
+
+            from providers.network import remove_dhcp_host
+
+            try:
+                remove_dhcp_host(self.network_host.conn, mac_address(object_name))
+            except (VboxError, libvirt.libvirtError):
+                pass  # libvirt is down: the entry goes with the project network
         for index in range(MAX_NETWORKS + 1):
             veth = veth_name(object_name, index)
             if os.path.exists(f"/sys/class/net/{veth}"):

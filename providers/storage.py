@@ -54,7 +54,10 @@ def ensure_pool(conn):
 
 
 def base_name(box, kind: str) -> str:
-    return f"box-{box.name}-{box.version}-{box.digest.removeprefix('sha256:')[:12]}.{KINDS[kind]}"
+    from boxes.store import folder_name
+
+    # an "org/name" box as the store keeps it: a volume name is a file name
+    return f"box-{folder_name(box.name)}-{box.version}-{box.digest.removeprefix('sha256:')[:12]}.{KINDS[kind]}"
 
 
 def base_volumes(conn, pool, box) -> dict[str, str]:

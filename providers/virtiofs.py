@@ -89,8 +89,9 @@ def apply(root: ET.Element, spec, run_dir: Path) -> None:
     if backing is not None:
         root.remove(backing)
     cmdline = root.find("os/cmdline")
-    words = [w for w in (cmdline.text or "").split() if not w.startswith(KEY)]
-    cmdline.text = " ".join(words + cmdline_words(spec))
+    if cmdline is not None:  # a box booted by its own bootloader has none, and no folders (no feature)
+        words = [w for w in (cmdline.text or "").split() if not w.startswith(KEY)]
+        cmdline.text = " ".join(words + cmdline_words(spec))
     machine = root.find(f"metadata/{{{METADATA_NS}}}machine")
     if machine is not None:
         machine.set("folders", digest(spec))

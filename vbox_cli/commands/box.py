@@ -218,19 +218,31 @@ def export(
 @app.command("import")
 def import_box(
     ctx: typer.Context,
-    archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`.", metavar="FILE")],
-    name: Annotated[Optional[str], typer.Option("--name", help="Import it under this name.")] = None,
+    archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`, or a Vagrant .box file "
+                                                 "(libvirt or lxc provider).", metavar="FILE")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Import it under this name (a Vagrant box needs "
+                                                                "one: ORG/NAME or NAME).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="A Vagrant box's version in the store "
+                                                                      "(default 0).")] = None,
+    user: Annotated[Optional[str], typer.Option("--user", help="A Vagrant box's user, whom vbox logs in as "
+                                                                "(default vagrant).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different box of the same name and version.")]
     = False,
     events: Events = False,
 ) -> None:
-    """Add a box archive to the store, checked first: every artefact's sha256, the box's
-    digest and the root tree's digest must be those the exporter wrote, and no member may
-    leave the box (absolute paths, "..", links on the way, devices, bombs). Nothing is
-    written to the store unless every check passes. Importing the same box again does
-    nothing."""
-    from boxes.archive import import_archive
+    """Add a box file to the store, checked first; nothing is written to the store unless
+    every check passes.
+
+    A vbox archive: every artefact's sha256, the box's digest and the root tree's digest
+    must be those the exporter wrote, and no member may leave the box (absolute paths,
+    "..", links on the way, devices, bombs). Importing the same box again does nothing.
+
+    A Vagrant box (.box of the libvirt or lxc provider): its disk may name no other file,
+    its root tree passes the same checks, and it must have an sshd and its user. Machines
+    from it get the project's key instead of Vagrant's insecure one (docs/boxes.md)."""
+    from boxes.archive import import_archive, is_box_archive
     from boxes.store import BoxStore
+    from boxes.vagrant import DEFAULT_USER, import_vagrant, is_vagrant_box
     from vbox_cli.commands.session import event_stream
     from vbox_cli.errors import UsageError
     from vbox_cli.events import Phase
@@ -238,16 +250,32 @@ def import_box(
     out = ctx.obj.out
     if not archive.is_file():
         raise UsageError(f"{archive}: no such file")
+    if is_box_archive(archive):
+        if version or user:
+            raise UsageError("--version and --user are for Vagrant boxes: a vbox archive has its own")
+        kind = "vbox"
+    elif is_vagrant_box(archive):
+        kind = "vagrant"
+    else:
+        raise UsageError(f"{archive}: not a box file vbox knows",
+                         hint="vbox imports its own archives (`env box export`) and Vagrant .box files of the "
+                              "libvirt and lxc providers")
     subject = name or archive.name
     if events:
         ctx.obj.start_events("box import", subject_key="box")
     store = BoxStore()
     with event_stream(ctx, "box import", [subject], events, subject_key="box", show_output=False) as stream:
-        box = import_archive(archive, store, name=name, force=force,
-                             progress=ByteProgress(stream, subject, Phase.IMPORTING),
-                             on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "sha256 and digests"))
+        progress = ByteProgress(stream, subject, Phase.IMPORTING)
+        if kind == "vbox":
+            box = import_archive(archive, store, name=name, force=force, progress=progress,
+                                 on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "sha256 and digests"))
+        else:
+            box = import_vagrant(archive, store, name, version=version or "0", user=user or DEFAULT_USER,
+                                 force=force, progress=progress,
+                                 on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "the disk or tree"))
         stream.phase(subject, Phase.IMPORTED, f"{box.name} {box.version} {box.digest[:19]}")
-    out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}")
+    out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}"
+                + (f": {box.meta.description}, user {box.meta.user}" if kind == "vagrant" else ""))
 
 
 def format_size_human(size: int) -> str:

@@ -1,0 +1,321 @@
+"""Vagrant boxes (.box files) as vbox boxes: `env box import FILE --name NAME`.
+
+A Vagrant box is a tar archive (most often gzip-compressed) whose metadata.json names
+its provider. vbox takes two of them as they are:
+
+- libvirt (vagrant-libvirt): a qcow2 disk, `box.img` (or the first of `disks` in
+  metadata.json), with its kernel inside, behind its own bootloader. It becomes the box's
+  disk.qcow2; a KVM machine boots it from that bootloader (no kernel beside it).
+- lxc (vagrant-lxc): `rootfs.tar.gz`, the root tree (under `./rootfs/` or at the top).
+  It becomes the box's rootfs/ for LXC machines.
+
+Such a box is not vbox's own: its user is `vagrant` (or --user), its network is the
+publisher's (DHCP, which the project network's reservation answers with the machine's
+address), and it trusts Vagrant's insecure key. vbox replaces that key: a machine gets the
+project's key and its own SSH host key before its first boot, as from vbox's boxes
+(LXC: files in its overlay; KVM: a systemd credential, which systemd 252 and later in
+the box reads; docs/boxes.md).
+
+Nothing in the file is trusted. Only the members above are written, under fixed names,
+into a staging folder of the store; links, devices and other names are not. The disk's
+qcow2 header may not name a backing file or an external data file (QEMU would read a
+host file into the machine), and `qemu-img check` must pass. The root tree goes through
+the checks of a vbox archive's (boxes/archive.py): no member outside the tree or
+through a link, hard links only to files already written, bounded headers, sizes and
+compression ratio; device nodes are left out (LXC makes /dev). Only a box that passes
+all of it is moved into the store.
+
+VirtualBox, VMware and other providers' boxes are refused, with the provider named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tarfile
+from pathlib import Path
+
+from boxes.archive import MAX_SIZE, ROOTFS, ArchiveError, Progress, _Extractor, _Member, refusals
+from boxes.meta import ARTEFACTS, Boot, BoxMeta
+from boxes.tree import file_sha256, resolve, tree_digest
+from vbox_cli.errors import VboxError
+
+PROVIDERS = ("libvirt", "lxc")
+METADATA = "metadata.json"
+MAX_METADATA = 1024 * 1024
+DEFAULT_USER = "vagrant"
+_QCOW2_MAGIC = b"QFI\xfb"
+# qcow2 v3 incompatible feature bits vbox accepts: dirty (0), compression type (3), extended L2 (4)
+_QCOW2_INCOMPATIBLE_OK = 0b11001
+
+
+def is_vagrant_box(path: Path) -> bool:
+    """Whether the file is a tar archive (plain, gzip, bzip2 or xz) with a metadata.json."""
+    try:
+        with tarfile.open(path, mode="r|*", tarinfo=_Member) as tar:
+            for count, member in enumerate(tar):
+                if _plain(member.name) == METADATA:
+                    return True
+                if count > 64:
+                    return False
+    except (tarfile.TarError, OSError, EOFError, ArchiveError):
+        return False
+    return False
+
+
+def _plain(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def check_qcow2(path: Path) -> int:
+    """Refuse a disk QEMU would read anything but itself for; its virtual size."""
+    from vbox_cli import proc
+    from vbox_cli.errors import CommandError
+
+    with open(path, "rb") as f:
+        header = f.read(104)
+    if len(header) < 72 or header[:4] != _QCOW2_MAGIC:
+        raise ArchiveError(f"its disk is not a qcow2 image")
+    version, backing_offset, backing_size = struct.unpack(">IQI", header[4:20])
+    crypt = struct.unpack(">I", header[32:36])[0]
+    if version not in (2, 3):
+        raise ArchiveError(f"its disk is qcow2 version {version}, which vbox does not know")
+    if backing_offset or backing_size:
+        raise ArchiveError("its disk names a backing file (QEMU would read another file of this host into the "
+                           "machine)")
+    if crypt:
+        raise ArchiveError("its disk is encrypted")
+    if version == 3 and len(header) >= 80:
+        incompatible = struct.unpack(">Q", header[72:80])[0]
+        if incompatible & ~_QCOW2_INCOMPATIBLE_OK:
+            raise ArchiveError(f"its disk uses qcow2 features vbox refuses (incompatible bits {incompatible:#x}: "
+                               "an external data file or a corrupt image)")
+    try:
+        info = json.loads(proc.run(["qemu-img", "info", "-f", "qcow2", "--output=json", str(path)]).stdout)
+        proc.run(["qemu-img", "check", "-q", "-f", "qcow2", str(path)])
+    except CommandError as exc:
+        raise ArchiveError(f"its disk is a damaged qcow2 image: {exc.output.strip().splitlines()[-1:] or exc}") \
+            from None
+    if info.get("backing-filename") or info.get("format-specific", {}).get("data", {}).get("data-file"):
+        raise ArchiveError("its disk names another file")
+    return int(info["virtual-size"])
+
+
+class _TreeExtractor(_Extractor):
+    """A root tree from a tar stream, written under staging/rootfs: the checks of a vbox
+    archive's, names taken under `./rootfs/` or from the top, device nodes left out."""
+
+    def __init__(self, staging: Path, budget: int, compressed):
+        super().__init__(staging, {"size": budget, "files": {}}, None, compressed)
+        self.limit = f"the {budget >> 20} MiB the store has room for"
+        (staging / ROOTFS).mkdir(mode=0o700)
+        self.dirs.add(ROOTFS)
+        self.under: bool | None = None  # names under ./rootfs/ (vagrant-lxc) or at the top
+        self.skipped = 0
+
+    def _relative(self, name: str) -> str | None:
+        """The member's name in the tree, or None for the tree's own folder."""
+        plain = _plain(name)
+        if self.under is None:
+            self.under = plain == ROOTFS or plain.startswith(ROOTFS + "/")
+        if self.under:
+            if plain == ROOTFS:
+                return None
+            if not plain.startswith(ROOTFS + "/"):
+                raise ArchiveError(f"a member outside ./{ROOTFS}/: {name!r}")
+            plain = plain[len(ROOTFS) + 1:]
+        return plain or None
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        if member.ischr() or member.isblk() or member.isfifo():
+            self.skipped += 1  # LXC makes the container's /dev
+            return
+        relative = self._relative(member.name)
+        if relative is None:
+            if member.isdir():
+                self.dir_attrs.insert(0, (ROOTFS, member))
+            return
+        member.name = f"{ROOTFS}/{relative}"
+        if member.islnk():
+            target = self._relative(member.linkname)
+            member.linkname = f"{ROOTFS}/{target}" if target else ""
+        capability = member.pax_headers.pop("SCHILY.xattr.security.capability", None)
+        if capability is not None:  # GNU tar's name for it; the value's bytes as tarfile read them
+            import base64
+
+            raw = capability.encode("utf-8", "surrogateescape")
+            member.pax_headers["VBOX.xattr.security.capability"] = base64.b64encode(raw).decode()
+        for key in [k for k in member.pax_headers if k.startswith("SCHILY.xattr.")]:
+            del member.pax_headers[key]  # other attributes (SELinux labels, ...) mean nothing here
+        super().add(tar, member)
+
+
+def import_vagrant(path: Path, store, name: str | None, version: str = "0", user: str = DEFAULT_USER,
+                   progress: Progress | None = None, on_phase=None, force: bool = False, source: dict | None = None):
+    """Check and unpack a Vagrant box into the store; the Box."""
+    from boxes.store import discard
+    from vbox_cli.envfile.types import _box_name
+
+    staging = None
+    try:
+        with refusals(path, store):
+            if not name:
+                raise ArchiveError("a Vagrant box file does not say its name", hint="give it one: --name ORG/NAME")
+            try:
+                _box_name(name)
+            except ValueError as exc:
+                raise ArchiveError(f"the box name {name!r}: {exc}") from None
+            if not version or "/" in version or version.startswith(".") or len(version) > 64:
+                raise ArchiveError(f"the version {version!r} is not a folder name")
+            if not user or not all(c.isalnum() or c in "_-." for c in user) or user.startswith(("-", ".")):
+                raise ArchiveError(f"the user {user!r} is not a user name")
+            if store.find(name, version) is not None and not force:
+                raise ArchiveError(f"the store has {name} {version} already",
+                                   hint="--force replaces it, or --version or --name imports it beside it")
+            staging = store.staging(name)
+            meta = _unpack(path, staging, store, user, progress, on_phase)
+            meta = BoxMeta.from_dict({**meta.to_dict(), "name": name, "version": version,
+                                      "source": source or {"file": path.name}})
+            box = store.install(staging, name, version, meta)
+            staging = None
+            return box
+    finally:
+        if staging is not None:
+            discard(staging)
+
+
+def _room(store) -> int:
+    where = store.root
+    while not where.exists():
+        where = where.parent
+    return min(shutil.disk_usage(where).free - 256 * 1024**2, MAX_SIZE)
+
+
+def _unpack(path: Path, staging: Path, store, user: str, progress: Progress | None, on_phase) -> BoxMeta:
+    """The outer archive's members vbox uses, written under fixed names in staging/.in/;
+    then the box made of them in staging."""
+    total = path.stat().st_size
+    budget = _room(store)
+    incoming = staging / ".in"
+    incoming.mkdir(mode=0o700)
+    wanted: dict[str, Path] = {}
+    with open(path, "rb") as raw:
+        writer = _Extractor(incoming, {"size": budget, "files": {}}, None, raw.tell)
+        writer.limit = f"the {budget >> 20} MiB the store has room for"
+        if progress:
+            writer.progress = lambda done, _: progress(min(raw.tell(), total), total)
+        with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_Member) as tar:
+            for member in tar:
+                plain = _plain(member.name)
+                if not member.isreg() or "/" in plain or plain in wanted:
+                    continue  # folders, links, include/: vbox uses none of them
+                if plain == METADATA and member.size > MAX_METADATA:
+                    raise ArchiveError(f"its {METADATA} is {member.size} bytes")
+                if not (plain == METADATA or plain == "rootfs.tar.gz" or plain.endswith((".img", ".qcow2"))):
+                    continue  # Vagrantfile, lxc-config, info.json: settings for Vagrant
+                target = incoming / f"{len(wanted)}"
+                writer.write(tar, member, target)
+                wanted[plain] = target
+    if METADATA not in wanted:
+        raise ArchiveError(f"not a Vagrant box: it has no {METADATA}")
+    try:
+        metadata = json.loads(wanted[METADATA].read_bytes())
+    except ValueError:
+        raise ArchiveError(f"its {METADATA} is not JSON") from None
+    provider = metadata.get("provider") if isinstance(metadata, dict) else None
+    if provider not in PROVIDERS:
+        raise ArchiveError(f"a Vagrant box for the {provider!r} provider; vbox takes {' and '.join(PROVIDERS)} "
+                           "boxes" + (" (a VirtualBox disk would need converting, and its guest drivers for "
+                                      "virtio: not done)" if provider == "virtualbox" else ""))
+    if progress:
+        progress(total, total)
+    if on_phase:
+        on_phase("verifying")
+    if provider == "libvirt":
+        meta = _libvirt(metadata, wanted, staging)
+    else:
+        meta = _lxc(wanted, staging, user)
+    shutil.rmtree(incoming)
+    from boxes.build import _tree_size
+
+    return BoxMeta.from_dict({**meta.to_dict(), "user": user, "size": _tree_size(staging)})
+
+
+def _libvirt(metadata: dict, wanted: dict[str, Path], staging: Path) -> BoxMeta:
+    disks = metadata.get("disks")
+    if disks is not None:
+        if not isinstance(disks, list) or not disks or not all(isinstance(d, dict) for d in disks):
+            raise ArchiveError(f"its {METADATA} has no valid 'disks'")
+        if len(disks) > 1:
+            raise ArchiveError(f"it has {len(disks)} disks; a vbox machine has one")
+        disk_name, disk_format = disks[0].get("path"), disks[0].get("format", metadata.get("format", "qcow2"))
+    else:
+        disk_name, disk_format = "box.img", metadata.get("format", "qcow2")
+    if disk_format != "qcow2":
+        raise ArchiveError(f"its disk's format is {disk_format!r}; vbox takes qcow2")
+    if not isinstance(disk_name, str) or disk_name not in wanted:
+        raise ArchiveError(f"it has no disk {disk_name!r}")
+    disk = staging / ARTEFACTS["disk"]
+    os.replace(wanted[disk_name], disk)
+    check_qcow2(disk)
+    os.chmod(disk, 0o644)
+    digest = f"disk.qcow2 {file_sha256(disk)}\n"
+    return BoxMeta(digest=_digest(digest), description="a Vagrant box (libvirt), imported",
+                   boot=Boot(kernel=None, initrd=None, root_label=""), artefacts={"disk": ARTEFACTS["disk"]})
+
+
+def _lxc(wanted: dict[str, Path], staging: Path, user: str) -> BoxMeta:
+    import gzip
+
+    inner = wanted.get("rootfs.tar.gz")
+    if inner is None:
+        raise ArchiveError("it has no rootfs.tar.gz")
+    with open(inner, "rb") as raw:
+        try:
+            stream = gzip.GzipFile(fileobj=raw)
+            tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member)
+        except (OSError, tarfile.TarError) as exc:
+            raise ArchiveError(f"its rootfs.tar.gz is not a gzip-compressed tar archive ({exc})") from None
+        extractor = _TreeExtractor(staging, _room_for(staging), raw.tell)
+        with tar:
+            while (member := tar.next()) is not None:
+                extractor.add(tar, member)
+        extractor.finish([])
+    inner.unlink()
+    rootfs = staging / ROOTFS
+    check_tree(rootfs, user)
+    return BoxMeta(digest=_digest(f"rootfs {tree_digest(rootfs)}\n"), description="a Vagrant box (lxc), imported",
+                   artefacts={"rootfs": ARTEFACTS["rootfs"]})
+
+
+def _room_for(staging: Path) -> int:
+    return min(shutil.disk_usage(staging).free - 256 * 1024**2, MAX_SIZE)
+
+
+def check_tree(rootfs: Path, user: str) -> None:
+    """What vbox needs of a root tree a machine boots: an init, an sshd and the user."""
+    def present(relative: str) -> bool:  # its links followed inside the tree, never to the host's files
+        return resolve(rootfs, relative) is not None
+
+    if not any(present(p) for p in ("sbin/init", "usr/sbin/init", "lib/systemd/systemd", "usr/lib/systemd/systemd")):
+        raise ArchiveError("its root tree has no init (/sbin/init): a machine could not boot it")
+    if not any(present(p) for p in ("usr/sbin/sshd", "sbin/sshd")):
+        raise ArchiveError("its root tree has no sshd (/usr/sbin/sshd): vbox reaches machines over SSH",
+                           hint="install openssh-server in the box, or import a box that has it")
+    passwd = resolve(rootfs, "etc/passwd")
+    if passwd is None or not passwd.is_file():
+        raise ArchiveError("its root tree has no /etc/passwd")
+    users = [line.split(":", 1)[0] for line in passwd.read_text(errors="replace").splitlines()]
+    if user not in users:
+        raise ArchiveError(f"its root tree has no user {user!r}",
+                           hint="--user names the user that vbox logs in as (with sudo)")
+
+
+def _digest(lines: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()

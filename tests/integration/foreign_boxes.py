@@ -1,0 +1,141 @@
+"""Boxes that vbox did not build, made here as their publishers make them: a Debian tree
+from debootstrap (not vbox's recipe: ifupdown and DHCP, the user `vagrant` with Vagrant's
+insecure key, host keys baked in, its kernel behind a bootloader in its disk), packed as a
+Vagrant box of the lxc provider (rootfs.tar.gz) and of the libvirt provider (box.img).
+
+Used by the tests and by benchmarks/vagrant_box.py; runs as root (debootstrap, a loop
+mount to install the bootloader). `python -m tests.integration.foreign_boxes DIR` makes
+both boxes in DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+MIRROR = "http://deb.debian.org/debian"
+CACHE = Path("/var/cache/vbox/debootstrap")  # the box builds' package cache, shared
+PACKAGES = ["systemd-sysv", "udev", "dbus", "openssh-server", "sudo", "ifupdown", "isc-dhcp-client", "iproute2",
+            "procps", "linux-image-cloud-amd64", "initramfs-tools", "extlinux", "syslinux-common"]
+# Vagrant's well-known insecure key: every Vagrant box trusts it until its first `vagrant up`
+INSECURE_KEY = ("ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1"
+                "I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx"
+                "4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdE"
+                "Tk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure "
+                "public key")
+HOSTNAME = "vagrant-bookworm"
+
+
+def run(*argv, **kwargs) -> str:
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+def debian_tree(target: Path) -> Path:
+    """A Debian 12 tree set up as a Vagrant box's publisher does."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--cache-dir={CACHE}",
+        "bookworm", target, MIRROR, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    run("chroot", target, "useradd", "--create-home", "--shell", "/bin/bash", "vagrant")
+    run("chroot", target, "sh", "-c", "echo vagrant:vagrant | chpasswd")
+    (target / "etc/sudoers.d/vagrant").write_text("vagrant ALL=(ALL) NOPASSWD: ALL\n")
+    os.chmod(target / "etc/sudoers.d/vagrant", 0o440)
+    ssh = target / "home/vagrant/.ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "authorized_keys").write_text(INSECURE_KEY + "\n")
+    os.chmod(ssh / "authorized_keys", 0o600)
+    run("chroot", target, "chown", "-R", "vagrant:vagrant", "/home/vagrant/.ssh")
+    (target / "etc/network/interfaces").write_text(
+        "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
+    (target / "etc/hostname").write_text(HOSTNAME + "\n")
+    (target / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n")
+    (target / "etc/fstab").write_text("/dev/vda1 / ext4 defaults 0 1\n")
+    for pattern in ("var/cache/apt/archives/*.deb",):
+        for path in target.glob(pattern):
+            path.unlink()
+    shutil.rmtree(target / "debootstrap", ignore_errors=True)
+    return target
+
+
+def _tar(archive: Path, folder: Path, names: list[str], gzip: bool = True) -> Path:
+    options = {"compresslevel": 1} if gzip else {}  # fast: the tests make them each run
+    with tarfile.open(archive, "w:gz" if gzip else "w", format=tarfile.PAX_FORMAT, **options) as tar:
+        for name in names:
+            tar.add(folder / name, arcname=name)
+    return archive
+
+
+def vagrant_lxc_box(tree: Path, work: Path, out: Path) -> Path:
+    """As vagrant-lxc's base boxes are packed: rootfs.tar.gz (./rootfs/...), metadata.json,
+    lxc-config; without the kernel, which a container does not use."""
+    work.mkdir(parents=True, exist_ok=True)
+    run("tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability", "-czf",
+        work / "rootfs.tar.gz", "--exclude=./boot/*", "--exclude=./usr/lib/modules/*",
+        f"--transform=s,^\\.,./rootfs,S", "-C", tree, ".")
+    (work / "metadata.json").write_text(json.dumps({"provider": "lxc", "version": "1.0.0",
+                                                    "built-on": "2026-11-23",
+                                                    "template-opts": {"--arch": "amd64", "--release": "bookworm"}}))
+    (work / "lxc-config").write_text("lxc.arch = amd64\n")
+    return _tar(out, work, ["metadata.json", "lxc-config", "rootfs.tar.gz"])
+
+
+def bootable_disk(tree: Path, raw: Path) -> int:
+    """A raw disk: an MBR, one ext4 partition with the tree, extlinux booting its kernel
+    (its partition's boot sector and ldlinux.sys, installed through a loop mount)."""
+    boot = tree / "boot"
+    kernel = sorted(boot.glob("vmlinuz-*"))[-1].name
+    initrd = sorted(boot.glob("initrd.img-*"))[-1].name
+    (boot / "extlinux").mkdir(exist_ok=True)
+    (boot / "extlinux/extlinux.conf").write_text(
+        f"DEFAULT debian\nTIMEOUT 1\nLABEL debian\n  LINUX /boot/{kernel}\n  INITRD /boot/{initrd}\n"
+        "  APPEND root=/dev/vda1 rw console=ttyS0 net.ifnames=0\n")
+    size = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file() and not f.is_symlink())
+    fs_mib = (size * 5 // 4 >> 20) + 512
+    part = raw.with_suffix(".part")
+    run("mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, part, f"{fs_mib}M")
+    with open(raw, "wb") as f:
+        f.truncate((fs_mib + 1) << 20)
+    run("dd", f"if={part}", f"of={raw}", "bs=1M", "seek=1", "conv=notrunc,sparse")
+    part.unlink()
+    mnt = raw.with_suffix(".mnt")
+    mnt.mkdir()
+    run("mount", "-o", "loop,offset=1048576", raw, mnt)
+    try:
+        run(tree / "usr/bin/extlinux", "--install", mnt / "boot/extlinux")
+    finally:
+        run("umount", mnt)
+        mnt.rmdir()
+    # the MBR: syslinux's boot code, one active Linux partition from sector 2048 to the end
+    sectors = fs_mib << 11
+    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", 2048, sectors)
+    mbr = (tree / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440].ljust(446, b"\0") + entry
+    with open(raw, "r+b") as f:
+        f.write(mbr.ljust(510, b"\0") + b"\x55\xaa")
+    return (fs_mib + 1) << 20
+
+
+def vagrant_libvirt_box(tree: Path, work: Path, out: Path) -> Path:
+    """As vagrant-libvirt's boxes are packed: box.img (qcow2), metadata.json, Vagrantfile."""
+    work.mkdir(parents=True, exist_ok=True)
+    raw = work / "disk.raw"
+    size = bootable_disk(tree, raw)
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, work / "box.img")
+    raw.unlink()
+    (work / "metadata.json").write_text(json.dumps({"provider": "libvirt", "format": "qcow2",
+                                                    "virtual_size": -(-size // 1024**3)}))
+    (work / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n  config.vm.provider :libvirt do |libvirt|\n'
+                                      '    libvirt.driver = "kvm"\n  end\nend\n')
+    return _tar(out, work, ["metadata.json", "Vagrantfile", "box.img"])
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    tree = debian_tree(folder / "tree")
+    print(vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"))
+    print(vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"))

@@ -1,0 +1,148 @@
+"""Boxes vbox did not build, made by the tests as their publishers make them
+(tests/integration/foreign_boxes.py: debootstrap, ifupdown and DHCP, the user vagrant with
+Vagrant's insecure key, baked host keys, a bootloader in the disk): imported, and machines
+from them up with every verb working, the insecure key gone, their own host key and name,
+one stable address."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import libvirt
+import pytest
+
+from boxes.store import BoxStore
+from providers.leaks import find as find_leaks
+from tests.integration import foreign_boxes
+from tests.integration.conftest import vbox
+from tests.integration.test_lxc import Project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def vagrant_boxes(host, tmp_path_factory):
+    """{"lxc": path, "libvirt": path} of the two .box files, made once."""
+    folder = tmp_path_factory.mktemp("foreign")
+    tree = foreign_boxes.debian_tree(folder / "tree")
+    return {"lxc": foreign_boxes.vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"),
+            "libvirt": foreign_boxes.vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box")}
+
+
+@pytest.fixture
+def imported(vagrant_boxes):
+    """Import a box under a name of this test's own; removed afterwards."""
+    names = []
+
+    def run(kind: str) -> str:
+        name = f"test/vagrant-{kind}-{uuid.uuid4().hex[:6]}"
+        result = vbox("box", "import", str(vagrant_boxes[kind]), "--name", name, "--version", "1.0", check_rc=0)
+        assert f"imported box {name} 1.0" in result.stdout and "user vagrant" in result.stdout
+        names.append(name)
+        return name
+
+    yield run
+    for name in names:
+        vbox("box", "remove", name, "--force", check_rc=None)
+        assert BoxStore().find(name) is None
+
+
+@pytest.fixture
+def project(tmp_path):
+    p = Project(tmp_path / "foreign")
+    p.folder.mkdir()
+    yield p
+    if (p.folder / "Envfile").exists():
+        p.env("destroy", "-f", check_rc=None)
+    assert find_leaks(p.id) == []
+
+
+def check_machine(project: Project, name: str) -> None:
+    """What a machine from a Vagrant box must be once up: vbox's, not the publisher's."""
+    status = {m["name"]: m for m in json.loads(project.env("status", "--json").stdout)["machines"]}[name]
+    assert status["state"] == "running"
+    # logged in as the box's user, with the project's key: Vagrant's insecure key is gone
+    assert project.ssh(name, "id -un") == "vagrant\n"
+    keys = project.ssh(name, "cat ~/.ssh/authorized_keys")
+    assert "insecure" not in keys and keys.startswith("ssh-ed25519 ")
+    # sshd offers the host key vbox made (the one in known_hosts), not the box's baked one
+    known = (project.folder / ".vbox" / "known_hosts").read_text()
+    served = project.ssh(name, "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+    assert served in known
+    # its own name, and one address: the one vbox gave it, which DHCP also gives it
+    assert project.ssh(name, "hostname") == f"{name}\n"
+    addresses = project.ssh(name, "ip -4 -o addr show eth0").split()
+    assert [a for a in addresses if "/" in a and a[0].isdigit()] == [f"{status['address']}/24"]
+    assert project.ssh(name, "sudo -n true 2>&1; echo $?").strip().endswith("0")
+
+
+def test_a_vagrant_lxc_box(project, imported):
+    box = imported("lxc")
+    project.write(f"""
+        [machines.vg]
+        box = "{box}"
+        provider = "lxc"
+        provision = [{{ shell = "echo provisioned >> /root/once.log" }}]
+    """)
+    (project.folder / "files").mkdir()
+    (project.folder / "files" / "hello.txt").write_text("hello\n")
+    project.env("up")
+    check_machine(project, "vg")
+    assert project.ssh("vg", "cat /vbox/files/hello.txt") == "hello\n"  # synced folders: LXC needs nothing of the box
+    project.env("halt")
+    project.env("up")
+    assert project.ssh("vg", "sudo cat /root/once.log") == "provisioned\n"
+    project.env("reload")
+    check_machine(project, "vg")
+    project.env("destroy", "-f")
+
+
+def test_a_vagrant_libvirt_box_boots_from_its_own_bootloader(project, imported, debian12):
+    box = imported("libvirt")
+    project.write(f"""
+        [machines.vk]
+        box = "{box}"
+        provider = "kvm"
+        memory = "768M"
+        disk = "3G"
+        provision = [{{ shell = "echo provisioned >> /root/once.log" }}]
+    """)
+    up = project.env("up")
+    assert "does not mount them (not a box vbox built" in up.stdout + up.stderr  # said, not silently skipped
+    check_machine(project, "vk")
+    # booted by its own bootloader: no kernel given to the domain
+    conn = libvirt.open("qemu:///system")
+    try:
+        domain = conn.lookupByName(f"vbox-{project.id}-vk")
+        assert "<kernel>" not in domain.XMLDesc(0) and "<boot dev='hd'/>" in domain.XMLDesc(0)
+    finally:
+        conn.close()
+    # the command line its extlinux.conf gives (BOOT_IMAGE is the bootloader's word)
+    assert project.ssh("vk", "cat /proc/cmdline").startswith("BOOT_IMAGE=/boot/vmlinuz-")
+    # halt through ACPI (not a power-off), then up again: the same machine, not provisioned twice
+    project.ssh("vk", "echo keep > ~/data")
+    halt = project.env("halt")
+    assert "powered off" not in halt.stdout + halt.stderr
+    project.env("up")
+    assert project.ssh("vk", "cat ~/data") == "keep\n"
+    assert project.ssh("vk", "sudo cat /root/once.log") == "provisioned\n"
+    check_machine(project, "vk")
+    project.env("destroy", "-f")
+
+
+def test_a_box_that_is_neither_is_refused(tmp_path):
+    other = tmp_path / "virtualbox.box"
+    import io
+    import tarfile
+
+    with tarfile.open(other, "w:gz") as tar:
+        data = json.dumps({"provider": "virtualbox"}).encode()
+        info = tarfile.TarInfo("metadata.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    result = vbox("box", "import", str(other), "--name", "vb", check_rc=1)
+    assert "'virtualbox' provider" in result.stderr and "nothing was written" in result.stderr
+    (tmp_path / "junk").write_bytes(b"junk" * 100)
+    result = vbox("box", "import", str(tmp_path / "junk"), check_rc=2)
+    assert "not a box file vbox knows" in result.stderr
