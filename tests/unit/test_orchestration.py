@@ -355,3 +355,30 @@ def test_the_summary_says_what_was_done_each_phase_and_the_address(world, tmp_pa
                         phases), phases  # the three steps' provisioning counted as one phase
     assert all(len(line) <= 80 for line in summary)
     assert run(["--plain", "destroy", "-f"], "vbox") == 0
+
+
+def test_a_vm_from_a_box_vbox_did_not_build_that_never_answers_gets_a_hint(world, monkeypatch, tmp_path):
+    """A Vagrant box whose systemd is older than 252 never takes its keys: the SSH failure says
+    so, for VMs of such boxes only."""
+    from vbox_cli.errors import VboxError
+
+    monkeypatch.setitem(registry.REGISTRY, "kvm", ProviderInfo("kvm", "tests.unit.fake_provider:FakeProvider",
+                                                               "fake VM"))
+    store = BoxStore(tmp_path / "home" / "boxes")
+    store.install(store.staging("old/vagrant"), "old/vagrant", "0", {"digest": "sha256:" + "1" * 64,
+                                                                     "user": "vagrant"})
+    store.install(store.staging("mine"), "mine", "1", {"digest": "sha256:" + "2" * 64, "user": "vbox",
+                                                       "recipe": "debian-12.toml"})
+
+    def never(target, timeout, log):
+        raise VboxError(f"{target.name}: SSH did not answer within 1 s (Authentication failed.)", hint="raise it")
+
+    results = {}
+    for box in ("old/vagrant", "mine"):
+        env = Env(tmp_path / box.replace("/", "-"), f'[machines.vm]\nprovider = "kvm"\nbox = "{box}"\n')
+        session = env.session()
+        session.connector = never
+        with session.project.lock():
+            results[box] = machines.up(session, ["vm"])[0]
+    assert "systemd 252" in results["old/vagrant"].error.hint and "raise it" in results["old/vagrant"].error.hint
+    assert results["mine"].error.hint == "raise it"

@@ -68,7 +68,18 @@ class Session:
         """An SSH connection to a machine, waiting for it up to its boot_timeout."""
         connector = self.connector or _wait_for_ssh
         log = self.provider(name).console_log(self.project.object_name(name))
-        return connector(self.ssh_target(name), self.machines[name].boot_timeout, log)
+        try:
+            return connector(self.ssh_target(name), self.machines[name].boot_timeout, log)
+        except VboxError as exc:
+            record = self.project.machine_state(name)
+            box = self.store.find(record.get("box", ""), record.get("box_version"))
+            if box is None or box.meta.recipe or self.machines[name].provider not in ("kvm", "xen"):
+                raise
+            # a box vbox did not build: the likely reason is that it never took its identity
+            raise VboxError(exc.message, details=exc.details, hint=(
+                f"its box {box.name} is not one vbox built: a VM gets its SSH keys through a systemd credential, "
+                "which systemd 252 and later read (Debian 12, Ubuntu 23.04, Fedora 38); an older box keeps "
+                "its own keys. " + (exc.hint or ""))) from None
 
     # -- a machine's spec and SSH target -----------------------------------------
     def spec(self, name: str, box, address: str, host_key: tuple[str, str] | None = None):
