@@ -154,6 +154,7 @@ class Offer:
     location: Location  # of the archive
     sha256: str
     catalog: str  # where it was found, for messages and `env box outdated`
+    provider: str = PROVIDER  # "vbox" (an `env box export` archive), or a Vagrant box's "libvirt" or "lxc"
 
 
 def catalog_location(location: Location, name: str) -> Location:
@@ -174,15 +175,21 @@ def load_catalog(location: Location) -> dict:
     return catalog
 
 
-def offers(location: Location, name: str) -> list[Offer]:
-    """The versions of `name` the catalog at `location` offers for vbox (valid ones only)."""
+# which of a catalog's providers' boxes vbox takes, best first: its own archives, then
+# Vagrant boxes (boxes/vagrant.py); a machine's provider narrows it (machines/boxes.py)
+PROVIDERS = (PROVIDER, "libvirt", "lxc")
+
+
+def offers(location: Location, name: str, providers: tuple[str, ...] = PROVIDERS) -> list[Offer]:
+    """The versions of `name` the catalog at `location` offers in one of `providers`'
+    formats (valid ones only)."""
     from boxes.versions import parse
 
     location = catalog_location(location, name)
     catalog = load_catalog(location)
     if catalog.get("name") not in (None, name):
         raise CatalogError(f"the catalog {location} is of the box {catalog.get('name')!r}, not {name!r}")
-    found = []
+    found, unchecked = [], []
     for entry in catalog["versions"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
             continue
@@ -191,26 +198,32 @@ def offers(location: Location, name: str) -> list[Offer]:
         except ValueError:
             continue
         for provider in entry.get("providers") or []:
-            if not isinstance(provider, dict) or provider.get("name") != PROVIDER:
+            if not isinstance(provider, dict) or provider.get("name") not in providers:
                 continue
             checksum, kind, url = provider.get("checksum"), provider.get("checksum_type"), provider.get("url")
             if kind != "sha256" or not isinstance(checksum, str) or len(checksum) != 64 or not isinstance(url, str):
-                raise CatalogError(f"the catalog {location}: version {entry['version']} has no sha256 checksum",
-                                   hint="vbox uses a box only after checking its sha256")
-            found.append(Offer(name, entry["version"], _within(location, url), checksum.lower(), str(location)))
+                unchecked.append(f"version {entry['version']} ({provider['name']})")
+                continue  # Vagrant's catalogs may leave the checksum out: vbox does not take such a box
+            found.append(Offer(name, entry["version"], _within(location, url), checksum.lower(), str(location),
+                               provider["name"]))
+    if not found and unchecked:
+        raise CatalogError(f"the catalog {location}: {', '.join(unchecked[:3])} has no sha256 checksum",
+                           hint="vbox uses a box only after checking its sha256")
     return found
 
 
-def choose(location: Location, name: str, constraint: Constraint) -> Offer:
-    available = offers(location, name)
+def choose(location: Location, name: str, constraint: Constraint, providers: tuple[str, ...] = PROVIDERS) -> Offer:
+    """The newest allowed version, in the first of `providers` it comes in."""
+    available = offers(location, name, providers)
     if not available:
-        raise CatalogError(f"the catalog {catalog_location(location, name)} offers no {PROVIDER!r} box for {name}")
+        raise CatalogError(f"the catalog {catalog_location(location, name)} offers no box for {name} that vbox "
+                           f"can use here (providers {', '.join(providers)})")
     version = constraint.newest([o.version for o in available])
     if version is None:
         listed = ", ".join(sorted({o.version for o in available}))
         raise CatalogError(f"the catalog {catalog_location(location, name)} has no version of {name} that is "
                            f"{constraint} (it has {listed})")
-    return next(o for o in available if o.version == version)
+    return min((o for o in available if o.version == version), key=lambda o: providers.index(o.provider))
 
 
 # -- downloads ---------------------------------------------------------------------------
@@ -292,24 +305,31 @@ def is_archive(location: Location) -> bool:
 
 def obtain(store, name: str, where: Location, constraint: Constraint, cache: Path,
            progress: Progress | None = None, on_wait: Callable[[], None] | None = None,
-           on_phase: Callable[[str], None] | None = None):
+           on_phase: Callable[[str], None] | None = None, providers: tuple[str, ...] = PROVIDERS):
     """Box `name` from a catalog or an archive at `where`, the newest version that
-    `constraint` allows: the store's copy if it has that version, else downloaded,
-    checked and imported. The Box."""
-    from boxes.archive import import_archive
+    `constraint` allows (in the first of `providers` it comes in): the store's copy if it
+    has that version, else downloaded, checked and imported. The Box."""
+    from boxes.archive import import_archive, is_box_archive
+    from boxes.vagrant import import_vagrant, is_vagrant_box
 
+    version = "0"  # a Vagrant box file says none
     if is_archive(where):
         file = fetch(where, archive_sha256(where), cache, progress, on_wait)
         source = {"url": str(where)}
     else:
-        offer = choose(where, name, constraint)
+        offer = choose(where, name, constraint, providers)
         existing = store.find(name, offer.version)
         if existing is not None:
             return existing
         file = fetch(offer.location, offer.sha256, cache, progress, on_wait)
-        source = {"catalog": offer.catalog, "version": offer.version, "sha256": offer.sha256}
+        source = {"catalog": offer.catalog, "version": offer.version, "sha256": offer.sha256,
+                  "provider": offer.provider}
+        version = offer.version
     try:
-        box = import_archive(file, store, name=name, on_phase=on_phase, source=source)
+        if not is_box_archive(file) and is_vagrant_box(file):
+            box = import_vagrant(file, store, name, version=version, on_phase=on_phase, source=source)
+        else:
+            box = import_archive(file, store, name=name, on_phase=on_phase, source=source)
     finally:
         if where.remote or file.is_relative_to(cache):
             file.unlink(missing_ok=True)  # in the store now, or refused: not kept twice

@@ -220,6 +220,7 @@ class ProviderBase:
 
     name = ""
     label = ""
+    needs: tuple[str, ...] = ()  # the box artefacts its machines boot from ("rootfs", "disk", "kernel", ...)
     def folder_event_source(self, object_name: str) -> str | None:
         """None: a change made on this host to a synced folder reaches inotify in the
         machine by itself (LXC's bind mounts). Else vbox forwards them (vbox_cli/folderwatch.py),

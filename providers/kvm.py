@@ -144,6 +144,7 @@ def apply_networks(root: ET.Element, spec: MachineSpec) -> None:
 class KvmProvider(LocalPorts, LibvirtDomainProvider):
     name = "kvm"
     label = "KVM machine"
+    needs = ("disk",)  # a kernel beside it is used when there is one
     host_types = ("qemu",)
     extra_volumes = (".cred",)
 

@@ -65,6 +65,7 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
 class LxcProvider(LocalPorts, ProviderBase):
     name = "lxc"
     label = "LXC container"
+    needs = ("rootfs",)  # what it boots from a box (machines/boxes.py)
 
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()

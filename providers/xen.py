@@ -61,6 +61,7 @@ class XenProvider(LibvirtDomainProvider):
 
     name = "xen"
     label = "Xen guest"
+    needs = ("disk", "kernel", "initrd")  # PV guests: no bootloader
     host_types = ("xen", "libxl")
     extra_volumes = (".seed",)
 

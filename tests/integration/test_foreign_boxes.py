@@ -146,3 +146,63 @@ def test_a_box_that_is_neither_is_refused(tmp_path):
     (tmp_path / "junk").write_bytes(b"junk" * 100)
     result = vbox("box", "import", str(tmp_path / "junk"), check_rc=2)
     assert "not a box file vbox knows" in result.stderr
+
+
+def test_a_self_hosted_vagrant_catalog_works_as_it_is(project, vagrant_boxes, tmp_path, debian12):
+    """A catalog as Vagrant users host it (libvirt and lxc boxes, nothing of vbox's),
+    served on 127.0.0.1: an LXC machine gets the newest version with an lxc box, a KVM
+    machine the newest with a libvirt box; a provider entry without a checksum is not taken."""
+    import functools
+    import hashlib
+    import http.server
+    import shutil
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    name = f"test/vagrant-cat-{uuid.uuid4().hex[:6]}"
+    providers = {}
+    for kind in ("lxc", "libvirt"):
+        shutil.copy(vagrant_boxes[kind], www / f"{kind}.box")
+        providers[kind] = {"name": kind, "url": f"{kind}.box", "checksum_type": "sha256",
+                           "checksum": hashlib.sha256((www / f"{kind}.box").read_bytes()).hexdigest()}
+    catalog = {"name": name, "description": "a Vagrant box", "versions": [
+        {"version": "1.0.0", "providers": [providers["libvirt"], providers["lxc"]]},
+        {"version": "1.1.0", "providers": [providers["libvirt"]]},
+        {"version": "1.2.0", "providers": [{"name": "lxc", "url": "lxc.box"}]},  # no checksum: not taken
+    ]}
+    (www / "catalog.json").write_text(json.dumps(catalog))
+    fetched = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            fetched.append(args[1] if len(args) > 1 else "")
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        project.write(f"""
+            [machines.vg]
+            box = "{name}"
+            box_url = "http://127.0.0.1:{httpd.server_address[1]}/catalog.json"
+            provider = "lxc"
+        """)
+        up = project.env("up")
+        assert f"added box {name} 1.0.0" in up.stdout + up.stderr
+        assert any("lxc.box" in line for line in fetched) and not any("libvirt.box" in line for line in fetched)
+        check_machine(project, "vg")
+        box = BoxStore().find(name)
+        assert box.meta.source["provider"] == "lxc" and box.artefacts == ["rootfs"]
+        # a VM of the same box: the newest version with a libvirt box, fetched too
+        project.env("destroy", "-f")
+        project.write(f'[machines.vm]\nbox = "{name}"\nbox_url = "http://127.0.0.1:{httpd.server_address[1]}/'
+                      'catalog.json"\nprovider = "kvm"\nmemory = "768M"\ndisk = "3G"\n')
+        up = project.env("up")
+        assert f"added box {name} 1.1.0" in up.stdout + up.stderr
+        check_machine(project, "vm")
+        assert BoxStore().find(name, "1.1.0").meta.source["provider"] == "libvirt"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        project.env("destroy", "-f", check_rc=None)
+        vbox("box", "remove", name, "--force", check_rc=None)

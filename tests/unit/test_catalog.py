@@ -226,3 +226,28 @@ def test_versions_sort_and_an_unconstrained_box_of_any_version():
 
     assert sorted(["12.0.10", "12.0.9", "latest", "12.1"], key=sort_key) == ["latest", "12.0.9", "12.0.10", "12.1"]
     assert Constraint("").allows("latest") and not Constraint(">= 1").allows("latest")
+
+
+def test_providers_vbox_takes_best_first(server):
+    """vbox's own archive where there is one, else the Vagrant box the machine can boot; an
+    entry without a checksum is passed over, and alone it is an error."""
+    root, base = server
+
+    def entry(provider, sha="a" * 64):
+        return {"name": provider, "url": f"{provider}.box", "checksum_type": "sha256", "checksum": sha}
+
+    versions = [{"version": "1.0", "providers": [entry("libvirt"), entry("lxc"), entry("vbox")]},
+                {"version": "1.1", "providers": [entry("libvirt"), entry("virtualbox")]},
+                {"version": "1.2", "providers": [{"name": "lxc", "url": "lxc.box"}]}]
+    (root / "v.json").write_text(json.dumps({"name": "v", "versions": versions}))
+    where = Location(url=f"{base}/v.json")
+    assert (catalog.choose(where, "v", Constraint("")).version, catalog.choose(where, "v", Constraint("")).provider) \
+        == ("1.1", "libvirt")
+    assert catalog.choose(where, "v", Constraint("< 1.1")).provider == "vbox"
+    assert catalog.choose(where, "v", Constraint(""), ("vbox", "lxc")).version == "1.0"
+    assert catalog.choose(where, "v", Constraint(""), ("vbox", "lxc")).provider == "vbox"
+    with pytest.raises(CatalogError, match="offers no box for v that vbox can use here"):
+        catalog.choose(where, "v", Constraint(""), ("xen",))
+    (root / "w.json").write_text(json.dumps({"name": "w", "versions": versions[2:]}))
+    with pytest.raises(CatalogError, match=r"version 1.2 \(lxc\) has no sha256"):
+        catalog.choose(Location(url=f"{base}/w.json"), "w", Constraint(""))

@@ -203,3 +203,29 @@ def test_detection(tmp_path):
     assert not vagrant.is_vagrant_box(tmp_path / "b")
     (tmp_path / "c").write_bytes(b"not a tar")
     assert not vagrant.is_vagrant_box(tmp_path / "c")
+
+
+def test_a_box_a_machine_cannot_boot_is_refused_before_anything_is_made(store, tmp_path):
+    from types import SimpleNamespace
+
+    from providers.kvm import KvmProvider
+    from providers.lxc import LxcProvider
+    from providers.xen import XenProvider
+    from vbox_cli.errors import VboxError
+    from vbox_cli.machines.boxes import usable
+
+    def provider(cls):
+        return SimpleNamespace(name=cls.name, label=cls.label, needs=cls.needs)
+
+    tree = vagrant.import_vagrant(lxc_box(tmp_path / "x.box"), store, "tree")
+    disk = vagrant.import_vagrant(libvirt_box(tmp_path / "v.box", qcow2(tmp_path / "d.qcow2")), store, "disk")
+    assert usable(tree, "m", provider(LxcProvider)) is tree
+    assert usable(disk, "m", provider(KvmProvider)) is disk
+    with pytest.raises(VboxError, match="cannot make this KVM machine: it has a root tree only") as refused:
+        usable(tree, "m", provider(KvmProvider))
+    assert refused.value.hint == 'use provider = "lxc" for it'
+    with pytest.raises(VboxError, match="cannot make this LXC container: it has a disk only"):
+        usable(disk, "m", provider(LxcProvider))
+    with pytest.raises(VboxError, match="Xen PV guest needs a kernel beside the disk") as refused:
+        usable(disk, "m", provider(XenProvider))
+    assert refused.value.hint == 'use provider = "kvm" for it'

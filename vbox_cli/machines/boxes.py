@@ -18,20 +18,38 @@ def boxes_for(session, names: list[str]) -> dict:
     result = {}
     for name in names:
         machine = session.machines[name]
-        key = (machine.box, machine.box_version or "", machine.box_url or "")
+        key = (machine.box, machine.box_version or "", machine.box_url or "", machine.provider)
         if key not in found:
             found[key] = _box(session, name, machine, Constraint(machine.box_version or ""))
-        result[name] = found[key]
+        result[name] = usable(found[key], name, session.provider(name))
     return result
 
 
+def usable(box, name: str, provider):
+    """The box, if a machine of `provider` can boot from it; else a clear refusal."""
+    missing = [kind for kind in getattr(provider, "needs", ()) if not box.artefact(kind).exists()]
+    if not missing:
+        return box
+    if box.artefact("disk").exists() and "kernel" in missing:
+        why = "it boots from its disk's own bootloader, and a Xen PV guest needs a kernel beside the disk"
+    elif "rootfs" in missing:
+        why = "it has a disk only, no root tree for a container (a VM's box)"
+    else:
+        why = "it has a root tree only, no disk for a VM (a container's box)"
+    other = "kvm" if box.artefact("disk").exists() else "lxc" if box.artefact("rootfs").exists() else None
+    raise VboxError(f"{name}: box {box.name} {box.version} cannot make this {provider.label}: {why}",
+                    hint=f'use provider = "{other}" for it' if other and other != provider.name else None)
+
+
 def _box(session, name: str, machine, constraint):
+    from boxes.versions import sort_key
+
     store = session.store
     local = [b for b in store.boxes() if b.name == machine.box and constraint.allows(b.version)]
-    if local:
-        from boxes.versions import sort_key
-
-        return max(local, key=lambda b: (sort_key(b.version), b.meta.built))
+    needs = getattr(session.provider(name), "needs", ())
+    fit = [b for b in local if all(b.artefact(kind).exists() for kind in needs)]
+    if fit or (local and not machine.box_url):  # none that fits: `usable` says why
+        return max(fit or local, key=lambda b: (sort_key(b.version), b.meta.built))
     if not machine.box_url:
         have = sorted({b.version for b in store.boxes() if b.name == machine.box})
         if have:
@@ -40,6 +58,11 @@ def _box(session, name: str, machine, constraint):
         raise VboxError(f"{name}: no box named {machine.box!r} in the store ({store.root})",
                         hint=f"run `env box build {machine.box}`, `env box import FILE`, or set box_url")
     return _fetch(session, name, machine, constraint)
+
+
+# a catalog's providers whose boxes a machine of each provider can use, best first: vbox's
+# own archives, then a Vagrant box it boots (boxes/vagrant.py); Xen needs vbox's kernel
+CATALOG_PROVIDERS = {"kvm": ("vbox", "libvirt"), "lxc": ("vbox", "lxc"), "xen": ("vbox",)}
 
 
 def _fetch(session, name: str, machine, constraint):
@@ -61,7 +84,8 @@ def _fetch(session, name: str, machine, constraint):
     try:
         box = obtain(session.store, machine.box, where, constraint, vbox_cache() / "downloads", progress,
                      on_wait=lambda: events.note(f"{name}: waiting for another command fetching the same box", name),
-                     on_phase=lambda what: events.phase(name, Phase.VERIFYING, f"{machine.box}: sha256 and digests"))
+                     on_phase=lambda what: events.phase(name, Phase.VERIFYING, f"{machine.box}: sha256 and digests"),
+                     providers=CATALOG_PROVIDERS.get(machine.provider, ("vbox",)))
     except CatalogError as exc:
         raise VboxError(f"{name}: box {machine.box}: {exc.message}", hint=exc.hint) from None
     events.note(f"{name}: added box {box.name} {box.version} ({box.digest[:19]}) from {where}", name)
