@@ -143,9 +143,10 @@ class LxcProvider(LocalPorts, ProviderBase):
             os.chown(target, *user_ids(spec.box, owner))
             os.chmod(target, mode)
         self._write_network_files(spec)
-        if spec.network:
-            # its address is set by LXC; a box that asks DHCP as well (a Vagrant box's ifupdown)
-            # gets the same one, not a second address from the pool
+        if spec.network and not spec.box.meta.recipe:
+            # its address is set by LXC; a box vbox did not build may ask DHCP as well (a Vagrant
+            # box's ifupdown): it gets the same one, not a second address from the pool. (Not for
+            # vbox's boxes, which do not ask: the reservation costs 0.6 s of a 1.5 s up.)
             from providers.network import add_dhcp_host
 
             add_dhcp_host(self.network_host.conn, spec.network, mac_address(spec.object_name), spec.address,
