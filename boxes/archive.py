@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 from contextlib import contextmanager
@@ -327,12 +328,54 @@ def refusals(path: Path, store, damaged: tuple[type[BaseException], ...] = ()):
                            hint=f"{NOTHING_WRITTEN}; free some space there and import again") from None
 
 
+def room(store) -> int:
+    """Bytes an import may write into the store: its disk's free space, less a margin."""
+    where = store.root
+    while not where.exists():  # a store not made yet: the disk it will be on
+        where = where.parent
+    return min(shutil.disk_usage(where).free - 256 * 1024**2, MAX_SIZE)
+
+
+def plain_name(name: str) -> str:
+    """A member's name without leading "./" and trailing "/"."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def unpack_members(path: Path, staging: Path, store, progress: Progress | None,
+                   wanted: Callable[[str, tarfile.TarInfo], bool]) -> dict[str, Path]:
+    """The regular members of the tar archive at `path` (plain, gzip, bzip2 or xz) that
+    `wanted` takes (it may refuse the archive), each written under a fixed name in
+    staging/.in/, within the store's room and the compression ratio; name -> file. A
+    name that comes twice is taken once; folders and links are never written."""
+    total = path.stat().st_size
+    budget = room(store)
+    incoming = staging / ".in"
+    incoming.mkdir(mode=0o700)
+    found: dict[str, Path] = {}
+    with open(path, "rb") as raw:
+        writer = _Extractor(incoming, {"size": budget, "files": {}}, None, raw.tell)
+        writer.limit = f"the {budget >> 20} MiB the store has room for"
+        if progress:
+            writer.progress = lambda done, _: progress(min(raw.tell(), total), total)
+        with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_Member) as tar:
+            for member in tar:
+                name = plain_name(member.name)
+                if not member.isreg() or name in found or not wanted(name, member):
+                    continue
+                target = incoming / str(len(found))
+                writer.write(tar, member, target)
+                found[name] = target
+    if progress:
+        progress(total, total)
+    return found
+
+
 def import_archive(path: Path, store, name: str | None = None, progress: Progress | None = None,
                    on_phase: Callable[[str], None] | None = None, force: bool = False, source: dict | None = None):
     """Check and unpack a box archive into the store; the Box. Nothing is written to the
     store unless every check passes."""
-    import shutil
-
     import zstandard
 
     from boxes.build import _digest
@@ -353,12 +396,9 @@ def import_archive(path: Path, store, name: str | None = None, progress: Progres
             version = manifest["version"]
             if not version or "/" in version or version.startswith("."):
                 raise ArchiveError(f"its version {version!r} is not a folder name")
-            where = store.root
-            while not where.exists():  # a store not made yet: the disk it will be on
-                where = where.parent
-            free = shutil.disk_usage(where).free
-            if manifest["size"] > min(free, MAX_SIZE):
-                raise ArchiveError(f"it needs {manifest['size'] >> 20} MiB and the store has {free >> 20} MiB free")
+            free = room(store)
+            if manifest["size"] > free:
+                raise ArchiveError(f"it needs {manifest['size'] >> 20} MiB and the store has room for {free >> 20} MiB")
             meta = BoxMeta.from_dict({**manifest["meta"], "name": box_name, **({"source": source} if source else {})})
             existing = store.find(box_name, version)
             if existing is not None and existing.digest == meta.digest and not force:

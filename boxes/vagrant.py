@@ -37,7 +37,8 @@ import struct
 import tarfile
 from pathlib import Path
 
-from boxes.archive import MAX_SIZE, ROOTFS, ArchiveError, Progress, _Extractor, _Member, refusals
+from boxes.archive import (ROOTFS, ArchiveError, Progress, _Extractor, _Member, plain_name, refusals, room,
+                           unpack_members)
 from boxes.meta import ARTEFACTS, Boot, BoxMeta
 from boxes.tree import file_sha256, resolve, tree_digest
 from vbox_cli.errors import VboxError
@@ -56,19 +57,13 @@ def is_vagrant_box(path: Path) -> bool:
     try:
         with tarfile.open(path, mode="r|*", tarinfo=_Member) as tar:
             for count, member in enumerate(tar):
-                if _plain(member.name) == METADATA:
+                if plain_name(member.name) == METADATA:
                     return True
                 if count > 64:
                     return False
     except (tarfile.TarError, OSError, EOFError, ArchiveError):
         return False
     return False
-
-
-def _plain(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/")
 
 
 def check_qcow2(path: Path) -> int:
@@ -119,7 +114,7 @@ class _TreeExtractor(_Extractor):
 
     def _relative(self, name: str) -> str | None:
         """The member's name in the tree, or None for the tree's own folder."""
-        plain = _plain(name)
+        plain = plain_name(name)
         if self.under is None:
             self.under = plain == ROOTFS or plain.startswith(ROOTFS + "/")
         if self.under:
@@ -157,30 +152,25 @@ class _TreeExtractor(_Extractor):
 def import_vagrant(path: Path, store, name: str | None, version: str = "0", user: str = DEFAULT_USER,
                    progress: Progress | None = None, on_phase=None, force: bool = False, source: dict | None = None):
     """Check and unpack a Vagrant box into the store; the Box."""
+    def make(staging: Path) -> BoxMeta:
+        meta = _unpack(path, staging, store, user, progress, on_phase)
+        return BoxMeta.from_dict({**meta.to_dict(), "name": name, "version": version,
+                                  "source": source or {"file": path.name}})
+
+    return import_into(store, path, name, version, user, force, "a Vagrant box file", make)
+
+
+def import_into(store, path: Path, name: str | None, version: str, user: str, force: bool, what: str, make):
+    """A box made by `make(staging) -> BoxMeta` in a staging folder of the store, from a
+    file that names no box: installed if every check passes, else gone."""
     from boxes.store import discard
-    from vbox_cli.envfile.types import _box_name
 
     staging = None
     try:
         with refusals(path, store):
-            if not name:
-                raise ArchiveError("a Vagrant box file does not say its name", hint="give it one: --name ORG/NAME")
-            try:
-                _box_name(name)
-            except ValueError as exc:
-                raise ArchiveError(f"the box name {name!r}: {exc}") from None
-            if not version or "/" in version or version.startswith(".") or len(version) > 64:
-                raise ArchiveError(f"the version {version!r} is not a folder name")
-            if not user or not all(c.isalnum() or c in "_-." for c in user) or user.startswith(("-", ".")):
-                raise ArchiveError(f"the user {user!r} is not a user name")
-            if store.find(name, version) is not None and not force:
-                raise ArchiveError(f"the store has {name} {version} already",
-                                   hint="--force replaces it, or --version or --name imports it beside it")
+            check_names(store, name, version, user, force, what)
             staging = store.staging(name)
-            meta = _unpack(path, staging, store, user, progress, on_phase)
-            meta = BoxMeta.from_dict({**meta.to_dict(), "name": name, "version": version,
-                                      "source": source or {"file": path.name}})
-            box = store.install(staging, name, version, meta)
+            box = store.install(staging, name, version, make(staging))
             staging = None
             return box
     finally:
@@ -188,38 +178,37 @@ def import_vagrant(path: Path, store, name: str | None, version: str = "0", user
             discard(staging)
 
 
-def _room(store) -> int:
-    where = store.root
-    while not where.exists():
-        where = where.parent
-    return min(shutil.disk_usage(where).free - 256 * 1024**2, MAX_SIZE)
+def check_names(store, name: str | None, version: str, user: str, force: bool, what: str) -> None:
+    """What an import of a file that names no box is given: a box name, a version, a user."""
+    from vbox_cli.envfile.types import _box_name
+
+    if not name:
+        raise ArchiveError(f"{what} does not say its box's name", hint="give it one: --name ORG/NAME")
+    try:
+        _box_name(name)
+    except ValueError as exc:
+        raise ArchiveError(f"the box name {name!r}: {exc}") from None
+    if not version or "/" in version or version.startswith(".") or len(version) > 64:
+        raise ArchiveError(f"the version {version!r} is not a folder name")
+    if not user or not all(c.isalnum() or c in "_-." for c in user) or user.startswith(("-", ".")):
+        raise ArchiveError(f"the user {user!r} is not a user name")
+    if store.find(name, version) is not None and not force:
+        raise ArchiveError(f"the store has {name} {version} already",
+                           hint="--force replaces it, or --version or --name imports it beside it")
 
 
 def _unpack(path: Path, staging: Path, store, user: str, progress: Progress | None, on_phase) -> BoxMeta:
     """The outer archive's members vbox uses, written under fixed names in staging/.in/;
     then the box made of them in staging."""
-    total = path.stat().st_size
-    budget = _room(store)
-    incoming = staging / ".in"
-    incoming.mkdir(mode=0o700)
-    wanted: dict[str, Path] = {}
-    with open(path, "rb") as raw:
-        writer = _Extractor(incoming, {"size": budget, "files": {}}, None, raw.tell)
-        writer.limit = f"the {budget >> 20} MiB the store has room for"
-        if progress:
-            writer.progress = lambda done, _: progress(min(raw.tell(), total), total)
-        with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_Member) as tar:
-            for member in tar:
-                plain = _plain(member.name)
-                if not member.isreg() or "/" in plain or plain in wanted:
-                    continue  # folders, links, include/: vbox uses none of them
-                if plain == METADATA and member.size > MAX_METADATA:
-                    raise ArchiveError(f"its {METADATA} is {member.size} bytes")
-                if not (plain == METADATA or plain == "rootfs.tar.gz" or plain.endswith((".img", ".qcow2"))):
-                    continue  # Vagrantfile, lxc-config, info.json: settings for Vagrant
-                target = incoming / f"{len(wanted)}"
-                writer.write(tar, member, target)
-                wanted[plain] = target
+    def used(name: str, member: tarfile.TarInfo) -> bool:
+        if "/" in name:
+            return False  # include/: settings for Vagrant
+        if name == METADATA and member.size > MAX_METADATA:
+            raise ArchiveError(f"its {METADATA} is {member.size} bytes")
+        # not the Vagrantfile, lxc-config, info.json: settings for Vagrant
+        return name in (METADATA, "rootfs.tar.gz") or name.endswith((".img", ".qcow2"))
+
+    wanted = unpack_members(path, staging, store, progress, used)
     if METADATA not in wanted:
         raise ArchiveError(f"not a Vagrant box: it has no {METADATA}")
     try:
@@ -231,15 +220,13 @@ def _unpack(path: Path, staging: Path, store, user: str, progress: Progress | No
         raise ArchiveError(f"a Vagrant box for the {provider!r} provider; vbox takes {' and '.join(PROVIDERS)} "
                            "boxes" + (" (a VirtualBox disk would need converting, and its guest drivers for "
                                       "virtio: not done)" if provider == "virtualbox" else ""))
-    if progress:
-        progress(total, total)
     if on_phase:
         on_phase("verifying")
     if provider == "libvirt":
         meta = _libvirt(metadata, wanted, staging)
     else:
-        meta = _lxc(wanted, staging, user)
-    shutil.rmtree(incoming)
+        meta = _lxc(wanted, staging, store, user)
+    shutil.rmtree(staging / ".in")
     from boxes.build import _tree_size
 
     return BoxMeta.from_dict({**meta.to_dict(), "user": user, "size": _tree_size(staging)})
@@ -268,7 +255,7 @@ def _libvirt(metadata: dict, wanted: dict[str, Path], staging: Path) -> BoxMeta:
                    boot=Boot(kernel=None, initrd=None, root_label=""), artefacts={"disk": ARTEFACTS["disk"]})
 
 
-def _lxc(wanted: dict[str, Path], staging: Path, user: str) -> BoxMeta:
+def _lxc(wanted: dict[str, Path], staging: Path, store, user: str) -> BoxMeta:
     import gzip
 
     inner = wanted.get("rootfs.tar.gz")
@@ -280,7 +267,7 @@ def _lxc(wanted: dict[str, Path], staging: Path, user: str) -> BoxMeta:
             tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member)
         except (OSError, tarfile.TarError) as exc:
             raise ArchiveError(f"its rootfs.tar.gz is not a gzip-compressed tar archive ({exc})") from None
-        extractor = _TreeExtractor(staging, _room_for(staging), raw.tell)
+        extractor = _TreeExtractor(staging, room(store), raw.tell)
         with tar:
             while (member := tar.next()) is not None:
                 extractor.add(tar, member)
@@ -292,20 +279,20 @@ def _lxc(wanted: dict[str, Path], staging: Path, user: str) -> BoxMeta:
                    artefacts={"rootfs": ARTEFACTS["rootfs"]})
 
 
-def _room_for(staging: Path) -> int:
-    return min(shutil.disk_usage(staging).free - 256 * 1024**2, MAX_SIZE)
-
-
-def check_tree(rootfs: Path, user: str) -> None:
-    """What vbox needs of a root tree a machine boots: an init, an sshd and the user."""
+def check_tree(rootfs: Path, user: str, image: bool = False) -> None:
+    """What vbox needs of a root tree a machine boots: an init, an sshd and the user.
+    `image`: an OCI image's tree, which runs one program and seldom has them."""
     def present(relative: str) -> bool:  # its links followed inside the tree, never to the host's files
         return resolve(rootfs, relative) is not None
 
-    if not any(present(p) for p in ("sbin/init", "usr/sbin/init", "lib/systemd/systemd", "usr/lib/systemd/systemd")):
-        raise ArchiveError("its root tree has no init (/sbin/init): a machine could not boot it")
+    install = ("an image runs one program; a machine boots an init and vbox reaches it over SSH: install them "
+               "in the image (Debian, Ubuntu: `RUN apt-get install -y systemd-sysv openssh-server`)") if image \
+        else "install openssh-server in the box, or import a box that has it"
+    if not any(present(p) for p in ("sbin/init", "usr/sbin/init")):
+        raise ArchiveError("its root tree has no init (/sbin/init): a machine could not boot it", hint=install)
     if not any(present(p) for p in ("usr/sbin/sshd", "sbin/sshd")):
         raise ArchiveError("its root tree has no sshd (/usr/sbin/sshd): vbox reaches machines over SSH",
-                           hint="install openssh-server in the box, or import a box that has it")
+                           hint=install)
     passwd = resolve(rootfs, "etc/passwd")
     if passwd is None or not passwd.is_file():
         raise ArchiveError("its root tree has no /etc/passwd")

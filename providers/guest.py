@@ -10,6 +10,11 @@ from providers.base import MachineSpec
 Files = dict[str, tuple[str, int, str]]
 
 
+def home(user: str) -> str:
+    """The user's home in the machine (root's is /root: an OCI image's user)."""
+    return "/root" if user == "root" else f"/home/{user}"
+
+
 def identity_files(spec: MachineSpec) -> Files:
     hostname = spec.machine.hostname
     short = hostname.split(".")[0]
@@ -22,7 +27,7 @@ def identity_files(spec: MachineSpec) -> Files:
         "/etc/ssh/sshd_config.d/vbox-host-key.conf": ("HostKey /etc/ssh/ssh_host_ed25519_key\n", 0o644, "root"),
         "/etc/ssh/ssh_host_ed25519_key": (spec.host_key_private, 0o600, "root"),
         "/etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public + "\n", 0o644, "root"),
-        f"/home/{spec.user}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, spec.user),
+        f"{home(spec.user)}/.ssh/authorized_keys": (spec.authorized_key + "\n", 0o600, spec.user),
     }
 
 
@@ -31,7 +36,7 @@ def tmpfiles_lines(spec: MachineSpec) -> str:
     systemd (KVM: an SMBIOS credential; Xen: a seed disk)."""
     import base64
 
-    lines = [f"d /home/{spec.user}/.ssh 0700 {spec.user} {spec.user} -"]
+    lines = [f"d {home(spec.user)}/.ssh 0700 {spec.user} {spec.user} -"]
     for path, (content, mode, owner) in identity_files(spec).items():
         encoded = base64.b64encode(content.encode()).decode()
         lines.append(f"f+~ {path} {mode:04o} {owner} {owner} - {encoded}")

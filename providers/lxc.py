@@ -50,11 +50,14 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
     # A folder in the upper layer hides the attributes of the lower one: copy them.
     current_upper, current_lower = upper, lower
     for part in relative.parent.parts:
-        current_upper, current_lower = current_upper / part, current_lower / part
+        current_upper = current_upper / part
+        # the lower folder's attributes, never through a link of the box's tree (it may lead
+        # out of the tree, to this host's files)
+        current_lower = current_lower / part if current_lower and not current_lower.is_symlink() else None
         if current_upper.exists():
             continue
         current_upper.mkdir()
-        if current_lower.is_dir():
+        if current_lower is not None and not current_lower.is_symlink() and current_lower.is_dir():
             st = current_lower.stat()
             os.chown(current_upper, st.st_uid, st.st_gid)
             os.chmod(current_upper, st.st_mode & 0o7777)

@@ -1,11 +1,12 @@
 """Boxes that vbox did not build, made here as their publishers make them: a Debian tree
 from debootstrap (not vbox's recipe: ifupdown and DHCP, the user `vagrant` with Vagrant's
 insecure key, host keys baked in, its kernel behind a bootloader in its disk), packed as a
-Vagrant box of the lxc provider (rootfs.tar.gz) and of the libvirt provider (box.img).
+Vagrant box of the lxc provider (rootfs.tar.gz) and of the libvirt provider (box.img), and
+as an OCI image of two layers (oci-archive).
 
 Used by the tests and by benchmarks/vagrant_box.py; runs as root (debootstrap, a loop
 mount to install the bootloader). `python -m tests.integration.foreign_boxes DIR` makes
-both boxes in DIR.
+them all in DIR.
 """
 
 from __future__ import annotations
@@ -133,9 +134,46 @@ def vagrant_libvirt_box(tree: Path, work: Path, out: Path) -> Path:
     return _tar(out, work, ["metadata.json", "Vagrantfile", "box.img"])
 
 
+def oci_image(tree: Path, work: Path, out: Path) -> Path:
+    """An OCI image layout in a tar archive, as `skopeo copy ... oci-archive:` writes it:
+    the tree as its first layer, and a second layer that removes /etc/motd (a whiteout)
+    and adds /etc/image-layer."""
+    import hashlib
+
+    work.mkdir(parents=True, exist_ok=True)
+    blobs = work / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def blob(path: Path, media_type: str) -> dict:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        os.replace(path, blobs / digest)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": (blobs / digest).stat().st_size}
+
+    run("tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability", "-czf", work / "l1",
+        "--exclude=./boot/*", "--exclude=./usr/lib/modules/*", "-C", tree, ".")
+    top = work / "top"
+    (top / "etc").mkdir(parents=True, exist_ok=True)
+    (top / "etc/.wh.motd").write_text("")
+    (top / "etc/image-layer").write_text("2\n")
+    run("tar", "--numeric-owner", "--owner=0", "--group=0", "-czf", work / "l2", "-C", top, "etc")
+    layer = "application/vnd.oci.image.layer.v1.tar+gzip"
+    layers = [blob(work / "l1", layer), blob(work / "l2", layer)]
+    (work / "config").write_text(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                                             "rootfs": {"type": "layers", "diff_ids": []}}))
+    config = blob(work / "config", "application/vnd.oci.image.config.v1+json")
+    (work / "manifest").write_text(json.dumps({"schemaVersion": 2, "config": config, "layers": layers,
+                                               "mediaType": "application/vnd.oci.image.manifest.v1+json"}))
+    manifest = blob(work / "manifest", "application/vnd.oci.image.manifest.v1+json")
+    (work / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
+    (work / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    shutil.rmtree(top)
+    return _tar(out, work, ["oci-layout", "index.json", "blobs"], gzip=False)
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
     folder.mkdir(parents=True, exist_ok=True)
     tree = debian_tree(folder / "tree")
     print(vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"))
     print(vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"))
+    print(oci_image(tree, folder / "oci", folder / "bookworm-oci.tar"))

@@ -23,11 +23,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="session")
 def vagrant_boxes(host, tmp_path_factory):
-    """{"lxc": path, "libvirt": path} of the two .box files, made once."""
+    """{"lxc": path, "libvirt": path, "oci": path}: the two .box files and the image, made once."""
     folder = tmp_path_factory.mktemp("foreign")
     tree = foreign_boxes.debian_tree(folder / "tree")
     return {"lxc": foreign_boxes.vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"),
-            "libvirt": foreign_boxes.vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box")}
+            "libvirt": foreign_boxes.vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"),
+            "oci": foreign_boxes.oci_image(tree, folder / "oci", folder / "bookworm-oci.tar")}
 
 
 @pytest.fixture
@@ -38,7 +39,8 @@ def imported(vagrant_boxes):
     def run(kind: str) -> str:
         name = f"test/vagrant-{kind}-{uuid.uuid4().hex[:6]}"
         result = vbox("box", "import", str(vagrant_boxes[kind]), "--name", name, "--version", "1.0", check_rc=0)
-        assert f"imported box {name} 1.0" in result.stdout and "user vagrant" in result.stdout
+        user = "root" if kind == "oci" else "vagrant"
+        assert f"imported box {name} 1.0" in result.stdout and f"user {user}" in result.stdout
         names.append(name)
         return name
 
@@ -58,12 +60,13 @@ def project(tmp_path):
     assert find_leaks(p.id) == []
 
 
-def check_machine(project: Project, name: str) -> None:
-    """What a machine from a Vagrant box must be once up: vbox's, not the publisher's."""
+def check_machine(project: Project, name: str, user: str = "vagrant") -> None:
+    """What a machine from a box vbox did not build must be once up: vbox's, not the
+    publisher's."""
     status = {m["name"]: m for m in json.loads(project.env("status", "--json").stdout)["machines"]}[name]
     assert status["state"] == "running"
     # logged in as the box's user, with the project's key: Vagrant's insecure key is gone
-    assert project.ssh(name, "id -un") == "vagrant\n"
+    assert project.ssh(name, "id -un") == f"{user}\n"
     keys = project.ssh(name, "cat ~/.ssh/authorized_keys")
     assert "insecure" not in keys and keys.startswith("ssh-ed25519 ")
     # sshd offers the host key vbox made (the one in known_hosts), not the box's baked one
@@ -95,6 +98,24 @@ def test_a_vagrant_lxc_box(project, imported):
     assert project.ssh("vg", "sudo cat /root/once.log") == "provisioned\n"
     project.env("reload")
     check_machine(project, "vg")
+    project.env("destroy", "-f")
+
+
+def test_an_oci_image_as_an_lxc_machine(project, imported):
+    """Its two layers applied (the upper one's whiteout and file), logged in as root."""
+    box = imported("oci")
+    project.write(f"""
+        [machines.img]
+        box = "{box}"
+        provider = "lxc"
+        provision = [{{ shell = "echo provisioned >> /root/once.log" }}]
+    """)
+    project.env("up")
+    check_machine(project, "img", user="root")
+    assert project.ssh("img", "cat /etc/image-layer; test -e /etc/motd || echo no motd") == "2\nno motd\n"
+    project.env("halt")
+    project.env("up")
+    assert project.ssh("img", "cat /root/once.log") == "provisioned\n"
     project.env("destroy", "-f")
 
 

@@ -190,7 +190,7 @@ def test_a_bomb_and_a_provider_vbox_does_not_take(store, tmp_path):
         vagrant.import_vagrant(lxc_box(tmp_path / "bomb.box", bomb), store, "bomb")
     with pytest.raises(ArchiveError, match="'virtualbox' provider"):
         vagrant.import_vagrant(lxc_box(tmp_path / "vb.box", metadata={"provider": "virtualbox"}), store, "vb")
-    with pytest.raises(ArchiveError, match="does not say its name"):
+    with pytest.raises(ArchiveError, match="does not say its box.s name"):
         vagrant.import_vagrant(lxc_box(tmp_path / "n.box"), store, None)
     with pytest.raises(ArchiveError, match="user"):
         vagrant.import_vagrant(lxc_box(tmp_path / "u.box"), store, "u", user="-oProxyCommand=x")

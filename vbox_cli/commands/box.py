@@ -218,14 +218,15 @@ def export(
 @app.command("import")
 def import_box(
     ctx: typer.Context,
-    archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`, or a Vagrant .box file "
-                                                 "(libvirt or lxc provider).", metavar="FILE")],
-    name: Annotated[Optional[str], typer.Option("--name", help="Import it under this name (a Vagrant box needs "
-                                                                "one: ORG/NAME or NAME).")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="A Vagrant box's version in the store "
-                                                                      "(default 0).")] = None,
-    user: Annotated[Optional[str], typer.Option("--user", help="A Vagrant box's user, whom vbox logs in as "
-                                                                "(default vagrant).")] = None,
+    archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`, a Vagrant .box file "
+                                                 "(libvirt or lxc provider), or an OCI image archive (oci-archive, "
+                                                 "docker-archive).", metavar="FILE")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Import it under this name (a Vagrant box or an "
+                                                                "image needs one: ORG/NAME or NAME).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="A Vagrant box's or an image's version in "
+                                                                      "the store (default 0).")] = None,
+    user: Annotated[Optional[str], typer.Option("--user", help="Whom vbox logs in as (with sudo): default vagrant "
+                                                                "for a Vagrant box, root for an image.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different box of the same name and version.")]
     = False,
     events: Events = False,
@@ -239,9 +240,13 @@ def import_box(
 
     A Vagrant box (.box of the libvirt or lxc provider): its disk may name no other file,
     its root tree passes the same checks, and it must have an sshd and its user. Machines
-    from it get the project's key instead of Vagrant's insecure one (docs/boxes.md)."""
+    from it get the project's key instead of Vagrant's insecure one.
+
+    An OCI image (LXC machines): its layers are applied with their whiteouts, each blob
+    checked against its sha256; it must have an init and an sshd (vbox adds none)."""
     from boxes.archive import import_archive, is_box_archive
     from boxes.store import BoxStore
+    from boxes.oci import import_image, is_image
     from boxes.vagrant import DEFAULT_USER, import_vagrant, is_vagrant_box
     from vbox_cli.commands.session import event_stream
     from vbox_cli.errors import UsageError
@@ -256,10 +261,12 @@ def import_box(
         kind = "vbox"
     elif is_vagrant_box(archive):
         kind = "vagrant"
+    elif is_image(archive):
+        kind = "oci"
     else:
         raise UsageError(f"{archive}: not a box file vbox knows",
-                         hint="vbox imports its own archives (`env box export`) and Vagrant .box files of the "
-                              "libvirt and lxc providers")
+                         hint="vbox imports its own archives (`env box export`), Vagrant .box files of the "
+                              "libvirt and lxc providers, and OCI images (oci-archive, docker-archive)")
     subject = name or archive.name
     if events:
         ctx.obj.start_events("box import", subject_key="box")
@@ -269,13 +276,16 @@ def import_box(
         if kind == "vbox":
             box = import_archive(archive, store, name=name, force=force, progress=progress,
                                  on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "sha256 and digests"))
-        else:
+        elif kind == "vagrant":
             box = import_vagrant(archive, store, name, version=version or "0", user=user or DEFAULT_USER,
                                  force=force, progress=progress,
                                  on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "the disk or tree"))
+        else:
+            box = import_image(archive, store, name, version=version or "0", user=user or "root", force=force,
+                               progress=progress, on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, what))
         stream.phase(subject, Phase.IMPORTED, f"{box.name} {box.version} {box.digest[:19]}")
     out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}"
-                + (f": {box.meta.description}, user {box.meta.user}" if kind == "vagrant" else ""))
+                + (f": {box.meta.description}, user {box.meta.user}" if kind != "vbox" else ""))
 
 
 def format_size_human(size: int) -> str:
