@@ -65,8 +65,9 @@ def free_port() -> int:
 
 
 def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str, credential: str,
-                  ssh_port: int | None = None, console_log: bool = True) -> str:
-    """The domain of a new machine; `credential` is the path of its identity file (fw_cfg).
+                  ssh_port: int | None = None, console_log: bool = True, seed: str | None = None) -> str:
+    """The domain of a new machine; `credential` is the path of its identity file (fw_cfg),
+    `seed` the volume of a cloud image's NoCloud seed (a second, read-only disk).
     `console_log`: the console is logged to the project's .vbox/console/ (this host only)."""
     from providers.storage import POOL
 
@@ -106,7 +107,7 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
         credential=credential,
         kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
-        console_log=spec.console_log if console_log else "", ssh_port=ssh_port,
+        console_log=spec.console_log if console_log else "", ssh_port=ssh_port, seed=seed,
     )
 
 
@@ -146,7 +147,7 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
     label = "KVM machine"
     needs = ("disk",)  # a kernel beside it is used when there is one
     host_types = ("qemu",)
-    extra_volumes = (".cred",)
+    extra_volumes = (".cred", ".seed")  # the identity credential; a cloud image's NoCloud seed
 
     def __init__(self, access=None):
         super().__init__(access.uri if access is not None else choose_uri(), access)
@@ -304,6 +305,7 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
     # -- life cycle ------------------------------------------------------------
     def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:
+        from providers import cloudinit
         from providers.guest import tmpfiles_lines
         from providers.storage import upload_volume
 
@@ -311,5 +313,9 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         accel, _ = self.accel_for(spec)
         credential = upload_volume(self.conn, pool, f"{spec.object_name}.cred", tmpfiles_lines(spec).encode(),
                                    mode=0o600)
+        seed = None
+        if spec.box.meta.identity == cloudinit.IDENTITY:  # a cloud image: cloud-init reads its seed
+            seed = upload_volume(self.conn, pool, f"{spec.object_name}{cloudinit.VOLUME_SUFFIX}",
+                                 cloudinit.seed_image(spec, mac_address(spec.object_name)), mode=0o600).name()
         return render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, overlay.name(), credential.path(),
-                             ssh_port, console_log=not self.remote)
+                             ssh_port, console_log=not self.remote, seed=seed)

@@ -134,6 +134,37 @@ def vagrant_libvirt_box(tree: Path, work: Path, out: Path) -> Path:
     return _tar(out, work, ["metadata.json", "Vagrantfile", "box.img"])
 
 
+def cloud_image(tree: Path, work: Path, out: Path) -> Path:
+    """A cloud image as Debian's genericcloud is: a qcow2 disk with a bootloader and
+    cloud-init (NoCloud among its datasources), no user of its own, no host keys, its
+    network left to cloud-init."""
+    work.mkdir(parents=True, exist_ok=True)
+    cloud = work / "tree"
+    run("cp", "-a", tree, cloud)
+    try:
+        run("chroot", cloud, "apt-get", "install", "-y", "--no-install-recommends", "cloud-init", "locales",
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        # as a cloud image has it: the locale cloud-init sets (en_US.UTF-8) generated
+        (cloud / "etc/locale.gen").write_text("en_US.UTF-8 UTF-8\n")
+        run("chroot", cloud, "locale-gen")
+        run("chroot", cloud, "userdel", "--remove", "vagrant")
+        (cloud / "etc/sudoers.d/vagrant").unlink()
+        for key in (cloud / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        (cloud / "etc/network/interfaces").write_text("source /etc/network/interfaces.d/*\n\nauto lo\n"
+                                                      "iface lo inet loopback\n")
+        (cloud / "etc/cloud/cloud.cfg.d/90-datasources.cfg").write_text("datasource_list: [NoCloud, None]\n")
+        for path in (cloud / "var/cache/apt/archives").glob("*.deb"):
+            path.unlink()
+        raw = work / "disk.raw"
+        bootable_disk(cloud, raw)
+        run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", raw, out)
+        raw.unlink()
+    finally:
+        shutil.rmtree(cloud, ignore_errors=True)
+    return out
+
+
 def oci_image(tree: Path, work: Path, out: Path) -> Path:
     """An OCI image layout in a tar archive, as `skopeo copy ... oci-archive:` writes it:
     the tree as its first layer, and a second layer that removes /etc/motd (a whiteout)
@@ -177,3 +208,4 @@ if __name__ == "__main__":
     print(vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"))
     print(vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"))
     print(oci_image(tree, folder / "oci", folder / "bookworm-oci.tar"))
+    print(cloud_image(tree, folder / "cloud", folder / "bookworm-cloud.qcow2"))

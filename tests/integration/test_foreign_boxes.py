@@ -23,12 +23,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="session")
 def vagrant_boxes(host, tmp_path_factory):
-    """{"lxc": path, "libvirt": path, "oci": path}: the two .box files and the image, made once."""
+    """{"lxc", "libvirt", "oci", "cloud"} -> path: the two .box files, the OCI image and the
+    cloud image, made once."""
     folder = tmp_path_factory.mktemp("foreign")
     tree = foreign_boxes.debian_tree(folder / "tree")
     return {"lxc": foreign_boxes.vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"),
             "libvirt": foreign_boxes.vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"),
-            "oci": foreign_boxes.oci_image(tree, folder / "oci", folder / "bookworm-oci.tar")}
+            "oci": foreign_boxes.oci_image(tree, folder / "oci", folder / "bookworm-oci.tar"),
+            "cloud": foreign_boxes.cloud_image(tree, folder / "cloud", folder / "bookworm-cloud.qcow2")}
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def imported(vagrant_boxes):
     def run(kind: str) -> str:
         name = f"test/vagrant-{kind}-{uuid.uuid4().hex[:6]}"
         result = vbox("box", "import", str(vagrant_boxes[kind]), "--name", name, "--version", "1.0", check_rc=0)
-        user = "root" if kind == "oci" else "vagrant"
+        user = {"oci": "root", "cloud": "vbox"}.get(kind, "vagrant")
         assert f"imported box {name} 1.0" in result.stdout and f"user {user}" in result.stdout
         names.append(name)
         return name
@@ -71,7 +73,7 @@ def check_machine(project: Project, name: str, user: str = "vagrant") -> None:
     assert "insecure" not in keys and keys.startswith("ssh-ed25519 ")
     # sshd offers the host key vbox made (the one in known_hosts), not the box's baked one
     known = (project.folder / ".vbox" / "known_hosts").read_text()
-    served = project.ssh(name, "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+    served = project.ssh(name, "sudo cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
     assert served in known
     # its own name, and one address: the one vbox gave it, which DHCP also gives it
     assert project.ssh(name, "hostname") == f"{name}\n"
@@ -169,10 +171,10 @@ def test_a_box_that_is_neither_is_refused(tmp_path):
     assert "not a box file vbox knows" in result.stderr
 
 
-def test_a_self_hosted_vagrant_catalog_works_as_it_is(project, vagrant_boxes, tmp_path, debian12):
+def test_a_self_hosted_vagrant_catalog_works_as_it_is(project, vagrant_boxes, tmp_path):
     """A catalog as Vagrant users host it (libvirt and lxc boxes, nothing of vbox's),
-    served on 127.0.0.1: an LXC machine gets the newest version with an lxc box, a KVM
-    machine the newest with a libvirt box; a provider entry without a checksum is not taken."""
+    served on 127.0.0.1: an LXC machine gets the newest version with an lxc box, `env box
+    add` the newest with a libvirt box; a provider entry without a checksum is not taken."""
     import functools
     import hashlib
     import http.server
@@ -214,16 +216,42 @@ def test_a_self_hosted_vagrant_catalog_works_as_it_is(project, vagrant_boxes, tm
         check_machine(project, "vg")
         box = BoxStore().find(name)
         assert box.meta.source["provider"] == "lxc" and box.artefacts == ["rootfs"]
-        # a VM of the same box: the newest version with a libvirt box, fetched too
+        # for a VM: the newest version with a libvirt box (the libvirt box's machines are
+        # tested above; `env box add` prefers vbox's, then libvirt's, then lxc's)
         project.env("destroy", "-f")
-        project.write(f'[machines.vm]\nbox = "{name}"\nbox_url = "http://127.0.0.1:{httpd.server_address[1]}/'
-                      'catalog.json"\nprovider = "kvm"\nmemory = "768M"\ndisk = "3G"\n')
-        up = project.env("up")
-        assert f"added box {name} 1.1.0" in up.stdout + up.stderr
-        check_machine(project, "vm")
+        added = vbox("box", "add", name, "--catalog", f"http://127.0.0.1:{httpd.server_address[1]}/catalog.json",
+                     check_rc=0)
+        assert "1.1.0" in added.stdout
         assert BoxStore().find(name, "1.1.0").meta.source["provider"] == "libvirt"
+        assert BoxStore().find(name, "1.1.0").artefacts == ["disk"]
     finally:
         httpd.shutdown()
         httpd.server_close()
         project.env("destroy", "-f", check_rc=None)
         vbox("box", "remove", name, "--force", check_rc=None)
+
+
+def test_a_cloud_image_takes_its_identity_from_a_nocloud_seed(project, imported, debian12):
+    """cloud-init makes the user vbox with the project's key, installs the host key vbox
+    made (and no other), names the machine, and takes DHCP on the interface with its MAC;
+    once: a later boot does not set it up again."""
+    box = imported("cloud")
+    project.write(f"""
+        [machines.cl]
+        box = "{box}"
+        provider = "kvm"
+        memory = "768M"
+        disk = "3G"
+        provision = [{{ shell = "echo provisioned >> /root/once.log" }}]
+    """)
+    project.env("up")
+    check_machine(project, "cl", user="vbox")
+    assert project.ssh("cl", "ls /etc/ssh | grep -c '^ssh_host_.*_key$'") == "1\n"  # ed25519, vbox's: no other
+    assert "status: done" in project.ssh("cl", "cloud-init status")  # up waited for it
+    first = project.ssh("cl", "sudo cat /var/lib/cloud/data/instance-id")
+    project.env("halt")
+    project.env("up")
+    check_machine(project, "cl", user="vbox")
+    assert project.ssh("cl", "sudo cat /var/lib/cloud/data/instance-id") == first
+    assert project.ssh("cl", "sudo cat /root/once.log") == "provisioned\n"
+    project.env("destroy", "-f")

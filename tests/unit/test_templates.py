@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import libvirt
@@ -237,3 +238,40 @@ def test_synced_folders_are_mount_entries_escaped_and_idmapped(monkeypatch, tmp_
     assert all("\n" not in entry for entry in entries)
     assert folder_maps(replace(machine_spec, folder_owner=(1000, 1000))) == ("", "")  # the same ids: a plain bind
     assert maps(1001, 1000) == "1001 1000 1\n0 0 1\n"
+
+
+def test_a_box_without_a_kernel_boots_its_disk_and_a_cloud_image_gets_its_seed(monkeypatch):
+    """No <kernel> (the disk's own bootloader), and the NoCloud seed as a read-only second
+    disk whose files carry the identity as JSON: a hostile value cannot add a key."""
+    import io
+    import json
+    import xml.etree.ElementTree as ET
+
+    import pycdlib
+
+    from providers.cloudinit import seed_files, seed_image
+    from providers.kvm import render_domain
+
+    machine_spec = spec(monkeypatch)
+    root = ET.fromstring(render_domain(machine_spec, "qemu", {"disk": "/i/d.qcow2"}, "v.qcow2", "/i/v.cred",
+                                       seed="v.seed"))
+    assert root.find("os/kernel") is None and root.find("os/cmdline") is None
+    assert root.find("os/boot").get("dev") == "hd"
+    seed = [d for d in root.findall("devices/disk") if d.find("source").get("volume") == "v.seed"][0]
+    assert seed.find("readonly") is not None and seed.find("target").get("dev") == "vdb"
+    hostile = replace(machine_spec, authorized_key="ssh-ed25519 AAAA x\nruncmd: [[touch, /pwned]]\n")
+    files = seed_files(hostile, "52:54:00:01:02:03")
+    user = json.loads(files["user-data"].removeprefix("#cloud-config\n"))
+    assert set(user) == {"hostname", "fqdn", "users", "ssh_deletekeys", "ssh_genkeytypes", "ssh_keys", "ssh_pwauth",
+                         "disable_root"}
+    assert user["users"][0]["ssh_authorized_keys"] == [hostile.authorized_key]
+    assert json.loads(files["network-config"])["ethernets"]["eth0"]["match"] == {"macaddress": "52:54:00:01:02:03"}
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(seed_image(machine_spec, "52:54:00:01:02:03")))
+    try:
+        assert iso.pvd.volume_identifier.strip() == b"cidata"
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, rr_path="/meta-data")
+        assert json.loads(out.getvalue()) == {"instance-id": "vbox-demo-abc123-web", "local-hostname": "web"}
+    finally:
+        iso.close()

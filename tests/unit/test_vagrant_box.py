@@ -229,3 +229,18 @@ def test_a_box_a_machine_cannot_boot_is_refused_before_anything_is_made(store, t
     with pytest.raises(VboxError, match="Xen PV guest needs a kernel beside the disk") as refused:
         usable(disk, "m", provider(XenProvider))
     assert refused.value.hint == 'use provider = "kvm" for it'
+
+
+def test_a_cloud_image_becomes_a_disk_with_a_seed_identity(store, tmp_path):
+    from boxes import cloud
+
+    image = qcow2(tmp_path / "noble.img")
+    assert cloud.is_cloud_image(image) and not vagrant.is_vagrant_box(image)
+    box = cloud.import_cloud_image(image, store, "ubuntu-24.04")
+    assert (box.meta.identity, box.meta.user, box.artefacts) == ("cloud-init", "vbox", ["disk"])
+    assert box.meta.boot.kernel is None and image.is_file()  # the user's file stays where it was
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"host secret")
+    with pytest.raises(ArchiveError, match="backing file"):
+        cloud.import_cloud_image(qcow2(tmp_path / "b.img", "-b", str(secret), "-F", "raw"), store, "b")
+    assert [b.name for b in store.boxes()] == ["ubuntu-24.04"]

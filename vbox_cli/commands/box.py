@@ -219,14 +219,16 @@ def export(
 def import_box(
     ctx: typer.Context,
     archive: Annotated[Path, typer.Argument(help="A box archive made by `env box export`, a Vagrant .box file "
-                                                 "(libvirt or lxc provider), or an OCI image archive (oci-archive, "
-                                                 "docker-archive).", metavar="FILE")],
+                                                 "(libvirt or lxc provider), an OCI image archive (oci-archive, "
+                                                 "docker-archive), or a cloud image (qcow2 with cloud-init).",
+                                            metavar="FILE")],
     name: Annotated[Optional[str], typer.Option("--name", help="Import it under this name (a Vagrant box or an "
                                                                 "image needs one: ORG/NAME or NAME).")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="A Vagrant box's or an image's version in "
                                                                       "the store (default 0).")] = None,
     user: Annotated[Optional[str], typer.Option("--user", help="Whom vbox logs in as (with sudo): default vagrant "
-                                                                "for a Vagrant box, root for an image.")] = None,
+                                                                "for a Vagrant box, root for an OCI image, vbox "
+                                                                "(made by cloud-init) for a cloud image.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different box of the same name and version.")]
     = False,
     events: Events = False,
@@ -243,9 +245,13 @@ def import_box(
     from it get the project's key instead of Vagrant's insecure one.
 
     An OCI image (LXC machines): its layers are applied with their whiteouts, each blob
-    checked against its sha256; it must have an init and an sshd (vbox adds none)."""
+    checked against its sha256; it must have an init and an sshd (vbox adds none).
+
+    A cloud image (KVM machines): a qcow2 disk checked as a Vagrant box's; machines get
+    their user, keys, name and address through a NoCloud seed."""
     from boxes.archive import import_archive, is_box_archive
     from boxes.store import BoxStore
+    from boxes.cloud import import_cloud_image, is_cloud_image
     from boxes.oci import import_image, is_image
     from boxes.vagrant import DEFAULT_USER, import_vagrant, is_vagrant_box
     from vbox_cli.commands.session import event_stream
@@ -263,10 +269,13 @@ def import_box(
         kind = "vagrant"
     elif is_image(archive):
         kind = "oci"
+    elif is_cloud_image(archive):
+        kind = "cloud"
     else:
         raise UsageError(f"{archive}: not a box file vbox knows",
                          hint="vbox imports its own archives (`env box export`), Vagrant .box files of the "
-                              "libvirt and lxc providers, and OCI images (oci-archive, docker-archive)")
+                              "libvirt and lxc providers, OCI images (oci-archive, docker-archive) and cloud images "
+                              "(qcow2)")
     subject = name or archive.name
     if events:
         ctx.obj.start_events("box import", subject_key="box")
@@ -280,9 +289,13 @@ def import_box(
             box = import_vagrant(archive, store, name, version=version or "0", user=user or DEFAULT_USER,
                                  force=force, progress=progress,
                                  on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "the disk or tree"))
-        else:
+        elif kind == "oci":
             box = import_image(archive, store, name, version=version or "0", user=user or "root", force=force,
                                progress=progress, on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, what))
+        else:
+            box = import_cloud_image(archive, store, name, version=version or "0", user=user or "vbox",
+                                     force=force, progress=progress,
+                                     on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, what))
         stream.phase(subject, Phase.IMPORTED, f"{box.name} {box.version} {box.digest[:19]}")
     out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}"
                 + (f": {box.meta.description}, user {box.meta.user}" if kind != "vbox" else ""))

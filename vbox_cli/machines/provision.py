@@ -15,14 +15,18 @@ def steps_to_run(project, name: str, steps, force: bool) -> list[int]:
     return [i for i, step in enumerate(steps) if force or step.run == "always" or ids[i] not in done]
 
 
-def run_steps(session, name: str, steps, todo: list[int]) -> None:
+def run_steps(session, name: str, steps, todo: list[int], settle: bool = False) -> None:
     """Connect (waiting for SSH up to boot_timeout) and run the steps `todo`, recording
-    the run="once" ones as they succeed."""
+    the run="once" ones as they succeed. `settle`: a machine from a cloud image that has
+    just booted: cloud-init finishes setting it up first (it answers SSH before that)."""
     from provisioners.steps import StepContext, run_step, step_ids, summary, work_dir
 
     session.events.phase(name, Phase.CONNECTING)
     conn = session.connect(name)
     try:
+        if settle:
+            session.events.phase(name, Phase.CONNECTING, "cloud-init finishing")
+            conn.run("cloud-init status --wait >/dev/null 2>&1; true", lambda line: None)
         ids = step_ids(steps)
         work = work_dir(conn) if todo else ""
         for index in todo:
