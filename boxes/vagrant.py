@@ -25,7 +25,11 @@ through a link, hard links only to files already written, bounded headers, sizes
 compression ratio; device nodes are left out (LXC makes /dev). Only a box that passes
 all of it is moved into the store.
 
-VirtualBox, VMware and other providers' boxes are refused, with the provider named.
+VirtualBox and VMware boxes: their one disk, a single-file sparse VMDK (no descriptor
+naming other files, no parent disk), is converted to qcow2 with qemu-img, and the import
+says so; KVM boots it if its guest can boot from a virtio disk (Linux guests with the
+virtio drivers in their initramfs, as Debian's and Ubuntu's are). Other providers' boxes
+are refused, with the provider named.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from boxes.tree import file_sha256, resolve, tree_digest
 from vbox_cli.errors import VboxError
 
 PROVIDERS = ("libvirt", "lxc")
+# boxes whose one VMDK disk vbox converts to qcow2 for KVM (their guest must boot from virtio)
+VMDK_PROVIDERS = ("virtualbox", "vmware_desktop", "vmware_workstation", "vmware_fusion")
 METADATA = "metadata.json"
 MAX_METADATA = 1024 * 1024
 DEFAULT_USER = "vagrant"
@@ -206,7 +212,7 @@ def _unpack(path: Path, staging: Path, store, user: str, progress: Progress | No
         if name == METADATA and member.size > MAX_METADATA:
             raise ArchiveError(f"its {METADATA} is {member.size} bytes")
         # not the Vagrantfile, lxc-config, info.json: settings for Vagrant
-        return name in (METADATA, "rootfs.tar.gz") or name.endswith((".img", ".qcow2"))
+        return name in (METADATA, "rootfs.tar.gz") or name.endswith((".img", ".qcow2", ".vmdk"))
 
     wanted = unpack_members(path, staging, store, progress, used)
     if METADATA not in wanted:
@@ -216,14 +222,17 @@ def _unpack(path: Path, staging: Path, store, user: str, progress: Progress | No
     except ValueError:
         raise ArchiveError(f"its {METADATA} is not JSON") from None
     provider = metadata.get("provider") if isinstance(metadata, dict) else None
-    if provider not in PROVIDERS:
-        raise ArchiveError(f"a Vagrant box for the {provider!r} provider; vbox takes {' and '.join(PROVIDERS)} "
-                           "boxes" + (" (a VirtualBox disk would need converting, and its guest drivers for "
-                                      "virtio: not done)" if provider == "virtualbox" else ""))
+    if provider not in PROVIDERS + VMDK_PROVIDERS:
+        raise ArchiveError(f"a Vagrant box for the {provider!r} provider; vbox takes the libvirt and lxc "
+                           "providers' boxes, and converts VirtualBox's and VMware's disks")
     if on_phase:
         on_phase("verifying")
     if provider == "libvirt":
         meta = _libvirt(metadata, wanted, staging)
+    elif provider in VMDK_PROVIDERS:
+        if on_phase:
+            on_phase("converting its VMDK disk to qcow2")
+        meta = _converted(provider, wanted, staging)
     else:
         meta = _lxc(wanted, staging, store, user)
     shutil.rmtree(staging / ".in")
@@ -252,6 +261,59 @@ def _libvirt(metadata: dict, wanted: dict[str, Path], staging: Path) -> BoxMeta:
     os.chmod(disk, 0o644)
     digest = f"disk.qcow2 {file_sha256(disk)}\n"
     return BoxMeta(digest=_digest(digest), description="a Vagrant box (libvirt), imported",
+                   boot=Boot(kernel=None, initrd=None, root_label=""), artefacts={"disk": ARTEFACTS["disk"]})
+
+
+def check_vmdk(path: Path) -> str:
+    """Refuse a VMDK disk QEMU would read anything but itself for; its create type. Only a
+    single-file sparse VMDK (VirtualBox's and VMware's streamOptimized or monolithicSparse):
+    a descriptor file names its extents by path, and a parent hint names another disk."""
+    with open(path, "rb") as f:
+        header = f.read(512)
+        if len(header) < 512 or header[:4] != b"KDMV":
+            raise ArchiveError("its disk is not a single-file sparse VMDK (a descriptor naming other files, or "
+                               "no VMDK at all)")
+        offset, size = struct.unpack("<QQ", header[28:44])
+        if not 0 < size <= 2048:
+            raise ArchiveError("its VMDK disk has no embedded descriptor vbox can read")
+        f.seek(offset * 512)
+        descriptor = f.read(size * 512).split(b"\0", 1)[0].decode("ascii", "replace")
+    fields = {}
+    for line in descriptor.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            fields[key.strip()] = value.strip().strip('"')
+    if "parentFileNameHint" in fields or fields.get("parentCID", "ffffffff").lower() != "ffffffff":
+        raise ArchiveError("its VMDK disk names a parent disk (QEMU would read another file of this host into "
+                           "the machine)")
+    kind = fields.get("createType", "")
+    if kind not in ("streamOptimized", "monolithicSparse"):
+        raise ArchiveError(f"its VMDK disk is of the type {kind!r}; vbox converts streamOptimized and "
+                           "monolithicSparse ones")
+    return kind
+
+
+def _converted(provider: str, wanted: dict[str, Path], staging: Path) -> BoxMeta:
+    """A VirtualBox or VMware box: its one VMDK disk, converted to the box's qcow2."""
+    from vbox_cli import proc
+    from vbox_cli.errors import CommandError
+
+    disks = [name for name in wanted if name.endswith(".vmdk")]
+    if len(disks) != 1:
+        raise ArchiveError(f"it has {len(disks)} VMDK disks; vbox converts a box with one")
+    kind = check_vmdk(wanted[disks[0]])
+    disk = staging / ARTEFACTS["disk"]
+    try:
+        proc.run(["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(wanted[disks[0]]), str(disk)])
+    except CommandError as exc:
+        raise ArchiveError(f"its VMDK disk could not be converted: {exc.output.strip().splitlines()[-1:]}") \
+            from None
+    wanted[disks[0]].unlink()
+    check_qcow2(disk)
+    os.chmod(disk, 0o644)
+    return BoxMeta(digest=_digest(f"disk.qcow2 {file_sha256(disk)}\n"),
+                   description=f"a Vagrant box ({provider}), imported: its VMDK disk ({disks[0]}, {kind}) converted "
+                               "to qcow2; KVM boots it if its guest boots from a virtio disk",
                    boot=Boot(kernel=None, initrd=None, root_label=""), artefacts={"disk": ARTEFACTS["disk"]})
 
 

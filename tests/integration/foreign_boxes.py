@@ -134,6 +134,17 @@ def vagrant_libvirt_box(tree: Path, work: Path, out: Path) -> Path:
     return _tar(out, work, ["metadata.json", "Vagrantfile", "box.img"])
 
 
+def vagrant_virtualbox_box(libvirt_work: Path, work: Path, out: Path) -> Path:
+    """As VirtualBox boxes are packed: box.ovf, metadata.json and the disk as a
+    streamOptimized VMDK (here the libvirt box's disk, converted)."""
+    work.mkdir(parents=True, exist_ok=True)
+    run("qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized",
+        libvirt_work / "box.img", work / "box-disk001.vmdk")
+    (work / "metadata.json").write_text(json.dumps({"provider": "virtualbox"}))
+    (work / "box.ovf").write_text('<?xml version="1.0"?>\n<Envelope ovf:version="1.0"/>\n')
+    return _tar(out, work, ["metadata.json", "box.ovf", "box-disk001.vmdk"])
+
+
 def cloud_image(tree: Path, work: Path, out: Path) -> Path:
     """A cloud image as Debian's genericcloud is: a qcow2 disk with a bootloader and
     cloud-init (NoCloud among its datasources), no user of its own, no host keys, its

@@ -30,7 +30,9 @@ def vagrant_boxes(host, tmp_path_factory):
     return {"lxc": foreign_boxes.vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"),
             "libvirt": foreign_boxes.vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"),
             "oci": foreign_boxes.oci_image(tree, folder / "oci", folder / "bookworm-oci.tar"),
-            "cloud": foreign_boxes.cloud_image(tree, folder / "cloud", folder / "bookworm-cloud.qcow2")}
+            "cloud": foreign_boxes.cloud_image(tree, folder / "cloud", folder / "bookworm-cloud.qcow2"),
+            "virtualbox": foreign_boxes.vagrant_virtualbox_box(folder / "libvirt", folder / "virtualbox",
+                                                               folder / "bookworm-virtualbox.box")}
 
 
 @pytest.fixture
@@ -155,17 +157,17 @@ def test_a_vagrant_libvirt_box_boots_from_its_own_bootloader(project, imported, 
 
 
 def test_a_box_that_is_neither_is_refused(tmp_path):
-    other = tmp_path / "virtualbox.box"
+    other = tmp_path / "hyperv.box"
     import io
     import tarfile
 
     with tarfile.open(other, "w:gz") as tar:
-        data = json.dumps({"provider": "virtualbox"}).encode()
+        data = json.dumps({"provider": "hyperv"}).encode()
         info = tarfile.TarInfo("metadata.json")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     result = vbox("box", "import", str(other), "--name", "vb", check_rc=1)
-    assert "'virtualbox' provider" in result.stderr and "nothing was written" in result.stderr
+    assert "'hyperv' provider" in result.stderr and "nothing was written" in result.stderr
     (tmp_path / "junk").write_bytes(b"junk" * 100)
     result = vbox("box", "import", str(tmp_path / "junk"), check_rc=2)
     assert "not a box file vbox knows" in result.stderr
@@ -255,3 +257,15 @@ def test_a_cloud_image_takes_its_identity_from_a_nocloud_seed(project, imported,
     assert project.ssh("cl", "sudo cat /var/lib/cloud/data/instance-id") == first
     assert project.ssh("cl", "sudo cat /root/once.log") == "provisioned\n"
     project.env("destroy", "-f")
+
+
+def test_a_virtualbox_box_has_its_disk_converted(imported, vagrant_boxes):
+    """The VMDK becomes a qcow2 with the same guest data as the libvirt box made from the
+    same disk (whose machines boot, above), and the import says what it converted."""
+    import subprocess
+
+    box = BoxStore().find(imported("virtualbox"))
+    assert "box-disk001.vmdk, streamOptimized) converted to qcow2" in box.meta.description
+    libvirt_disk = vagrant_boxes["libvirt"].parent / "libvirt" / "box.img"
+    subprocess.run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(libvirt_disk),
+                    str(box.artefact("disk"))], check=True)

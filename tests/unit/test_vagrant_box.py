@@ -188,8 +188,8 @@ def test_a_bomb_and_a_provider_vbox_does_not_take(store, tmp_path):
     assert len(bomb) < (64 << 20) // 300
     with pytest.raises(ArchiveError, match="bomb"):
         vagrant.import_vagrant(lxc_box(tmp_path / "bomb.box", bomb), store, "bomb")
-    with pytest.raises(ArchiveError, match="'virtualbox' provider"):
-        vagrant.import_vagrant(lxc_box(tmp_path / "vb.box", metadata={"provider": "virtualbox"}), store, "vb")
+    with pytest.raises(ArchiveError, match="'hyperv' provider"):
+        vagrant.import_vagrant(lxc_box(tmp_path / "hv.box", metadata={"provider": "hyperv"}), store, "hv")
     with pytest.raises(ArchiveError, match="does not say its box.s name"):
         vagrant.import_vagrant(lxc_box(tmp_path / "n.box"), store, None)
     with pytest.raises(ArchiveError, match="user"):
@@ -244,3 +244,36 @@ def test_a_cloud_image_becomes_a_disk_with_a_seed_identity(store, tmp_path):
     with pytest.raises(ArchiveError, match="backing file"):
         cloud.import_cloud_image(qcow2(tmp_path / "b.img", "-b", str(secret), "-F", "raw"), store, "b")
     assert [b.name for b in store.boxes()] == ["ubuntu-24.04"]
+
+
+def vmdk(path: Path, subformat: str = "streamOptimized") -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", f"subformat={subformat}", str(path), "64M"],
+                   check=True)
+    return path
+
+
+def virtualbox_box(path: Path, disk: Path) -> Path:
+    meta = json.dumps({"provider": "virtualbox"}).encode()
+    path.write_bytes(tar_bytes([(_info("metadata.json"), meta), (_info("box.ovf"), b"<Envelope/>"),
+                                (_info("box-disk001.vmdk"), disk.read_bytes())]))
+    return path
+
+
+def test_a_virtualbox_box_has_its_disk_converted(store, tmp_path):
+    box = vagrant.import_vagrant(virtualbox_box(tmp_path / "vb.box", vmdk(tmp_path / "d.vmdk")), store, "vb")
+    assert box.artefacts == ["disk"] and "converted to qcow2" in box.meta.description
+    assert open(box.artefact("disk"), "rb").read(4) == b"QFI\xfb"
+
+
+def test_a_vmdk_that_names_other_files_is_refused(store, tmp_path):
+    secret = tmp_path / "secret.vmdk"
+    vmdk(secret, "monolithicSparse")
+    child = tmp_path / "child.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-b", str(secret), "-F", "vmdk", str(child)], check=True)
+    with pytest.raises(ArchiveError, match="parent disk"):
+        vagrant.import_vagrant(virtualbox_box(tmp_path / "c.box", child), store, "c")
+    flat = tmp_path / "flat.vmdk"
+    vmdk(flat, "monolithicFlat")  # a text descriptor naming its extent file by path
+    with pytest.raises(ArchiveError, match="not a single-file sparse VMDK"):
+        vagrant.import_vagrant(virtualbox_box(tmp_path / "f.box", flat), store, "f")
+    assert nothing_written(store)
