@@ -177,7 +177,7 @@ def load_catalog(location: Location) -> dict:
 
 # which of a catalog's providers' boxes vbox takes, best first: its own archives, then
 # Vagrant boxes (boxes/vagrant.py); a machine's provider narrows it (machines/boxes.py)
-PROVIDERS = (PROVIDER, "libvirt", "lxc")
+PROVIDERS = (PROVIDER, "libvirt", "lxc", "virtualbox", "vmware_desktop")
 
 
 def offers(location: Location, name: str, providers: tuple[str, ...] = PROVIDERS) -> list[Offer]:

@@ -61,8 +61,10 @@ def _box(session, name: str, machine, constraint):
 
 
 # a catalog's providers whose boxes a machine of each provider can use, best first: vbox's
-# own archives, then a Vagrant box it boots (boxes/vagrant.py); Xen needs vbox's kernel
-CATALOG_PROVIDERS = {"kvm": ("vbox", "libvirt"), "lxc": ("vbox", "lxc"), "xen": ("vbox",)}
+# own archives, then a Vagrant box it boots (boxes/vagrant.py: a VirtualBox or VMware disk
+# converted last); Xen needs vbox's kernel
+CATALOG_PROVIDERS = {"kvm": ("vbox", "libvirt", "virtualbox", "vmware_desktop"), "lxc": ("vbox", "lxc"),
+                     "xen": ("vbox",)}
 
 
 def _fetch(session, name: str, machine, constraint):
