@@ -217,3 +217,31 @@ def test_outdated_update_and_prune(stores, tmp_path):
     store.remove_user("team/tiny", "vbox-p-web")
     store.add_user("team/tiny", "vbox-p-db", {})  # a record of an earlier vbox: keeps every version
     assert upkeep.prunable(store) == []
+
+
+def test_a_ten_gigabyte_sparse_bomb(stores, tmp_path):
+    """A 10 GB sparse file: GNU tar stores its holes as a map, a few KB in all. Refused as a
+    sparse member (vbox writes none), in a box archive and in a Vagrant box's tree."""
+    import subprocess
+
+    from boxes import vagrant
+    from tests.unit.test_vagrant_box import lxc_box
+
+    _, target = stores
+    tree = tmp_path / "tree"
+    (tree / "rootfs").mkdir(parents=True)
+    (tree / archive.MANIFEST).write_text(json.dumps({**MANIFEST, "size": 11 * 1024**3}))
+    with open(tree / "rootfs/huge", "wb") as f:
+        f.truncate(10 * 1024**3)
+    plain = tmp_path / "bomb.tar"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(plain), "-C", str(tree), archive.MANIFEST,
+                    "rootfs"], check=True)
+    assert plain.stat().st_size < 1024**2
+    with open(plain, "rb") as src, open(tmp_path / "bomb.box", "wb") as dst:
+        zstandard.ZstdCompressor().copy_stream(src, dst)
+    assert_refused(tmp_path / "bomb.box", target, "sparse member")
+    rootfs = tmp_path / "rootfs.tar.gz"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-czf", str(rootfs), "-C", str(tree), "./rootfs"], check=True)
+    with pytest.raises(archive.ArchiveError, match="sparse member"):
+        vagrant.import_vagrant(lxc_box(tmp_path / "v.box", rootfs.read_bytes()), target, "v")
+    assert target.boxes() == []
