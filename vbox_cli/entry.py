@@ -11,7 +11,8 @@ import sys
 
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
 VERBS = frozenset({
-    "init", "validate", "schema", "up", "status", "ssh", "ssh-config", "console", "port", "provision", "halt", "reload",
+    "init", "validate", "schema", "up", "lock", "status", "ssh", "ssh-config", "console", "port", "provision", "halt",
+    "reload",
     "destroy",
     "box", "doctor",
 })

@@ -139,6 +139,9 @@ def build(case: str, tmp_path: Path, canary: dict) -> Path:
         folder = _project(tmp_path, '[machines.web]\nfolders = [{ host = ".", guest = "/a\\nvbox.folder=vbox9" }]\n')
     elif case == "envfile-is-dev-zero":
         folder = _project(tmp_path)
+    elif case == "lock-links-outside":  # an Envfile.lock that is a link to a host file
+        folder = _project(tmp_path)
+        (folder / "Envfile.lock").symlink_to(canary["folder"] / "secret")
     elif case == "a-plain-project":  # the control: the harness itself runs every verb
         folder = _project(tmp_path)
     else:
@@ -152,8 +155,9 @@ CASES = ["uri-command", "uri-command-in-defaults", "uri-keyfile-outside", "vbox-
          "script-is-a-link-out", "envfile-links-outside", "envfile-is-a-fifo", "envfile-is-dev-zero",
          "folder-through-a-link", "folder-is-the-parent", "port-smuggles-arguments",
          "box-url-reads-a-host-file", "box-url-through-a-link", "box-url-runs-a-program", "box-version-smuggles",
-         "network-bridge-smuggles", "network-bridge-newline", "folder-guest-newline",
+         "network-bridge-smuggles", "network-bridge-newline", "folder-guest-newline", "lock-links-outside",
          "a-plain-project"]
+EXTRA_VERBS = {"lock-links-outside": [("up", "--locked"), ("lock",)]}
 GLOBAL_ARGS = {"envfile-is-a-fifo": ["--file", "Envfile"], "envfile-is-dev-zero": ["--file", "/dev/zero"]}
 
 
@@ -163,7 +167,7 @@ def test_a_hostile_project_harms_nothing_outside_it(tmp_path, canary, case):
     before = snapshot(tmp_path / "canary"), snapshot(canary["sibling"])
     git_before = snapshot(folder / ".git") if (folder / ".git").is_dir() else None
     env = {**os.environ, "VBOX_HOME": str(tmp_path / "home"), "VBOX_CACHE": str(tmp_path / "cache")}
-    for verb in VERBS:
+    for verb in VERBS + EXTRA_VERBS.get(case, []):
         result = subprocess.run([str(VBOX), "--plain", *GLOBAL_ARGS.get(case, []), *verb], cwd=folder, env=env, capture_output=True, text=True,
                                 timeout=120, stdin=subprocess.DEVNULL)
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr, (verb, result.stderr)
@@ -175,7 +179,7 @@ def test_a_hostile_project_harms_nothing_outside_it(tmp_path, canary, case):
         assert "the canary's secret" not in result.stdout + result.stderr, f"{case}: {verb} showed a file outside"
         assert "ProxyCommand " + str(canary["pwn"]) not in result.stdout, f"{case}: {verb} wrote an injected option"
         refusal = REFUSED_BY.get(case)
-        if refusal and verb[0] in refusal[0]:
+        if refusal and (verb[0] in refusal[0] or " ".join(verb) in refusal[0]):
             assert result.returncode != 0 and refusal[1] in result.stderr, \
                 f"{case}: `{' '.join(verb)}` did not refuse it with {refusal[1]!r}\n{result.stdout}{result.stderr}"
 
@@ -198,6 +202,7 @@ REFUSED_BY = {
     "file-step-through-a-link": (ENVFILE_VERBS, "leads outside the project folder"),
     "script-is-a-link-out": (ENVFILE_VERBS, "leads outside the project folder"),
     "envfile-links-outside": (ENVFILE_VERBS, "outside the project folder; vbox will not read it"),
+    "lock-links-outside": (("up --locked",), "(a link, or not a regular file?)"),
     "envfile-is-a-fifo": (ENVFILE_VERBS, "is not a regular file"),
     "envfile-is-dev-zero": (ENVFILE_VERBS, "is not a regular file"),
     "folder-through-a-link": (ENVFILE_VERBS, "leads outside the project folder"),

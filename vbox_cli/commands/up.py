@@ -25,6 +25,9 @@ def up(
     restart_if_needed: Annotated[bool, typer.Option(
         "--restart-if-needed", help="Restart running machines that take an Envfile change only at a start "
                                     "(a KVM machine's synced folders); without it, up says which.")] = False,
+    locked: Annotated[bool, typer.Option(
+        "--locked", help="Use the boxes Envfile.lock names (fetched from their catalog if missing) and make "
+                         "nothing if anything differs from the lock (CI). Never rewrites the lock.")] = False,
     events: Events = False,
 ) -> None:
     """Bring machines up: create them from their box, start them, wait for SSH and run
@@ -32,7 +35,8 @@ def up(
     already up and provisioned is left alone (a running container gets changed synced
     folders live).
 
-    Without names, every machine with autostart = true."""
+    Without names, every machine with autostart = true. The first up of every machine
+    writes Envfile.lock (the boxes and steps they got) when there is none: commit it."""
     from typing import get_args
 
     from vbox_cli import machines
@@ -44,8 +48,39 @@ def up(
     with open_session(ctx, "up", names or [], events, autostart_only=not names) as session:
         session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision,
-                              restart=restart_if_needed)
+                              restart=restart_if_needed, locked=locked)
     report(ctx, results, "up")
+
+
+def lock(
+    ctx: typer.Context,
+    update: Annotated[bool, typer.Option(
+        "--update", help="Take the newest box version box_version allows from each machine's box_url (fetched), "
+                         "not the newest in the store.")] = False,
+    events: Events = False,
+) -> None:
+    """Write Envfile.lock: for every machine, its box (name, version, digest, where it came
+    from) and a hash of each provisioning step with the files it reads. Says what changed
+    from the lock it replaces. Commit it; `env up --locked` checks it."""
+    from vbox_cli import lockfile
+    from vbox_cli.machines.boxes import boxes_for
+
+    out = ctx.obj.out
+    with open_session(ctx, "lock", [], events) as session:
+        names = list(session.machines)
+        path = lockfile.path_of(session.loaded.path)
+        boxes = boxes_for(session, names, update=update)
+        now = lockfile.compute(session.loaded, boxes, names)
+        try:
+            changed = lockfile.differences(lockfile.read(path), now, names, names)
+        except lockfile.LockError:
+            changed = None  # none yet, or unreadable: written anew
+        lockfile.write(path, now)
+    if changed:
+        for line in changed:
+            out.line(f"  {line}")
+    out.success(f"{'wrote' if changed is None else 'updated' if changed else 'unchanged:'} {path.name} "
+                f"({len(names)} machine{'s' if len(names) != 1 else ''})")
 
 
 def reload(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:

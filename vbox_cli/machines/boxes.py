@@ -10,17 +10,20 @@ from vbox_cli.errors import VboxError
 from vbox_cli.events import Phase, byte_progress
 
 
-def boxes_for(session, names: list[str]) -> dict:
-    """machine name -> Box; a box several machines share is looked up (or fetched) once."""
+def boxes_for(session, names: list[str], pinned: dict[str, str] | None = None, update: bool = False) -> dict:
+    """machine name -> Box; a box several machines share is looked up (or fetched) once.
+    `pinned`: machine -> the exact version to use (Envfile.lock's, with --locked);
+    `update`: a machine with a box_url takes the newest version its catalog allows."""
     from boxes.versions import Constraint
 
     found: dict[tuple, object] = {}
     result = {}
     for name in names:
         machine = session.machines[name]
-        key = (machine.box, machine.box_version or "", machine.box_url or "", machine.provider)
+        wanted = f"= {pinned[name]}" if pinned and name in pinned else machine.box_version or ""
+        key = (machine.box, wanted, machine.box_url or "", machine.provider)
         if key not in found:
-            found[key] = _box(session, name, machine, Constraint(machine.box_version or ""))
+            found[key] = _box(session, name, machine, Constraint(wanted), update)
         result[name] = usable(found[key], name, session.provider(name))
     return result
 
@@ -41,8 +44,11 @@ def usable(box, name: str, provider):
                     hint=f'use provider = "{other}" for it' if other and other != provider.name else None)
 
 
-def _box(session, name: str, machine, constraint):
+def _box(session, name: str, machine, constraint, update: bool = False):
     from boxes.versions import sort_key
+
+    if update and machine.box_url:
+        return _fetch(session, name, machine, constraint)  # the store's copy when it has that version
 
     store = session.store
     local = [b for b in store.boxes() if b.name == machine.box and constraint.allows(b.version)]

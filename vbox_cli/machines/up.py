@@ -25,9 +25,13 @@ def _now() -> str:
 
 
 def up(session, names: list[str], jobs: int | None = None, provision: bool = True,
-       restart: bool = False) -> list[Result]:
+       restart: bool = False, locked: bool = False) -> list[Result]:
     """`restart`: a running machine that takes a change of the Envfile only when it starts
-    again (a KVM machine's synced folders) is restarted; without it, `up` says so."""
+    again (a KVM machine's synced folders) is restarted; without it, `up` says so.
+    `locked`: the boxes the lock names (fetched if missing), and nothing made unless the
+    project matches Envfile.lock (vbox_cli/lockfile.py)."""
+    from vbox_cli import lockfile
+
     selected = session.select(names, autostart_only=not names)
     if not selected:
         return []  # nothing to bring up: make nothing, not even the network
@@ -40,7 +44,12 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
     forwards = ports.plan(session, [n for n in selected if not placements[n].remote])  # before anything is made
     from vbox_cli.machines.boxes import boxes_for
 
-    boxes = boxes_for(session, selected)  # fetched where the store lacks them (box_url)
+    pinned = lockfile.pins(lockfile.path_of(session.loaded.path), session.machines) if locked else {}
+    boxes = boxes_for(session, selected, pinned)  # fetched where the store lacks them (box_url)
+    if locked:
+        lockfile.check(session, boxes, selected)
+    elif lockfile.write_if_missing(session, boxes, selected):
+        session.events.note(f"wrote {lockfile.NAME}: the boxes and steps these machines get (commit it)")
     session.project.ensure_client_key()
     # first the machines of this host (a Xen host among them), then the guests of remote hosts
     first = [n for n in selected if not placements[n].remote]
