@@ -8,8 +8,6 @@ machine and not repeated, while a new or changed step runs at the next `up`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +31,10 @@ class StepFailed(VboxError):
 
 def step_ids(steps) -> list[str]:
     ids, seen = [], {}
+    from vbox_cli.machines.drift import step_id_of
+
     for step in steps:
-        digest = hashlib.sha256(json.dumps(step.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        digest = step_id_of(step.model_dump(mode="json"))  # status computes it from the cached settings
         seen[digest] = seen.get(digest, 0) + 1
         ids.append(f"{digest}-{seen[digest]}")
     return ids

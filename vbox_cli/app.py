@@ -114,6 +114,7 @@ def make_app() -> typer.Typer:
     app.command("schema")(schema.schema)
     app.command("up")(up.up)
     app.command("lock")(up.lock)
+    app.command("diff")(up.diff)
     app.command("status")(status.status)
     app.command("ssh")(ssh.ssh)
     app.command("ssh-config")(ssh.ssh_config)

@@ -11,7 +11,7 @@ import sys
 
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
 VERBS = frozenset({
-    "init", "validate", "schema", "up", "lock", "status", "ssh", "ssh-config", "console", "port", "provision", "halt",
+    "init", "validate", "schema", "up", "lock", "diff", "status", "ssh", "ssh-config", "console", "port", "provision", "halt",
     "reload",
     "destroy",
     "box", "doctor",

@@ -212,3 +212,30 @@ def test_up_without_names_leaves_autostart_false_machines_alone(tmp_path):
     result = vbox("up", cwd=tmp_path, home=tmp_path / "home", check_rc=0)
     assert "no machines selected" in result.stdout and "manual" not in result.stdout
     assert not Path(f"/sys/class/net/{bridge_name(project_id(tmp_path))}").exists()  # no network made
+
+
+def test_lock_and_diff(tmp_path):
+    """`env lock` writes the lock and says what changed when it rewrites it; `env diff`
+    exits 1 naming each difference, 0 when the project agrees with it."""
+    from boxes.store import BoxStore
+
+    home = tmp_path / "home"
+    store = BoxStore(home / "boxes")
+    staged = store.staging("debian-12")
+    (staged / "rootfs").mkdir()
+    store.install(staged, "debian-12", "12.0.1", {"digest": "sha256:" + "1" * 64, "user": "vbox"})
+    project = tmp_path / "p"
+    (project / "scripts").mkdir(parents=True)
+    (project / "scripts" / "a.sh").write_text("echo a\n")
+    (project / "Envfile").write_text('[defaults]\nbox = "debian-12"\nprovider = "lxc"\n[machines.web]\n'
+                                     'provision = [{ script = "scripts/a.sh" }]\n')
+    diff = vbox("diff", cwd=project, home=home, check_rc=1)
+    assert "there is no Envfile.lock" in diff.stdout
+    assert "wrote Envfile.lock (1 machine)" in vbox("lock", cwd=project, home=home, check_rc=0).stdout
+    assert "no differences" in vbox("diff", cwd=project, home=home, check_rc=0).stdout
+    (project / "scripts" / "a.sh").write_text("echo changed\n")
+    diff = vbox("diff", cwd=project, home=home, check_rc=1)
+    assert diff.stdout.strip() == "lock: web: step 1 (script) changed (its settings or a file it reads)"
+    relock = vbox("lock", cwd=project, home=home, check_rc=0)
+    assert "web: step 1 (script) changed" in relock.stdout and "updated Envfile.lock" in relock.stdout
+    assert "unchanged: Envfile.lock" in vbox("lock", cwd=project, home=home, check_rc=0).stdout

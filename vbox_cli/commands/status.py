@@ -12,7 +12,9 @@ def status(
     ctx: typer.Context,
     json: Annotated[bool, typer.Option("--json", help="Print the machines as JSON.")] = False,
 ) -> None:
-    """Show each machine: provider, state, address, box digest."""
+    """Show each machine: provider, state, address, box digest; then, for a machine that
+    differs from what the Envfile now says (box, cpus, memory, networks, steps not run),
+    what differs and what applies it (reload, provision, destroy and up)."""
     from vbox_cli.commands.session import read_project
     from vbox_cli.machines import status as machine_status
 
@@ -26,3 +28,6 @@ def status(
                       [(r["name"], r["provider"], r["state"], r["address"],
                         f"{r['box']} {r['box_digest'][:19]}".strip()) for r in rows],
                       title=f"project {project.id}")
+    for row in rows:
+        for line in row["drift"]:
+            context.out.line(f"{row['name']}: Envfile changed: {line}")

@@ -147,3 +147,48 @@ def destroy(
     with open_session(ctx, "destroy", names or [], events) as session:
         results = machines.destroy(session, names or [], jobs=jobs)
     report(ctx, results, "destroy")
+
+
+def diff(ctx: typer.Context, names: Names = None) -> None:
+    """What differs between the Envfile, Envfile.lock and the machines: each machine's box
+    and steps against the lock (boxes as the store has them now), and each existing
+    machine against the Envfile settings it was made and started with. Exit status 1 when
+    anything differs (as diff(1)), 0 when nothing does."""
+    from vbox_cli import lockfile
+    from vbox_cli.errors import VboxError
+    from vbox_cli.machines.boxes import boxes_for
+    from vbox_cli.machines.drift import drift
+
+    out = ctx.obj.out
+    lines = []
+    with open_session(ctx, "diff", names or [], False) as session:
+        selected = session.select(names or [])
+        path = lockfile.path_of(session.loaded.path)
+        if path.exists() or path.is_symlink():
+            try:
+                pinned = lockfile.pins(path, session.machines)
+                boxes = {}
+                for name in selected:
+                    if session.machines[name].box_url and not session.store.find(session.machines[name].box,
+                                                                                 pinned.get(name)):
+                        lines.append(f"{name}: box {session.machines[name].box} {pinned.get(name, '')} is not in "
+                                     "the store (`env up --locked` fetches it)")
+                        continue
+                    boxes[name] = boxes_for(session, [name], pinned)[name]
+                checked = [n for n in selected if n in boxes]
+                lines += [f"lock: {line}" for line in lockfile.differences(
+                    lockfile.read(path), lockfile.compute(session.loaded, boxes, checked), checked,
+                    list(session.machines))]
+            except VboxError as exc:
+                lines.append(f"lock: {exc.message}")
+        else:
+            lines.append(f"lock: there is no {path.name} (`env lock` writes it)")
+        state = session.project.load_state()["machines"]
+        for name in selected:
+            settings = session.machines[name].model_dump(mode="json", exclude={"name"})
+            lines += [f"{name}: {line}" for line in drift(name, settings, state.get(name, {}))]
+    for line in lines:
+        out.line(line)
+    if lines:
+        raise typer.Exit(1)
+    out.success("no differences: the machines, the Envfile and its lock agree")

@@ -9,6 +9,7 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
     """One row per machine of the Envfile (settings as plain dicts, from the cache),
     then any of the project's machines the Envfile does not declare."""
     from vbox_cli.machines.down import leftovers
+    from vbox_cli.machines.drift import drift
     from vbox_cli.machines.placement import Placements
 
     state = project.load_state()["machines"]
@@ -24,11 +25,12 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
             "name": name, "provider": settings["provider"], "state": machine_state,
             "address": _where(record), "host": record.get("host", ""), "box": settings["box"],
             "box_digest": record.get("box_digest", ""),
+            "drift": drift(name, settings, record),  # how it differs from the Envfile now, and what applies it
         })
     for machine, provider, obj in leftovers(project, machines, state):
         rows.append({"name": machine, "provider": provider.name,
                      "state": provider.state(obj) + " (not in the Envfile)", "address": _where(state.get(machine, {})),
-                     "host": "", "box": "", "box_digest": ""})
+                     "host": "", "box": "", "box_digest": "", "drift": []})
     return rows
 
 

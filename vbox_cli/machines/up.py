@@ -101,8 +101,11 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
     placement = session.placements[name]
     provider = placement.provider
     project = session.project
+    from vbox_cli.machines import drift
+
     obj = project.object_name(name)
     events = session.events
+    settings = session.machines[name].model_dump(mode="json", exclude={"name"})
     state = provider.state(obj)
     record = project.machine_state(name)
     actions = []
@@ -143,8 +146,13 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         spec = session.spec(name, box, address)
         _ensure_bridges(session, name, spec)
         provider.start(spec)
+        project.set_machine(name, applied=drift.applied(settings))  # what `status` compares the Envfile with
         if "restarted" not in actions:
             actions.append("started")
+    elif not actions:
+        for line in drift.drift(name, settings, project.machine_state(name)):
+            if not line.startswith("provision needed"):  # up runs those steps itself
+                events.warning(f"{name}: the Envfile changed: {line}", name)
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
         ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
     steps = session.machines[name].provision
