@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from boxes.archive import ArchiveError, Progress, room
+from boxes.unpack import ArchiveError, Progress, room
 from boxes.meta import ARTEFACTS, Boot, BoxMeta
 from boxes.tree import CHUNK
 from boxes.vagrant import _QCOW2_MAGIC, check_qcow2, import_into

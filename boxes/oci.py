@@ -30,7 +30,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from boxes.archive import ROOTFS, ArchiveError, Progress, _Member, plain_name, room, unpack_members
+from boxes.unpack import ROOTFS, ArchiveError, Progress, _Member, plain_name, room, unpack_members
 from boxes.meta import ARTEFACTS, BoxMeta
 from boxes.tree import file_sha256, tree_digest
 from boxes.vagrant import _TreeExtractor, check_tree

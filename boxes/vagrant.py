@@ -41,8 +41,8 @@ import struct
 import tarfile
 from pathlib import Path
 
-from boxes.archive import (ROOTFS, ArchiveError, Progress, _Extractor, _Member, plain_name, refusals, room,
-                           unpack_members)
+from boxes.unpack import (ROOTFS, ArchiveError, Progress, _Extractor, _Member, plain_name, refusals, room,
+                          unpack_members)
 from boxes.meta import ARTEFACTS, Boot, BoxMeta
 from boxes.tree import file_sha256, resolve, tree_digest
 from vbox_cli.errors import VboxError

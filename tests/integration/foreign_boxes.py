@@ -218,5 +218,6 @@ if __name__ == "__main__":
     tree = debian_tree(folder / "tree")
     print(vagrant_lxc_box(tree, folder / "lxc", folder / "bookworm-lxc.box"))
     print(vagrant_libvirt_box(tree, folder / "libvirt", folder / "bookworm-libvirt.box"))
+    print(vagrant_virtualbox_box(folder / "libvirt", folder / "virtualbox", folder / "bookworm-virtualbox.box"))
     print(oci_image(tree, folder / "oci", folder / "bookworm-oci.tar"))
     print(cloud_image(tree, folder / "cloud", folder / "bookworm-cloud.qcow2"))
