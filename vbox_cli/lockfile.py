@@ -159,9 +159,15 @@ def pins(path: Path, machines: dict) -> dict[str, str]:
 
 def check(session, boxes: dict, names: list[str]) -> None:
     """`--locked`: refuse, before anything is made, when anything differs from the lock."""
+    from boxes.versions import Constraint
+
     path = path_of(session.loaded.path)
     locked = read(path)
     found = differences(locked, compute(session.loaded, boxes, names), names, list(session.loaded.machines))
+    for name in names:  # the lock's version, pinned, must still be one the Envfile allows
+        wanted, entry = session.machines[name].box_version, locked["machines"].get(name) or {}
+        if wanted and isinstance(entry.get("box_version"), str) and not Constraint(wanted).allows(entry["box_version"]):
+            found.append(f"{name}: box_version {wanted!r} does not allow the lock's {entry['box_version']}")
     if found:
         raise LockError(f"{path.name} does not match the project ({len(found)} difference"
                         f"{'s' if len(found) > 1 else ''}); nothing was made",

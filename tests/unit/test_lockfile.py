@@ -96,3 +96,11 @@ def test_locked_takes_the_locked_version_not_the_newest(world, tmp_path):  # noq
     results = up(env, locked=True)
     assert results["new"].ok
     assert env.project.machine_state("new")["box_version"] == "12.0.6"  # the lock's, not 12.0.7
+
+
+def test_a_box_version_the_lock_no_longer_satisfies(world, tmp_path):  # noqa: F811
+    env = Env(tmp_path / "proj", ENVFILE)
+    up(env)
+    env.path.write_text(ENVFILE.replace('box = "debian-12"', 'box = "debian-12"\nbox_version = ">= 13"'))
+    hint = refused(env, world)
+    assert "web: box_version '>= 13' does not allow the lock's 12.0.6" in hint
