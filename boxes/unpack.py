@@ -191,12 +191,13 @@ def refusals(path: Path, store, damaged: tuple[type[BaseException], ...] = ()):
                            hint=f"{NOTHING_WRITTEN}; free some space there and import again") from None
 
 
-def room(store) -> int:
-    """Bytes an import may write into the store: its disk's free space, less a margin."""
+def room(store, margin: int = 256 * 1024**2) -> int:
+    """Bytes an import may write into the store: its disk's free space, less a margin
+    (for imports whose size is known only as they go)."""
     where = store.root
     while not where.exists():  # a store not made yet: the disk it will be on
         where = where.parent
-    return min(shutil.disk_usage(where).free - 256 * 1024**2, MAX_SIZE)
+    return max(0, min(shutil.disk_usage(where).free - margin, MAX_SIZE))
 
 
 def plain_name(name: str) -> str:
