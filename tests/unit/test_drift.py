@@ -37,7 +37,7 @@ def test_status_and_up_say_what_changed_and_what_applies_it(world, tmp_path):  #
     found = drifts(env)
     assert found["db"] == ["reload needed (cpus 1 -> 2, memory 512M -> 1G): `env reload db`"]
     assert found["web"] == ["reload needed (cpus 1 -> 2, memory 512M -> 1G): `env reload web`",
-                            "provision needed (1 step not run yet): `env provision web` or `env up`"]
+                            "provision needed (1 step not run): `env provision web`"]
     results = env.run("up")  # runs the new step, and warns of what only a reload applies
     warnings = [e.text for e in env.recorder.events if e.kind == "warning"]
     assert "web: the Envfile changed: reload needed (cpus 1 -> 2, memory 512M -> 1G): `env reload web`" in warnings

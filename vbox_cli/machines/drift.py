@@ -68,6 +68,5 @@ def drift(name: str, settings: dict, record: dict) -> list[str]:
         if step.get("run", "once") == "once" and f"{digest}-{seen[digest]}" not in done:
             todo += 1
     if todo:
-        found.append(f"provision needed ({todo} step{'s' if todo > 1 else ''} not run yet): `env provision {name}` "
-                     "or `env up`")
+        found.append(f"provision needed ({todo} step{'s' if todo > 1 else ''} not run): `env provision {name}`")
     return found
