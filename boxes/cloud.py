@@ -16,7 +16,7 @@ from pathlib import Path
 from boxes.unpack import ArchiveError, Progress, room
 from boxes.meta import ARTEFACTS, Boot, BoxMeta
 from boxes.tree import CHUNK
-from boxes.vagrant import _QCOW2_MAGIC, check_qcow2, import_into
+from boxes.vagrant import _QCOW2_MAGIC, box_digest, check_qcow2, import_into
 
 DEFAULT_USER = "vbox"
 
@@ -52,8 +52,7 @@ def import_cloud_image(path: Path, store, name: str | None, version: str = "0", 
             on_phase("checking the disk")
         check_qcow2(disk)
         disk.chmod(0o644)
-        box_digest = hashlib.sha256(f"disk.qcow2 {digest.hexdigest()}\n".encode()).hexdigest()
-        return BoxMeta(digest=f"sha256:{box_digest}", name=name, version=version, user=user, identity=IDENTITY,
+        return BoxMeta(digest=box_digest(f"disk.qcow2 {digest.hexdigest()}\n"), name=name, version=version, user=user, identity=IDENTITY,
                        description="a cloud image (cloud-init), imported", boot=Boot(kernel=None, initrd=None,
                                                                                       root_label=""),
                        artefacts={"disk": ARTEFACTS["disk"]}, size=_tree_size(staging), source={"file": path.name})

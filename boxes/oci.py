@@ -22,7 +22,6 @@ device nodes left out, attributes other than file capabilities dropped).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from pathlib import Path
 from boxes.unpack import ROOTFS, ArchiveError, Progress, _Member, plain_name, room, unpack_members
 from boxes.meta import ARTEFACTS, BoxMeta
 from boxes.tree import file_sha256, tree_digest
-from boxes.vagrant import _TreeExtractor, check_tree
+from boxes.vagrant import _TreeExtractor, box_digest, check_tree
 
 DEFAULT_USER = "root"
 MAX_JSON = 4 * 1024 * 1024
@@ -61,6 +60,10 @@ def is_image(path: Path) -> bool:
 
 class _Layers(_TreeExtractor):
     """Layers applied in order into staging/rootfs, with whiteouts."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.under = False  # a layer's names are the tree's (no ./rootfs/ folder)
 
     def begin_layer(self) -> None:
         self.names = set()  # a name may come again in a later layer: it replaces the lower one
@@ -107,10 +110,6 @@ class _Layers(_TreeExtractor):
                 return
             self._remove(name)
         super().add(tar, member)
-
-    def _relative(self, name: str) -> str | None:
-        self.under = False  # a layer's names are the tree's
-        return super()._relative(name)
 
 
 def _layer_stream(path: Path):
@@ -163,7 +162,7 @@ def import_image(path: Path, store, name: str | None, version: str = "0", user: 
         shutil.rmtree(staging / ".in")
         rootfs = staging / ROOTFS
         check_tree(rootfs, user, image=True)
-        digest = "sha256:" + hashlib.sha256(f"rootfs {tree_digest(rootfs)}\n".encode()).hexdigest()
+        digest = box_digest(f"rootfs {tree_digest(rootfs)}\n")
         return BoxMeta(digest=digest, name=name, version=version, user=user,
                        description=f"an OCI image ({len(layers)} layers), imported",
                        artefacts={"rootfs": ARTEFACTS["rootfs"]}, size=_tree_size(staging), source={"file": path.name})

@@ -260,7 +260,7 @@ def _libvirt(metadata: dict, wanted: dict[str, Path], staging: Path) -> BoxMeta:
     check_qcow2(disk)
     os.chmod(disk, 0o644)
     digest = f"disk.qcow2 {file_sha256(disk)}\n"
-    return BoxMeta(digest=_digest(digest), description="a Vagrant box (libvirt), imported",
+    return BoxMeta(digest=box_digest(digest), description="a Vagrant box (libvirt), imported",
                    boot=Boot(kernel=None, initrd=None, root_label=""), artefacts={"disk": ARTEFACTS["disk"]})
 
 
@@ -311,7 +311,7 @@ def _converted(provider: str, wanted: dict[str, Path], staging: Path) -> BoxMeta
     wanted[disks[0]].unlink()
     check_qcow2(disk)
     os.chmod(disk, 0o644)
-    return BoxMeta(digest=_digest(f"disk.qcow2 {file_sha256(disk)}\n"),
+    return BoxMeta(digest=box_digest(f"disk.qcow2 {file_sha256(disk)}\n"),
                    description=f"a Vagrant box ({provider}), imported: its VMDK disk ({disks[0]}, {kind}) converted "
                                "to qcow2; KVM boots it if its guest boots from a virtio disk",
                    boot=Boot(kernel=None, initrd=None, root_label=""), artefacts={"disk": ARTEFACTS["disk"]})
@@ -337,7 +337,7 @@ def _lxc(wanted: dict[str, Path], staging: Path, store, user: str) -> BoxMeta:
     inner.unlink()
     rootfs = staging / ROOTFS
     check_tree(rootfs, user)
-    return BoxMeta(digest=_digest(f"rootfs {tree_digest(rootfs)}\n"), description="a Vagrant box (lxc), imported",
+    return BoxMeta(digest=box_digest(f"rootfs {tree_digest(rootfs)}\n"), description="a Vagrant box (lxc), imported",
                    artefacts={"rootfs": ARTEFACTS["rootfs"]})
 
 
@@ -364,7 +364,8 @@ def check_tree(rootfs: Path, user: str, image: bool = False) -> None:
                            hint="--user names the user that vbox logs in as (with sudo)")
 
 
-def _digest(lines: str) -> str:
+def box_digest(lines: str) -> str:
+    """The digest of a box vbox did not build: sha256 over `ARTEFACT SHA256` lines."""
     import hashlib
 
     return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()

@@ -64,6 +64,12 @@ def project(tmp_path):
     assert find_leaks(p.id) == []
 
 
+def vm_envfile(name: str, box: str) -> str:
+    """A KVM machine from `box`, with a step that must run once."""
+    return (f'[machines.{name}]\nbox = "{box}"\nprovider = "kvm"\nmemory = "768M"\ndisk = "3G"\n'
+            'provision = [{ shell = "echo provisioned >> /root/once.log" }]\n')
+
+
 def check_machine(project: Project, name: str, user: str = "vagrant") -> None:
     """What a machine from a box vbox did not build must be once up: vbox's, not the
     publisher's."""
@@ -125,14 +131,7 @@ def test_an_oci_image_as_an_lxc_machine(project, imported):
 
 def test_a_vagrant_libvirt_box_boots_from_its_own_bootloader(project, imported, debian12):
     box = imported("libvirt")
-    project.write(f"""
-        [machines.vk]
-        box = "{box}"
-        provider = "kvm"
-        memory = "768M"
-        disk = "3G"
-        provision = [{{ shell = "echo provisioned >> /root/once.log" }}]
-    """)
+    project.write(vm_envfile("vk", box))
     up = project.env("up")
     assert "does not mount them (not a box vbox built" in up.stdout + up.stderr  # said, not silently skipped
     check_machine(project, "vk")
@@ -238,14 +237,7 @@ def test_a_cloud_image_takes_its_identity_from_a_nocloud_seed(project, imported,
     made (and no other), names the machine, and takes DHCP on the interface with its MAC;
     once: a later boot does not set it up again."""
     box = imported("cloud")
-    project.write(f"""
-        [machines.cl]
-        box = "{box}"
-        provider = "kvm"
-        memory = "768M"
-        disk = "3G"
-        provision = [{{ shell = "echo provisioned >> /root/once.log" }}]
-    """)
+    project.write(vm_envfile("cl", box))
     project.env("up")
     check_machine(project, "cl", user="vbox")
     assert project.ssh("cl", "ls /etc/ssh | grep -c '^ssh_host_.*_key$'") == "1\n"  # ed25519, vbox's: no other
