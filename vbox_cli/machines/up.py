@@ -158,7 +158,9 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
     steps = session.machines[name].provision
     todo = steps_to_run(project, name, steps, force=False) if provision else []
     if todo or actions:  # a machine just started is ready once SSH answers
-        run_steps(session, name, steps, todo, settle=bool(actions) and box.meta.identity == "cloud-init")
+        from providers.cloudinit import IDENTITY as CLOUD_INIT
+
+        run_steps(session, name, steps, todo, settle=bool(actions) and box.meta.identity == CLOUD_INIT)
         if todo:
             actions.append("provisioned")
     _watch_folders(session, name, provider, session.spec(name, box, address))
