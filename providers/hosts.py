@@ -7,7 +7,9 @@ a host to plan, make or remove the project network.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
+import time
 from urllib.parse import urlsplit
 
 from vbox_cli.errors import VboxError
@@ -29,6 +31,65 @@ def open_libvirt(uri: str, failure: str | None = None, hint: str | None = None):
                         hint=hint or "run `env doctor --fix` to start libvirtd") from None
 
 
+RECONNECT_TIMEOUT = 30.0  # how long a lost connection is tried again (libvirtd restarting)
+IDLE_CHECK = 1.0  # a connection unused this long (seconds) is checked before it is used again
+
+
+def find(lookup, name: str):
+    """`lookup(name)` (conn.lookupByName, pool.storageVolLookupByName, ...), or None where
+    libvirt says there is no such object. Any other error is raised: a lost connection is
+    not an answer, and taking it for "not there" would make anew what exists."""
+    import libvirt
+
+    try:
+        return lookup(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in _not_found_codes():
+            return None
+        raise
+
+
+def _not_found_codes() -> tuple[int, ...]:
+    import libvirt
+
+    return (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL,
+            libvirt.VIR_ERR_NO_STORAGE_VOL)
+
+
+def lost_connection(exc: BaseException) -> str | None:
+    """libvirt's words when `exc` (or what it was raised from) is a libvirt connection
+    that broke: libvirtd stopped or restarted, an SSH tunnel to a host closed. None for
+    anything else."""
+    libvirt = sys.modules.get("libvirt")
+    if libvirt is None:
+        return None
+    seen: BaseException | None = exc
+    for _ in range(8):  # a VboxError raised `from None` still has libvirt's error as its context
+        if seen is None:
+            return None
+        if isinstance(seen, libvirt.libvirtError) and seen.get_error_domain() == libvirt.VIR_FROM_RPC:
+            return seen.get_error_message()
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def lost_error(exc: BaseException) -> VboxError | None:
+    """A broken libvirt connection as the user's error it is (not vbox's bug)."""
+    words = lost_connection(exc)
+    if words is None:
+        return None
+    return VboxError(f"the connection to libvirt broke (libvirtd stopped or restarted): {words}",
+                     hint="run the command again: what was done so far is kept (`env doctor --fix` starts libvirtd)")
+
+
+def reconnect() -> None:
+    """Every host whose connection broke is connected again (waiting for a restarting
+    libvirtd); a VboxError says which did not come back."""
+    for each in list(_hosts.values()):
+        if each.opened:
+            each.conn  # noqa: B018 (reading it opens a broken connection again)
+
+
 class LibvirtHost:
     """One libvirt host: its connection (opened when first needed) and the project network there."""
 
@@ -36,6 +97,7 @@ class LibvirtHost:
         self.uri = uri
         self.access = access  # providers.remote.HostAccess, or None for this host's own libvirt
         self._conn = None
+        self._used = 0.0  # time.monotonic() when the connection was last handed out
         self._lock = threading.Lock()
 
     @property
@@ -56,11 +118,49 @@ class LibvirtHost:
         return self.access.shown if self.access is not None else self.uri
 
     @property
+    def opened(self) -> bool:
+        return self._conn is not None
+
+    @property
     def conn(self):
+        """The connection; one that broke (libvirtd restarted) is opened again. A broken
+        connection looks alive until it is used, so one left idle a while is asked first."""
         with self._lock:
+            now = time.monotonic()
+            if self._conn is not None and not self._answers(idle=now - self._used):
+                self._conn = self._reopen()
             if self._conn is None:
                 self._conn = self._open()
+            self._used = now
             return self._conn
+
+    def _answers(self, idle: float) -> bool:
+        try:
+            if not self._conn.isAlive():
+                return False
+            if idle > IDLE_CHECK:
+                self._conn.getLibVersion()  # a round trip
+            return True
+        except Exception:
+            return False
+
+    def _reopen(self):
+        """A libvirtd that restarts answers again within seconds: try for a while."""
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while True:
+            try:
+                return self._open()
+            except VboxError as exc:
+                if time.monotonic() >= deadline:
+                    raise VboxError(f"lost the connection to libvirt at {self.shown} and it did not come back "
+                                    f"within {RECONNECT_TIMEOUT:g} s: {exc.message}",
+                                    hint=f"{exc.hint}; then run the command again: what was done so far is kept"
+                                    ) from None
+            time.sleep(0.5)
 
     def _open(self):
         access = self.access

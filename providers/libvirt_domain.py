@@ -106,12 +106,9 @@ class LibvirtDomainProvider(ProviderBase):
 
     # -- state -----------------------------------------------------------------
     def _domain(self, object_name: str):
-        import libvirt
+        from providers.hosts import find
 
-        try:
-            return self.conn.lookupByName(object_name)
-        except libvirt.libvirtError:
-            return None
+        return find(self.conn.lookupByName, object_name)
 
     def state(self, object_name: str) -> str:
         dom = self._domain(object_name)
@@ -213,6 +210,7 @@ class LibvirtDomainProvider(ProviderBase):
     def destroy(self, object_name: str) -> None:
         import libvirt
 
+        from providers.hosts import find
         from providers.network import remove_dhcp_host
         from providers.storage import POOL, delete_volume, unused_bases
 
@@ -225,9 +223,8 @@ class LibvirtDomainProvider(ProviderBase):
                     pass
             dom.undefine()
         remove_dhcp_host(self.conn, mac_address(object_name))
-        try:
-            pool = self.conn.storagePoolLookupByName(POOL)
-        except libvirt.libvirtError:
+        pool = find(self.conn.storagePoolLookupByName, POOL)
+        if pool is None:
             return
         for suffix in (".qcow2", *self.extra_volumes):
             delete_volume(pool, f"{object_name}{suffix}")

@@ -112,23 +112,20 @@ def plan(project, conn, host_key: str = "local", avoid: tuple[str, ...] = ()) ->
 
 
 def _existing_subnet(conn, name: str) -> str | None:
-    import libvirt
+    from providers.hosts import find
 
-    try:
-        ip = ET.fromstring(conn.networkLookupByName(name).XMLDesc()).find("ip")
-    except libvirt.libvirtError:
+    net = find(conn.networkLookupByName, name)
+    if net is None:
         return None
+    ip = ET.fromstring(net.XMLDesc()).find("ip")
     return str(ipaddress.ip_network(f"{ip.get('address')}/{ip.get('prefix') or ip.get('netmask')}", strict=False))
 
 
 def ensure(conn, net_plan: NetworkPlan, hosts: dict[str, str]) -> None:
     """Define and start the network if needed, and make its DNS entries match `hosts`."""
-    import libvirt
+    from providers.hosts import find
 
-    try:
-        net = conn.networkLookupByName(net_plan.name)
-    except libvirt.libvirtError:
-        net = conn.networkDefineXML(net_plan.xml(hosts))
+    net = find(conn.networkLookupByName, net_plan.name) or conn.networkDefineXML(net_plan.xml(hosts))
     if not net.isActive():
         net.create()
     net.setAutostart(True)
@@ -157,9 +154,10 @@ def _sync_dns(net, hosts: dict[str, str]) -> None:
 def remove(conn, name: str) -> bool:
     import libvirt
 
-    try:
-        net = conn.networkLookupByName(name)
-    except libvirt.libvirtError:
+    from providers.hosts import find
+
+    net = find(conn.networkLookupByName, name)
+    if net is None:
         return False
     if net.isActive():
         net.destroy()

@@ -34,11 +34,10 @@ def is_remote(conn) -> bool:
 
 
 def ensure_pool(conn):
-    import libvirt
+    from providers.hosts import find
 
-    try:
-        pool = conn.storagePoolLookupByName(POOL)
-    except libvirt.libvirtError:
+    pool = find(conn.storagePoolLookupByName, POOL)
+    if pool is None:
         if is_remote(conn):
             path = REMOTE_POOL_PATH
         else:
@@ -62,7 +61,7 @@ def base_name(box, kind: str) -> str:
 
 def base_volumes(conn, pool, box) -> dict[str, str]:
     """Paths of the box's disk, kernel and initrd as volumes of the pool (made if missing)."""
-    import libvirt
+    from providers.hosts import find
 
     if is_remote(conn):
         return _remote_base_volumes(conn, pool, box)
@@ -71,9 +70,10 @@ def base_volumes(conn, pool, box) -> dict[str, str]:
     missing = False
     for kind in (k for k in KINDS if k in box.artefacts):
         name = base_name(box, kind)
-        try:
-            paths[kind] = pool.storageVolLookupByName(name).path()
-        except libvirt.libvirtError:
+        vol = find(pool.storageVolLookupByName, name)
+        if vol is not None:
+            paths[kind] = vol.path()
+        else:
             source, dest = box.artefact(kind), target / name
             tmp = target / f".{name}.{os.getpid()}"
             try:
@@ -95,15 +95,14 @@ def _remote_base_volumes(conn, pool, box) -> dict[str, str]:
     """On another host: the box's files go up through libvirt's storage API. They count
     only once the box's `.ok` marker exists, written after every upload completed; an
     upload cut short is made again (a stale one goes with the box's other unused volumes)."""
-    import libvirt
+    from providers.hosts import find
 
     names = {kind: base_name(box, kind) for kind in KINDS if kind in box.artefacts}
     marker = base_name(box, "disk").rsplit(".", 1)[0] + ".ok"
-    try:
-        pool.storageVolLookupByName(marker)
-        return {kind: pool.storageVolLookupByName(name).path() for kind, name in names.items()}
-    except libvirt.libvirtError:
-        pass
+    if find(pool.storageVolLookupByName, marker) is not None:
+        found = {kind: find(pool.storageVolLookupByName, name) for kind, name in names.items()}
+        if all(found.values()):
+            return {kind: vol.path() for kind, vol in found.items()}
     paths = {kind: upload_volume(conn, pool, name, Path(box.artefact(kind))).path() for kind, name in names.items()}
     upload_volume(conn, pool, marker, b"ok\n")
     return paths
@@ -157,11 +156,10 @@ def create_overlay(pool, name: str, backing: str, capacity: int):
 
 
 def delete_volume(pool, name: str) -> bool:
-    import libvirt
+    from providers.hosts import find
 
-    try:
-        vol = pool.storageVolLookupByName(name)
-    except libvirt.libvirtError:
+    vol = find(pool.storageVolLookupByName, name)
+    if vol is None:
         return False
     vol.delete(0)
     return True

@@ -180,9 +180,10 @@ def _invoke(app, args: list[str], prog_name: str, context: Context):
     except BrokenPipeError:
         return EXIT_FAILURE, None
     except Exception as exc:  # a bug: say so plainly, show the traceback on request
+        from providers.hosts import lost_error
         from vbox_cli.errors import disk_error
 
-        if (error := disk_error(exc)) is not None:
+        if (error := disk_error(exc) or lost_error(exc)) is not None:
             _report(out, error)
             return EXIT_FAILURE, (error.message, error.hint)
         if os.environ.get("VBOX_DEBUG"):

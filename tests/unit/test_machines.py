@@ -38,3 +38,74 @@ def test_one_machine_failing_or_crashing_leaves_the_others_to_finish():
     outcome = {e.subject: e.ok for e in recorder.events if e.kind == "machine_result"}
     assert outcome == {"a": True, "bad": False, "buggy": False, "b": True}
     assert all(r.seconds >= 0 for r in results.values())
+
+
+def _rpc_error(message: str):
+    """libvirt's error for a connection that broke (what a restarted libvirtd gives)."""
+    import libvirt
+
+    error = libvirt.libvirtError(message)
+    error.err = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, message, 2, None, None, None, -1, -1)
+    return error
+
+
+def test_a_machine_whose_libvirt_connection_broke_is_done_again_once_connected():
+    recorder = Recorder()
+    session = SimpleNamespace(events=EventStream([recorder]))
+    tries: dict[str, int] = {}
+
+    def work(name: str) -> str:
+        tries[name] = tries.get(name, 0) + 1
+        if name == "vm" and tries[name] == 1:
+            try:
+                raise _rpc_error("End of file while reading data: Input/output error")
+            except Exception:
+                raise VboxError("libvirt could not start vm") from None  # a provider's words, libvirt's cause
+        if name == "gone":
+            raise _rpc_error("Cannot write data: Broken pipe")
+        return "started"
+
+    results = {r.machine: r for r in run_each(session, ["vm", "gone"], work)}
+    assert (results["vm"].ok, results["vm"].action, tries["vm"]) == (True, "started", 2)
+    notes = [e.text for e in recorder.events if e.kind == "note"]
+    assert "vm: the connection to libvirt broke (End of file while reading data: Input/output error): " \
+           "connecting again" in notes
+    # broken again on the second try: the user's error, said so, not vbox's bug
+    assert not results["gone"].ok and tries["gone"] == 2
+    assert results["gone"].error.message == \
+        "gone: the connection to libvirt broke (libvirtd stopped or restarted): Cannot write data: Broken pipe"
+    assert "run the command again" in results["gone"].error.hint
+
+
+def test_only_a_broken_connection_counts_as_one():
+    import libvirt
+
+    from providers.hosts import find, lost_connection
+
+    conn = libvirt.open("test:///default")
+    try:
+        assert find(conn.lookupByName, "no-such-domain") is None
+        assert find(conn.lookupByName, "test").name() == "test"
+        assert find(conn.networkLookupByName, "no-such-network") is None
+        try:
+            conn.lookupByName("no-such-domain")
+        except libvirt.libvirtError as exc:
+            assert lost_connection(exc) is None  # "not found" is an answer
+    finally:
+        conn.close()
+    assert lost_connection(_rpc_error("Broken pipe")) == "Broken pipe"
+    assert lost_connection(OSError("Broken pipe")) is None
+
+
+def test_find_raises_what_is_not_an_answer():
+    """A lookup that failed for another reason than "no such object" is not taken for
+    "not there" (up would make anew a machine that exists)."""
+    import pytest
+
+    from providers.hosts import find
+
+    def broken(name):
+        raise _rpc_error("End of file while reading data")
+
+    with pytest.raises(Exception, match="End of file"):
+        find(broken, "vbox-p-web")

@@ -29,19 +29,9 @@ def run_each(session, names: list[str], work: Callable[[str], str], jobs: int | 
     def one(name: str) -> Result:
         started = time.monotonic()
         try:
-            result = Result(name, True, work(name), seconds=time.monotonic() - started)
-        except VboxError as exc:
-            result = Result(name, False, "failed", exc, time.monotonic() - started)
-        except Exception as exc:  # a bug (or a full disk): say so, and let the other machines finish
-            full = disk_error(exc)
-            error = VboxError(f"{name}: {full.message}", hint=full.hint) if full else \
-                VboxError(f"{name}: internal error: {type(exc).__name__}: {exc}",
-                          hint="run again with VBOX_DEBUG=1 for a traceback")
-            if _debug():
-                import traceback
-
-                traceback.print_exc()
-            result = Result(name, False, "failed", error, time.monotonic() - started)
+            result = Result(name, True, _again_if_libvirt_broke(session, name, work), seconds=time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - each machine's failure is its own
+            result = Result(name, False, "failed", _as_error(name, exc), time.monotonic() - started)
         if not result.ok:
             events.phase(name, Phase.FAILED, result.error.message.splitlines()[0])
         events.machine_result(name, result.ok, result.action, result.seconds,
@@ -53,6 +43,41 @@ def run_each(session, names: list[str], work: Callable[[str], str], jobs: int | 
         return [one(n) for n in names]
     with ThreadPoolExecutor(max_workers=jobs or len(names)) as pool:
         return list(pool.map(one, names))
+
+
+def _again_if_libvirt_broke(session, name: str, work: Callable[[str], str]) -> str:
+    """work(name); once more if libvirt's connection broke under it (libvirtd restarted),
+    once connected again. Every verb's work is made to be run again: it looks at what
+    exists before it acts, as the next command would."""
+    from providers.hosts import lost_connection, reconnect
+
+    try:
+        return work(name)
+    except Exception as exc:
+        words = lost_connection(exc)
+        if words is None:
+            raise
+        session.events.note(f"{name}: the connection to libvirt broke ({words}): connecting again", name)
+    reconnect()
+    return work(name)
+
+
+def _as_error(name: str, exc: Exception) -> VboxError:
+    """The user's error: vbox's own, a full disk, a broken libvirt connection; anything
+    else is a bug, said so (with a traceback under VBOX_DEBUG)."""
+    from providers.hosts import lost_error
+
+    if isinstance(exc, VboxError):
+        return exc
+    known = disk_error(exc) or lost_error(exc)
+    if known is not None:
+        return VboxError(f"{name}: {known.message}", hint=known.hint)
+    if _debug():
+        import traceback
+
+        traceback.print_exception(exc)
+    return VboxError(f"{name}: internal error: {type(exc).__name__}: {exc}",
+                     hint="run again with VBOX_DEBUG=1 for a traceback")
 
 
 def remote_first(session, names: list[str], work: Callable[[str], str], jobs: int | None = None) -> list[Result]:
