@@ -44,16 +44,18 @@ def find(lookup, name: str):
     try:
         return lookup(name)
     except libvirt.libvirtError as exc:
-        if exc.get_error_code() in _not_found_codes():
+        if gone(exc):
             return None
         raise
 
 
-def _not_found_codes() -> tuple[int, ...]:
+def gone(exc) -> bool:
+    """libvirt's error says the object does not exist (any more: another project's
+    network, listed a moment ago, removed since)."""
     import libvirt
 
-    return (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL,
-            libvirt.VIR_ERR_NO_STORAGE_VOL)
+    return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK,
+                                    libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL)
 
 
 def lost_connection(exc: BaseException) -> str | None:

@@ -271,6 +271,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             deadline = time.monotonic() + 20
             while self.state(object_name) == RUNNING and time.monotonic() < deadline:
                 time.sleep(0.1)
+        self._remove_veths(object_name)  # before the container goes: a veth of no container is a leak
         discard(folder)
         if os.geteuid() == 0:
             import libvirt
@@ -281,6 +282,8 @@ class LxcProvider(LocalPorts, ProviderBase):
                 remove_dhcp_host(self.network_host.conn, mac_address(object_name))
             except (VboxError, libvirt.libvirtError):
                 pass  # libvirt is down: the entry goes with the project network
+
+    def _remove_veths(self, object_name: str) -> None:
         for index in range(MAX_NETWORKS + 1):
             veth = veth_name(object_name, index)
             if os.path.exists(f"/sys/class/net/{veth}"):
@@ -302,7 +305,7 @@ class LxcProvider(LocalPorts, ProviderBase):
         found += [f"mount {point}" for point in mounts_under(self.path) if f"/{prefix}" in point]
         for link in os.listdir("/sys/class/net"):
             if link.startswith(VETH_PREFIX) and not self._veth_in_use(link):
-                found.append(f"veth {link} (of no running vbox container)")
+                found.append(f"veth {link} (of no vbox container)")
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -315,6 +318,6 @@ class LxcProvider(LocalPorts, ProviderBase):
         return found
 
     def _veth_in_use(self, link: str) -> bool:
-        # a veth of a running container of another project (not ours to report)
-        return any(link in {veth_name(name, i) for i in range(MAX_NETWORKS + 1)} and self.state(name) == RUNNING
-                   for name in self.objects("vbox-"))
+        # a veth of a container that exists, of any project, starting or stopping: it goes
+        # with that container (destroy removes a container's veths before the container)
+        return any(link in {veth_name(name, i) for i in range(MAX_NETWORKS + 1)} for name in self.objects("vbox-"))

@@ -55,6 +55,9 @@ def bridge_name(project_id: str) -> str:
 
 def used_subnets(conn) -> list[ipaddress.IPv4Network]:
     """Subnets on the host's interfaces and routes, and those of every libvirt network."""
+    import libvirt
+
+    from providers.hosts import gone
     from vbox_cli import proc
 
     used = []
@@ -73,7 +76,13 @@ def used_subnets(conn) -> list[ipaddress.IPv4Network]:
                 except ValueError:
                     pass
     for net in conn.listAllNetworks():
-        for ip in ET.fromstring(net.XMLDesc()).findall("ip"):
+        try:
+            xml = net.XMLDesc()
+        except libvirt.libvirtError as exc:
+            if gone(exc):
+                continue  # another project's, removed since it was listed
+            raise
+        for ip in ET.fromstring(xml).findall("ip"):
             address, prefix = ip.get("address"), ip.get("prefix") or ip.get("netmask")
             if address and prefix and ":" not in address:
                 used.append(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
