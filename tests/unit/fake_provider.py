@@ -30,9 +30,12 @@ class World:
     fail: dict[tuple[str, str], str] = field(default_factory=dict)  # (operation, machine) -> message
     kill: set[tuple[str, str]] = field(default_factory=set)  # (point, machine): the process dies there
     clock: itertools.count = field(default_factory=itertools.count)
+    timeline: list[str] = field(default_factory=list)  # "point:machine", in the order they happened
 
     def hit(self, point: str, machine: str) -> None:
         from vbox_cli.errors import VboxError
+
+        self.timeline.append(f"{point}:{machine}")
 
         if (point, machine) in self.kill:
             self.kill.discard((point, machine))

@@ -382,3 +382,140 @@ def test_a_vm_from_a_box_vbox_did_not_build_that_never_answers_gets_a_hint(world
             results[box] = machines.up(session, ["vm"])[0]
     assert "systemd 252" in results["old/vagrant"].error.hint and "raise it" in results["old/vagrant"].error.hint
     assert results["mine"].error.hint == "raise it"
+
+
+ORDERED = """\
+[machines.web]
+depends_on = ["db", "cache"]
+provision = [{ shell = "echo web" }]
+
+[machines.db]
+provision = [{ shell = "echo db-1" }, { shell = "echo db-2" }]
+
+[machines.cache]
+depends_on = ["db"]
+provision = [{ shell = "echo cache" }]
+
+[machines.tools]
+autostart = false
+provision = [{ shell = "echo tools" }]
+"""
+
+
+def _runs(world) -> list[str]:
+    return [entry.split(":", 1)[1] for entry in world.timeline if entry.startswith("ssh-run:")]
+
+
+def _last(items: list[str], value: str) -> int:
+    return len(items) - 1 - items[::-1].index(value)
+
+
+@pytest.mark.parametrize("jobs", [None, 1, 2])
+def test_steps_run_in_depends_on_order_and_machines_boot_first(world, tmp_path, jobs):
+    """web waits for db and cache, cache for db; with one or two workers too (a machine
+    waiting holds no worker a dependency needs: the runner hands dependencies first)."""
+    import threading
+
+    env = Env(tmp_path / "proj", ORDERED)
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(env.run("up", jobs=jobs)))
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "up deadlocked"
+    assert all(r.ok for r in done.values()) and "tools" not in done
+    runs = _runs(world)
+    assert _last(runs, "db") < runs.index("cache") and _last(runs, "cache") < runs.index("web"), runs
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_env_up_of_a_machine_brings_up_what_it_depends_on(world, tmp_path):
+    env = Env(tmp_path / "proj", ORDERED)
+    results = env.run("up", "web")
+    assert set(results) == {"db", "cache", "web"}  # not tools
+    assert [n for n in results] == ["db", "cache", "web"]  # dependencies first
+    env.run("destroy")
+
+
+def test_a_machine_whose_dependency_failed_is_up_but_not_provisioned(world, tmp_path):
+    env = Env(tmp_path / "proj", ORDERED)
+    world.fail[("ssh-run", "db")] = "db: step 1 failed"
+    results = env.run("up")
+    assert not results["db"].ok
+    for name in ("cache", "web"):
+        assert not results[name].ok
+        assert results[name].error.message.endswith("not provisioned, because db, which it depends on, failed")
+        assert world.machines[env.project.object_name(name)]["state"] == RUNNING  # booted all the same
+        assert name not in _runs(world)
+    del world.fail[("ssh-run", "db")]
+    again = env.run("up")
+    assert all(r.ok for r in again.values())
+    runs = _runs(world)
+    assert _last(runs, "db") < runs.index("cache") < runs.index("web")
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_provision_keeps_the_order_too(world, tmp_path):
+    env = Env(tmp_path / "proj", ORDERED)
+    env.run("up")
+    world.timeline.clear()
+    env.run("provision", force=True)
+    runs = _runs(world)
+    assert _last(runs, "db") < runs.index("cache") and _last(runs, "cache") < runs.index("web"), runs
+    env.run("destroy")
+
+
+PROTECTED = """\
+[machines.web]
+
+[machines.db]
+protect = true
+
+[machines.later]
+protect = true
+autostart = false
+"""
+
+
+def test_destroy_refuses_a_protected_machine_and_destroys_nothing(world, tmp_path):
+    from vbox_cli.errors import VboxError
+
+    env = Env(tmp_path / "proj", PROTECTED)
+    env.run("up")
+    for names in ((), ("db",), ("web", "db")):
+        with pytest.raises(VboxError, match="db is protected") as refused:
+            env.run("destroy", *names)
+        assert "nothing was destroyed" in refused.value.message and "--force-protected" in refused.value.hint
+        assert len(world.machines) == 2
+    env.run("destroy", "web")  # not protected; `later` (protected) was never made: no refusal either
+    assert [e["machine"] for e in world.machines.values()] == ["db"]
+    env.run("destroy", force_protected=True)
+    nothing_left(world, env)
+
+
+def test_up_abort_on_error_destroys_what_it_made_and_only_that(world, tmp_path):
+    text = '[machines.web]\n\n[machines.db]\nprovision = [{ shell = "echo db" }]\n'
+    env = Env(tmp_path / "proj", text)
+    world.fail[("ssh-run", "db")] = "db: step 1 failed"
+    results = env.run("up", abort_on_error=True)
+    assert not results["db"].ok and results["web"].action == "made, then destroyed (--abort-on-error)"
+    nothing_left(world, env)  # the network and .vbox/ too: this up had made them
+    del world.fail[("ssh-run", "db")]
+    env.run("up", "web")
+    world.fail[("start", "db")] = "db: the hypervisor said no"
+    results = env.run("up", abort_on_error=True)
+    assert not results["db"].ok
+    assert [e["machine"] for e in world.machines.values()] == ["web"]  # there before this up: kept
+    assert env.project.machine_state("web") and not env.project.machine_state("db")
+    del world.fail[("start", "db")]
+    env.run("destroy")
+    nothing_left(world, env)
+
+
+def test_abort_on_error_with_a_machine_not_brought_up_still_leaves_nothing(world, tmp_path):
+    text = '[machines.web]\nprovision = [{ shell = "echo web" }]\n\n[machines.spare]\nautostart = false\n'
+    env = Env(tmp_path / "proj", text)
+    world.fail[("ssh-run", "web")] = "web: step 1 failed"
+    env.run("up", abort_on_error=True)
+    nothing_left(world, env)

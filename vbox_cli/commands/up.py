@@ -28,6 +28,9 @@ def up(
     locked: Annotated[bool, typer.Option(
         "--locked", help="Use the boxes Envfile.lock names (fetched from their catalog if missing) and make "
                          "nothing if anything differs from the lock (CI). Never rewrites the lock.")] = False,
+    abort_on_error: Annotated[bool, typer.Option(
+        "--abort-on-error", help="When a machine fails, destroy the machines this up made (the default keeps "
+                                 "them up, to look into).")] = False,
     events: Events = False,
 ) -> None:
     """Bring machines up: create them from their box, start them, wait for SSH and run
@@ -48,7 +51,7 @@ def up(
     with open_session(ctx, "up", names or [], events, autostart_only=not names) as session:
         session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision,
-                              restart=restart_if_needed, locked=locked)
+                              restart=restart_if_needed, locked=locked, abort_on_error=abort_on_error)
     report(ctx, results, "up")
 
 
@@ -124,12 +127,16 @@ def destroy(
     names: Names = None,
     jobs: Jobs = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
+    force_protected: Annotated[bool, typer.Option(
+        "--force-protected", help="Destroy machines with protect = true too (-f alone does not).")] = False,
     events: Events = False,
 ) -> None:
     """Destroy machines, leaving no trace. Without names: every machine of the project,
     machines it no longer declares, its network and .vbox/. Boxes stay in the store.
 
-    Asks first on a terminal; elsewhere (a script, CI) it needs -f."""
+    Asks first on a terminal; elsewhere (a script, CI) it needs -f. A machine with
+    protect = true in the Envfile is refused, and nothing destroyed, unless
+    --force-protected."""
     import sys
 
     from vbox_cli import machines
@@ -137,16 +144,31 @@ def destroy(
 
     if events:
         ctx.obj.start_events("destroy")  # a refusal below still ends with a result line
+    what = ", ".join(names) if names else "every machine of this project"
+    if not force and (not sys.stdin.isatty() or events):
+        raise UsageError(f"destroy {what}: no terminal to ask on", hint="pass -f to destroy without asking")
     if not force:
-        what = ", ".join(names) if names else "every machine of this project"
-        if not sys.stdin.isatty() or events:
-            raise UsageError(f"destroy {what}: no terminal to ask on", hint="pass -f to destroy without asking")
+        _refuse_protected(ctx, names or [], force_protected)  # before asking: a refusal needs no answer
         if not typer.confirm(f"Destroy {what}?", default=False):
             ctx.obj.out.line("nothing destroyed")
             return
     with open_session(ctx, "destroy", names or [], events) as session:
-        results = machines.destroy(session, names or [], jobs=jobs)
+        results = machines.destroy(session, names or [], jobs=jobs, force_protected=force_protected)
     report(ctx, results, "destroy")
+
+
+def _refuse_protected(ctx: typer.Context, names: list[str], force_protected: bool) -> None:
+    """destroy's refusal of protected machines, from the Envfile and the project's records
+    alone (machines.destroy checks again, in the session)."""
+    if force_protected:
+        return
+    from vbox_cli.envfile.load import load
+    from vbox_cli.machines.down import refuse_protected
+    from vbox_cli.project import Project
+
+    loaded = load(ctx.obj.envfile_path())
+    if any(m.protect for m in loaded.machines.values()):
+        refuse_protected(loaded.machines, Project.at(loaded.project_dir).load_state()["machines"], names)
 
 
 def diff(ctx: typer.Context, names: Names = None) -> None:

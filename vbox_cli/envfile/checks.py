@@ -115,6 +115,43 @@ def networks(envfile: Envfile, report) -> None:
                 addresses[(bridge, ip)] = f"machines.{name}.networks[{index}]"
 
 
+def depends_on(envfile: Envfile, report) -> None:
+    """Machines of the Envfile, not itself, no cycle."""
+    needs: dict[str, list[str]] = {}
+    for name, spec in envfile.machines.items():
+        for index, other in enumerate(spec.depends_on):
+            where = ("machines", name, "depends_on", index)
+            if other == name:
+                report(where, f"machine {name!r} depends on itself")
+            elif other not in envfile.machines:
+                report(where, f"no machine {other!r} in this Envfile",
+                       hint=f"machines: {', '.join(sorted(envfile.machines))}")
+            else:
+                needs.setdefault(name, []).append(other)
+    reported: set[str] = set()
+    for start in needs:
+        path = _cycle(start, needs)
+        if path and not reported & set(path):
+            reported |= set(path)
+            report(("machines", start, "depends_on"), "depends_on makes a cycle: " + " -> ".join(path),
+                   hint="a machine cannot wait for one that waits for it")
+
+
+def _cycle(start: str, needs: dict[str, list[str]]) -> list[str] | None:
+    """The first cycle back to `start` through `needs`, as a path, or None."""
+    stack = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        current, path = stack.pop()
+        for other in needs.get(current, []):
+            if other == start:
+                return [*path, start]
+            if other not in seen:
+                seen.add(other)
+                stack.append((other, [*path, other]))
+    return None
+
+
 def hosts(envfile: Envfile, report) -> None:
     """`host` only where the provider can live on another host; a machine that hosts
     itself or a cycle of hosts; no more machines than the project network has addresses."""

@@ -96,6 +96,7 @@ class Defaults(Frozen):
     provision: Steps = Field((), description="provisioning steps, run in order over SSH")
     folders: Annotated[tuple[SyncedFolder, ...], BeforeValidator(_as_tuple)] = Field(
         DEFAULT_FOLDERS, description="project folders the machine sees live; [] turns the default off")
+    protect: bool = Field(False, description="`env destroy` refuses the machine unless --force-protected")
 
 
 class MachineSpec(Frozen):
@@ -121,6 +122,9 @@ class MachineSpec(Frozen):
         (), description="ports of this host forwarded to the machine while it runs")
     networks: Annotated[tuple[ExtraNetwork, ...], BeforeValidator(_as_tuple)] = Field(
         (), description="networks it joins besides the project network: host bridges, Open vSwitch bridges")
+    protect: bool | None = None
+    depends_on: Annotated[tuple[MachineName, ...], BeforeValidator(_as_tuple)] = Field(
+        (), description="machines of the Envfile this one provisions after (`env up NAME` brings them up too)")
 
 
 class Machine(Frozen):
@@ -145,6 +149,8 @@ class Machine(Frozen):
     networks: tuple[Any, ...] = ()
     folders: tuple[Any, ...] = ()
     folders_set: bool = False  # the Envfile names folders (not only the default)
+    protect: bool = False
+    depends_on: tuple[str, ...] = ()
 
 
 class Envfile(Frozen):

@@ -57,10 +57,33 @@ def leftovers(project, declared, records: dict | None = None) -> list[tuple[str,
     return found
 
 
-def destroy(session, names: list[str], jobs: int | None = None) -> list[Result]:
+def protected(machines: dict, records: dict, names: list[str]) -> list[str]:
+    """Of the machines `destroy` would remove (`names`, or all), those the Envfile
+    protects (`protect = true`) that vbox made (their record has the host key vbox made
+    for them before making them)."""
+    return [n for n in (names or list(machines))
+            if n in machines and machines[n].protect and records.get(n, {}).get("host_key")]
+
+
+def refuse_protected(machines: dict, records: dict, names: list[str]) -> None:
+    """Raise when destroy would remove a protected machine: nothing is destroyed then."""
+    refused = protected(machines, records, names)
+    if refused:
+        which = ", ".join(refused)
+        others = [n for n in (names or list(machines)) if n not in refused]
+        raise VboxError(f"{which} {'is' if len(refused) == 1 else 'are'} protected (protect = true in the Envfile): "
+                        "nothing was destroyed",
+                        hint="`env destroy --force-protected` destroys protected machines too"
+                             + (f"; `env destroy {' '.join(others)}` the others" if others else ""))
+
+
+def destroy(session, names: list[str], jobs: int | None = None, force_protected: bool = False) -> list[Result]:
     """Destroy the named machines, or everything of the project (leftovers, the networks,
     .vbox/) when no names are given. .vbox/ (the project's key among it) stays when a
-    machine could not be destroyed: the next `destroy` needs it."""
+    machine could not be destroyed: the next `destroy` needs it. A protected machine
+    (`protect = true`) refuses the whole command unless `force_protected`."""
+    if not force_protected:
+        refuse_protected(session.machines, session.project.load_state()["machines"], names)
     everything = not names
     project = session.project
     placements = session.placements

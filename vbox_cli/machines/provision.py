@@ -49,6 +49,10 @@ def _record_step(state: dict, name: str, step_id: str) -> None:
 
 def provision(session, names: list[str], force: bool, jobs: int | None = None) -> list[Result]:
     from providers.base import RUNNING
+    from vbox_cli.machines.order import Barrier
+
+    selected = session.select(names)
+    barrier = Barrier(session, selected)
 
     def run(name: str) -> str:
         provider = session.provider(name)
@@ -59,8 +63,9 @@ def provision(session, names: list[str], force: bool, jobs: int | None = None) -
         if not todo:
             session.events.phase(name, Phase.READY, "nothing to do")
             return "nothing to do (run=\"once\" steps ran already; --force runs them)"
+        barrier.wait(name)
         run_steps(session, name, steps, todo)
         session.events.phase(name, Phase.READY, f"{len(todo)} step{'s' if len(todo) != 1 else ''} run")
         return f"provisioned ({len(todo)} step{'s' if len(todo) != 1 else ''})"
 
-    return run_each(session, session.select(names), run, jobs)
+    return run_each(session, barrier.schedule(selected), run, jobs, finished=barrier.finished)

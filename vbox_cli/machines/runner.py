@@ -20,10 +20,11 @@ class Result:
     seconds: float = 0.0
 
 
-def run_each(session, names: list[str], work: Callable[[str], str], jobs: int | None = None) -> list[Result]:
-    """Run work(name) for each machine at once (at most `jobs`). Its return is what was
-    done; an error fails that machine only, and the others finish. Each result is also
-    an event."""
+def run_each(session, names: list[str], work: Callable[[str], str], jobs: int | None = None,
+             finished: Callable[[str, bool], None] | None = None) -> list[Result]:
+    """Run work(name) for each machine at once (at most `jobs`), in the order of `names`.
+    Its return is what was done; an error fails that machine only, and the others finish.
+    Each result is also an event, and goes to `finished(name, ok)` (order.Barrier)."""
     events = session.events
 
     def one(name: str) -> Result:
@@ -32,6 +33,8 @@ def run_each(session, names: list[str], work: Callable[[str], str], jobs: int | 
             result = Result(name, True, _again_if_libvirt_broke(session, name, work), seconds=time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - each machine's failure is its own
             result = Result(name, False, "failed", _as_error(name, exc), time.monotonic() - started)
+        if finished is not None:
+            finished(name, result.ok)
         if not result.ok:
             events.phase(name, Phase.FAILED, result.error.message.splitlines()[0])
         events.machine_result(name, result.ok, result.action, result.seconds,

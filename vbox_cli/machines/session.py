@@ -29,6 +29,7 @@ class Session:
     # None: OpenSSH's protocol through paramiko (provisioners/ssh.py)
     connector: Callable | None = None
     box_store: object = None  # boxes.store.BoxStore; the user's store unless given
+    created: set = field(default_factory=set)  # machines this command made (up --abort-on-error undoes them)
     _said_no_folders: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:

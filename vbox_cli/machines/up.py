@@ -25,16 +25,50 @@ def _now() -> str:
 
 
 def up(session, names: list[str], jobs: int | None = None, provision: bool = True,
-       restart: bool = False, locked: bool = False) -> list[Result]:
+       restart: bool = False, locked: bool = False, abort_on_error: bool = False) -> list[Result]:
     """`restart`: a running machine that takes a change of the Envfile only when it starts
     again (a KVM machine's synced folders) is restarted; without it, `up` says so.
     `locked`: the boxes the lock names (fetched if missing), and nothing made unless the
-    project matches Envfile.lock (vbox_cli/lockfile.py)."""
+    project matches Envfile.lock (vbox_cli/lockfile.py). `abort_on_error`: when a machine
+    fails, the machines this up made are destroyed again (those that were there stay)."""
+    results = _up(session, names, jobs, provision, restart, locked)
+    if abort_on_error and not all(r.ok for r in results) and session.created:
+        undone = _abort(session)
+        for result in results:
+            if result.machine in undone and result.ok:
+                result.action = "made, then destroyed (--abort-on-error)"
+    return results
+
+
+def _abort(session) -> list[str]:
+    """Undo what this up made: its machines (not protected ones), and the project's
+    network and .vbox/ when no other machine of the project is left. Returns the
+    machines destroyed."""
+    from vbox_cli.machines.down import destroy, leftovers, protected
+
+    made = [n for n in session.machines if n in session.created]
+    records = session.project.load_state()["machines"]
+    kept = protected(session.machines, records, made)
+    for name in kept:
+        session.events.warning(f"{name}: kept although this up made it: it is protected (protect = true)", name)
+    undo = [n for n in made if n not in kept]
+    if not undo:
+        return []
+    session.events.note(f"--abort-on-error: destroying what this up made: {', '.join(undo)}")
+    others = [n for n, record in records.items() if record.get("host_key") and n not in undo]  # made earlier
+    alone = not others and not leftovers(session.project, session.machines)
+    results = destroy(session, [] if alone else undo)
+    return [r.machine for r in results if r.ok]
+
+
+def _up(session, names: list[str], jobs: int | None, provision: bool, restart: bool, locked: bool) -> list[Result]:
     from vbox_cli import lockfile
+    from vbox_cli.machines.order import Barrier, with_dependencies
 
     selected = session.select(names, autostart_only=not names)
     if not selected:
         return []  # nothing to bring up: make nothing, not even the network
+    selected = with_dependencies(session.machines, selected)  # what they depend on comes too
     placements = session.placements
     for name in list(selected):  # a machine's host, when it is a machine of this Envfile, comes too
         host = placements[name].host_machine
@@ -54,6 +88,7 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
     # first the machines of this host (a Xen host among them), then the guests of remote hosts
     first = [n for n in selected if not placements[n].remote]
     later = [n for n in selected if placements[n].remote]
+    barrier = Barrier(session, selected)  # all boot at once; steps wait for those of depends_on
     results = []
     for batch in (first, later):
         if not batch:
@@ -63,9 +98,9 @@ def up(session, names: list[str], jobs: int | None = None, provision: bool = Tru
             preflight(session, later)
         addresses = placements.addresses(batch)
         ensure_networks(session, batch)
-        results += run_each(session, batch, lambda name: up_one(
+        results += run_each(session, barrier.schedule(batch), lambda name: up_one(
             session, name, boxes[name], addresses[name], provision, forwards.get(name),
-            restart), jobs)
+            restart, barrier), jobs, finished=barrier.finished)
     return results
 
 
@@ -94,7 +129,7 @@ def ensure_networks(session, names: list[str]) -> None:
 
 
 def up_one(session, name: str, box, address: str, provision: bool, forwards: list | None = None,
-           restart: bool = False) -> str:
+           restart: bool = False, barrier=None) -> str:
     from providers.base import NOT_CREATED, RUNNING
     from vbox_cli.sshkeys import new_ed25519
 
@@ -128,6 +163,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
                                                "provider": provider.name, "version": box.version})
         spec = session.spec(name, box, address, (private, public))
         say_accel(session, provider, spec)
+        session.created.add(name)
         provider.create(spec)
         host, port = provider.ssh_endpoint(obj, address)
         project.set_machine(name, address=host, port=port)
@@ -157,6 +193,8 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
     steps = session.machines[name].provision
     todo = steps_to_run(project, name, steps, force=False) if provision else []
+    if todo and barrier is not None:
+        barrier.wait(name)  # the machines it depends on are provisioned first
     if todo or actions:  # a machine just started is ready once SSH answers
         from providers.cloudinit import IDENTITY as CLOUD_INIT
 
