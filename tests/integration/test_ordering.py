@@ -73,3 +73,46 @@ def test_up_abort_on_error_destroys_what_it_made(project):
     assert "exit status 7" in failed.stderr and "made, then destroyed (--abort-on-error)" in failed.stdout
     assert find_leaks(project.id) == []
     assert not (project.folder / ".vbox").exists()
+
+
+def test_triggers_on_the_host_and_in_a_machine(debian12, tmp_path):
+    folder = tmp_path / "triggered"
+    folder.mkdir()
+    project = Project(folder)
+    project.write("""
+        [machines.web]
+        memory = "256M"
+        triggers = [
+          { before = "up", run = "echo built > assets.txt" },
+          { after = "up", run_in = "web", shell = "cat /vbox/assets.txt > /root/seen; hostname >> /root/seen" },
+          { after = "up", run = "echo web is at $VBOX_ADDRESS_WEB > address.txt" },
+          { before = "destroy", run = "echo backup > backup.txt" },
+        ]
+        """)
+    try:
+        refused = project.env("up", check_rc=2)  # no terminal here: not accepted, nothing made
+        assert "not accepted here" in refused.stderr and not (folder / "assets.txt").exists()
+        assert "web" not in project.status() or project.status()["web"]["state"] == "not created"
+        project.env("up", "--yes")
+        assert project.ssh("web", "sudo cat /root/seen") == "built\nweb\n"  # the host's file, seen in the machine
+        assert (folder / "address.txt").read_text() == f"web is at {project.status()['web']['address']}\n"
+        project.env("up")  # accepted once: not asked again
+        project.env("destroy", "-f")
+        assert (folder / "backup.txt").read_text() == "backup\n"
+    finally:
+        project.env("destroy", "-f", "--yes", check_rc=None)
+        _forget_acceptance(folder)
+    assert find_leaks(project.id) == []
+
+
+def _forget_acceptance(folder) -> None:
+    """This test's entry in vbox's list of accepted host triggers (kept outside projects)."""
+    import json
+    import os
+
+    from vbox_cli.machines.triggers import _approvals_path
+
+    path = _approvals_path()
+    approvals = json.loads(path.read_text())
+    prefix = os.path.realpath(folder) + "\0"
+    path.write_text(json.dumps({k: v for k, v in approvals.items() if not k.startswith(prefix)}))

@@ -142,6 +142,22 @@ def build(case: str, tmp_path: Path, canary: dict) -> Path:
     elif case == "lock-links-outside":  # an Envfile.lock that is a link to a host file
         folder = _project(tmp_path)
         (folder / "Envfile.lock").symlink_to(canary["folder"] / "secret")
+    elif case == "host-trigger-not-accepted":  # host commands run only once accepted, never by themselves
+        folder = _project(tmp_path, f'[machines.web]\ntriggers = [{{ before = "up", run = "{canary["pwn"]}" }}, '
+                                    f'{{ before = "destroy", run = "{canary["pwn"]}" }}]\n')
+    elif case == "host-trigger-approval-planted":  # the project carries an "approval": it counts for nothing
+        import hashlib as _h
+
+        command = str(canary["pwn"])
+        folder = _project(tmp_path, f'[machines.web]\ntriggers = [{{ before = "up", run = "{command}" }}]\n')
+        fingerprint = _h.sha256(f"before up\0{command}".encode()).hexdigest()
+        (folder / ".vbox").mkdir()
+        (folder / ".vbox" / "approved-triggers.json").write_text(
+            '{"%s\\u0000%d": ["%s"]}' % (folder.resolve(), os.getuid(), fingerprint))
+        (folder / "approved-triggers.json").write_text((folder / ".vbox" / "approved-triggers.json").read_text())
+    elif case == "trigger-run-in-smuggles":
+        folder = _project(tmp_path, f'[machines.web]\ntriggers = [{{ after = "up", run_in = "web; {canary["pwn"]}", '
+                                    'shell = "true" }]\n')
     elif case == "a-plain-project":  # the control: the harness itself runs every verb
         folder = _project(tmp_path)
     else:
@@ -156,6 +172,7 @@ CASES = ["uri-command", "uri-command-in-defaults", "uri-keyfile-outside", "vbox-
          "folder-through-a-link", "folder-is-the-parent", "port-smuggles-arguments",
          "box-url-reads-a-host-file", "box-url-through-a-link", "box-url-runs-a-program", "box-version-smuggles",
          "network-bridge-smuggles", "network-bridge-newline", "folder-guest-newline", "lock-links-outside",
+         "host-trigger-not-accepted", "host-trigger-approval-planted", "trigger-run-in-smuggles",
          "a-plain-project"]
 EXTRA_VERBS = {"lock-links-outside": [("up", "--locked"), ("lock",)]}
 GLOBAL_ARGS = {"envfile-is-a-fifo": ["--file", "Envfile"], "envfile-is-dev-zero": ["--file", "/dev/zero"]}
@@ -189,6 +206,9 @@ def test_a_hostile_project_harms_nothing_outside_it(tmp_path, canary, case):
 ENVFILE_VERBS = ("validate", "status", "up", "ssh-config", "destroy")
 VBOX_VERBS = ("status", "up", "destroy")
 REFUSED_BY = {
+    "host-trigger-not-accepted": (("up", "destroy"), "not accepted here"),
+    "host-trigger-approval-planted": (("up",), "not accepted here"),
+    "trigger-run-in-smuggles": (ENVFILE_VERBS, "no machine 'web; "),
     "uri-command": (ENVFILE_VERBS, "URI parameter 'command' is not allowed"),
     "uri-command-in-defaults": (ENVFILE_VERBS, "URI parameter 'command' is not allowed"),
     "uri-keyfile-outside": (ENVFILE_VERBS, "must name a file of the project"),

@@ -5,6 +5,8 @@ between the records and the hypervisor, exact ownership, corrupt state, NDJSON."
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -58,10 +60,10 @@ class Env:
         return machines.Session(Project.at(self.path.parent), load(self.path), events=EventStream([self.recorder]),
                                 connector=fake_connect, box_store=BoxStore())
 
-    def run(self, verb, *names, **options):
+    def run(self, command, *names, **options):
         session = self.session()
         with session.project.lock():
-            return {r.machine: r for r in getattr(machines, verb)(session, list(names), **options)}
+            return {r.machine: r for r in getattr(machines, command)(session, list(names), **options)}
 
     def phases(self, machine):
         return [e.phase.value for e in self.recorder.events if e.kind == "phase" and e.subject == machine]
@@ -519,3 +521,127 @@ def test_abort_on_error_with_a_machine_not_brought_up_still_leaves_nothing(world
     world.fail[("ssh-run", "web")] = "web: step 1 failed"
     env.run("up", abort_on_error=True)
     nothing_left(world, env)
+
+
+TRIGGERS = """\
+[machines.web]
+provision = [{ shell = "echo web" }]
+triggers = [
+  { before = "up", run = "echo before-up $VBOX_MACHINE $VBOX_VERB >> triggers.log" },
+  { after = "up", run = "echo after-up $VBOX_ADDRESS_WEB $VBOX_ADDRESS_DB_1 >> triggers.log" },
+  { after = "up", run_in = "db-1", shell = "echo from web" },
+  { before = "halt", run = "echo before-halt >> triggers.log" },
+  { after = "halt", run = "echo after-halt >> triggers.log" },
+  { before = "reload", run = "echo before-reload >> triggers.log" },
+  { after = "reload", run = "echo after-reload >> triggers.log" },
+  { before = "provision", run = "echo before-provision >> triggers.log" },
+  { after = "provision", run = "echo after-provision >> triggers.log" },
+  { before = "destroy", run = "echo before-destroy; echo before-destroy >> triggers.log" },
+  { after = "destroy", run = "echo after-destroy >> triggers.log" },
+]
+
+[machines.db-1]
+"""
+
+
+def _log(env) -> list[str]:
+    path = env.path.parent / "triggers.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    return lines
+
+
+def test_triggers_run_around_each_verb_on_the_host_and_in_machines(world, tmp_path):
+    env = Env(tmp_path / "proj", TRIGGERS)
+    env.run("up")
+    address = {n: env.project.machine_state(n)["address"] for n in ("web", "db-1")}
+    assert _log(env) == ["before-up web up", f"after-up {address['web']} {address['db-1']}"]
+    assert any("echo from web" in c for c in world.commands["db-1"])  # in db-1, over its SSH
+    env.run("provision", "web", force=False)
+    assert _log(env) == ["before-provision", "after-provision"]
+    env.run("halt", "web")
+    assert _log(env) == ["before-halt", "after-halt"]
+    env.run("up", "web")
+    assert _log(env) == ["before-up web up", f"after-up {address['web']} {address['db-1']}"]
+    env.run("halt", "web", verb="reload")
+    env.run("up", "web", verb="reload")
+    assert _log(env) == ["before-reload", "after-reload"]  # reload's own, not halt's and up's
+    env.run("destroy")
+    assert "before-destroy" in [e.text for e in env.recorder.events if e.kind == "output" and e.subject == "web"]
+    assert _log(env) == ["before-destroy", "after-destroy"]
+    nothing_left(world, env)
+
+
+def test_a_failing_before_trigger_stops_the_verb_for_its_machine_only(world, tmp_path):
+    text = ('[machines.web]\ntriggers = [{ before = "destroy", run = "echo no backup; exit 4" }]\n\n'
+            '[machines.db]\ntriggers = [{ after = "up", run = "exit 5" }]\n')
+    env = Env(tmp_path / "proj", text)
+    up = env.run("up")
+    assert up["web"].ok and not up["db"].ok
+    assert up["db"].error.message == "db: up done, but its after-up trigger (run: exit 5) failed with exit status 5"
+    assert world.machines[env.project.object_name("db")]["state"] == RUNNING  # after: the verb was done
+    gone = env.run("destroy", "web", "db")
+    assert not gone["web"].ok and "its before-destroy trigger (run: echo no backup; exit 4) failed with exit " \
+                                  "status 4" in gone["web"].error.message
+    assert "nothing of `destroy` was done to web" in gone["web"].error.hint
+    assert [e["machine"] for e in world.machines.values()] == ["web"]  # db went; web was kept
+
+
+def test_a_trigger_in_a_machine_that_is_not_running_is_skipped_and_said(world, tmp_path):
+    text = ('[machines.web]\ntriggers = [{ after = "destroy", run_in = "web", shell = "echo gone" }]\n')
+    env = Env(tmp_path / "proj", text)
+    env.run("up")
+    assert env.run("destroy")["web"].ok
+    warnings = [e.text for e in env.recorder.events if e.kind == "warning"]
+    assert "web: web is not running: its trigger (after destroy) did not run" in warnings
+
+
+def test_host_triggers_are_asked_for_once_and_again_when_changed(world, tmp_path):
+    from vbox_cli.errors import UsageError, VboxError
+    from vbox_cli.machines.triggers import approve
+
+    env = Env(tmp_path / "proj", TRIGGERS)
+    loaded = load(env.path)
+    asked = []
+
+    def confirm(answer):
+        return lambda text: asked.append(text) or answer
+
+    with pytest.raises(UsageError, match="not accepted here"):
+        approve(loaded, "up", yes=False, interactive=False, confirm=confirm(True))
+    with pytest.raises(VboxError, match="not accepted: nothing was done"):
+        approve(loaded, "up", yes=False, interactive=True, confirm=confirm(False))
+    assert "web, before up: echo before-up $VBOX_MACHINE $VBOX_VERB >> triggers.log" in asked[-1]
+    approve(loaded, "up", yes=False, interactive=True, confirm=confirm(True))
+    asked.clear()
+    approve(loaded, "destroy", yes=False, interactive=False, confirm=confirm(True))  # all were accepted at once
+    assert asked == []
+    env.path.write_text(TRIGGERS.replace("echo after-halt", "echo changed"))
+    changed = load(env.path)
+    approve(changed, "up", yes=False, interactive=False, confirm=confirm(True))  # not for up: not asked
+    with pytest.raises(UsageError) as refused:
+        approve(changed, "halt", yes=False, interactive=False, confirm=confirm(True))
+    assert "echo changed" in refused.value.message and "before-up" not in refused.value.message
+    approve(changed, "halt", yes=True, interactive=False, confirm=confirm(False))  # --yes
+    approve(changed, "halt", yes=False, interactive=False, confirm=confirm(False))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs env as root through sudo")
+def test_under_sudo_a_host_trigger_runs_as_the_user_who_called_sudo(world, tmp_path, monkeypatch):
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    folder = Path(tempfile.mkdtemp(prefix="vbox-trigger-user-"))
+    try:
+        os.chmod(folder, 0o777)
+        env = Env(folder / "proj", '[machines.web]\ntriggers = [{ before = "up", run = "id -u; echo $HOME" }]\n')
+        os.chmod(folder / "proj", 0o777)
+        monkeypatch.setenv("SUDO_UID", str(nobody.pw_uid))
+        env.run("up")
+        lines = [e.text for e in env.recorder.events if e.kind == "output" and e.subject == "web"]
+        assert lines[:2] == [str(nobody.pw_uid), nobody.pw_dir]
+        env.run("destroy")
+    finally:
+        shutil.rmtree(folder)

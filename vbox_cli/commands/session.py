@@ -12,6 +12,10 @@ from vbox_cli.errors import EXIT_FAILURE
 
 Events = Annotated[bool, typer.Option(
     "--events", help="Report as NDJSON on stdout, one event per line (docs/events.md); nothing else on stdout.")]
+Yes = Annotated[bool, typer.Option(
+    "--yes", "-y", help="Accept the Envfile's host triggers without asking (CI); env asks before running a "
+                        "host command it has not run before.")]
+TRIGGER_VERBS = ("up", "halt", "reload", "provision", "destroy")
 
 
 def check_names(machines: dict, names: list[str]) -> None:
@@ -55,8 +59,9 @@ def event_stream(ctx: typer.Context, command: str, names: list[str], events: boo
 
 @contextmanager
 def open_session(ctx: typer.Context, command: str, names: list[str], events: bool = False,
-                 autostart_only: bool = False) -> Iterator:
-    """The project of the Envfile, loaded and validated, with the project lock held."""
+                 autostart_only: bool = False, yes: bool = False) -> Iterator:
+    """The project of the Envfile, loaded and validated, with the project lock held; for
+    a verb with triggers, its host triggers accepted (asked, or --yes) first."""
     from vbox_cli.envfile.load import load
     from vbox_cli.machines import Session
     from vbox_cli.project import Project
@@ -65,6 +70,13 @@ def open_session(ctx: typer.Context, command: str, names: list[str], events: boo
     if events:
         context.start_events(command)  # a failure before the session exists still ends with a result
     loaded = load(context.envfile_path())
+    if command in TRIGGER_VERBS and any(t.on_host for m in loaded.machines.values() for t in m.triggers):
+        import sys
+
+        from vbox_cli.machines.triggers import approve
+
+        approve(loaded, command, yes, interactive=sys.stdin.isatty() and not events,
+                confirm=lambda text: typer.confirm(text, default=False))
     project = Project.at(loaded.project_dir)
     session = Session(project, loaded)
     shown = session.select(names, autostart_only=autostart_only)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vbox_cli.commands import complete
-from vbox_cli.commands.session import Events, open_session, report
+from vbox_cli.commands.session import Events, Yes, open_session, report
 
 Names = Annotated[Optional[list[str]], typer.Argument(help="Machines to act on (default: all).", show_default=False,
                                                      autocompletion=complete.machines)]
@@ -31,6 +31,7 @@ def up(
     abort_on_error: Annotated[bool, typer.Option(
         "--abort-on-error", help="When a machine fails, destroy the machines this up made (the default keeps "
                                  "them up, to look into).")] = False,
+    yes: Yes = False,
     events: Events = False,
 ) -> None:
     """Bring machines up: create them from their box, start them, wait for SSH and run
@@ -48,7 +49,7 @@ def up(
 
     if accel is not None and accel not in get_args(Accel):
         raise UsageError(f"--accel must be one of {', '.join(get_args(Accel))}, not {accel!r}")
-    with open_session(ctx, "up", names or [], events, autostart_only=not names) as session:
+    with open_session(ctx, "up", names or [], events, autostart_only=not names, yes=yes) as session:
         session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision,
                               restart=restart_if_needed, locked=locked, abort_on_error=abort_on_error)
@@ -86,13 +87,16 @@ def lock(
                 f"({len(names)} machine{'s' if len(names) != 1 else ''})")
 
 
-def reload(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
+def reload(ctx: typer.Context, names: Names = None, jobs: Jobs = None, yes: Yes = False,
+           events: Events = False) -> None:
     """Halt and bring up again, applying Envfile changes to cpus and memory."""
     from vbox_cli import machines
 
-    with open_session(ctx, "reload", names or [], events) as session:
-        machines.halt(session, names or [], jobs=jobs)
-        results = machines.up(session, session.select(names or []), jobs=jobs)
+    with open_session(ctx, "reload", names or [], events, yes=yes) as session:
+        halted = machines.halt(session, names or [], jobs=jobs, verb="reload")
+        failed = [r for r in halted if not r.ok]  # its before-reload trigger failed, or it would not stop
+        again = [n for n in session.select(names or []) if n not in {r.machine for r in failed}]
+        results = failed + (machines.up(session, again, jobs=jobs, verb="reload") if again else [])
     report(ctx, results, "reload")
 
 
@@ -102,22 +106,24 @@ def provision(
     jobs: Jobs = None,
     force: Annotated[bool, typer.Option("--force", help='Also run the run = "once" steps that ran already.')]
     = False,
+    yes: Yes = False,
     events: Events = False,
 ) -> None:
     """Run the provisioning steps on running machines: run = "always" steps, and
     run = "once" steps not yet run (all of them with --force)."""
     from vbox_cli import machines
 
-    with open_session(ctx, "provision", names or [], events) as session:
+    with open_session(ctx, "provision", names or [], events, yes=yes) as session:
         results = machines.provision(session, names or [], force=force, jobs=jobs)
     report(ctx, results, "provision")
 
 
-def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
+def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None, yes: Yes = False,
+         events: Events = False) -> None:
     """Shut machines down cleanly (powered off if they do not stop in 30 s)."""
     from vbox_cli import machines
 
-    with open_session(ctx, "halt", names or [], events) as session:
+    with open_session(ctx, "halt", names or [], events, yes=yes) as session:
         results = machines.halt(session, names or [], jobs=jobs)
     report(ctx, results, "halt")
 
@@ -129,6 +135,7 @@ def destroy(
     force: Annotated[bool, typer.Option("--force", "-f", help="Do not ask.")] = False,
     force_protected: Annotated[bool, typer.Option(
         "--force-protected", help="Destroy machines with protect = true too (-f alone does not).")] = False,
+    yes: Yes = False,
     events: Events = False,
 ) -> None:
     """Destroy machines, leaving no trace. Without names: every machine of the project,
@@ -152,7 +159,7 @@ def destroy(
         if not typer.confirm(f"Destroy {what}?", default=False):
             ctx.obj.out.line("nothing destroyed")
             return
-    with open_session(ctx, "destroy", names or [], events) as session:
+    with open_session(ctx, "destroy", names or [], events, yes=yes) as session:
         results = machines.destroy(session, names or [], jobs=jobs, force_protected=force_protected)
     report(ctx, results, "destroy")
 

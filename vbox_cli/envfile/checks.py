@@ -115,6 +115,15 @@ def networks(envfile: Envfile, report) -> None:
                 addresses[(bridge, ip)] = f"machines.{name}.networks[{index}]"
 
 
+def triggers(envfile: Envfile, report) -> None:
+    """A trigger's `run_in` is a machine of the Envfile (matched exactly)."""
+    for name, spec in envfile.machines.items():
+        for index, trigger in enumerate(spec.triggers):
+            if trigger.run_in is not None and trigger.run_in not in envfile.machines:
+                report(("machines", name, "triggers", index, "run_in"), f"no machine {trigger.run_in!r} in this Envfile",
+                       hint=f"machines: {', '.join(sorted(envfile.machines))}")
+
+
 def depends_on(envfile: Envfile, report) -> None:
     """Machines of the Envfile, not itself, no cycle."""
     needs: dict[str, list[str]] = {}

@@ -34,6 +34,7 @@ from vbox_cli.envfile.types import (  # noqa: F401 - re-exported: the model's vo
     ExtraNetwork,
     PortForward,
     StepBase,
+    Trigger,
     SyncedFolder,
     XenMode,
     _as_tuple,
@@ -125,6 +126,8 @@ class MachineSpec(Frozen):
     protect: bool | None = None
     depends_on: Annotated[tuple[MachineName, ...], BeforeValidator(_as_tuple)] = Field(
         (), description="machines of the Envfile this one provisions after (`env up NAME` brings them up too)")
+    triggers: Annotated[tuple[Trigger, ...], BeforeValidator(_as_tuple)] = Field(
+        (), description="commands before or after up, halt, reload, provision or destroy of this machine")
 
 
 class Machine(Frozen):
@@ -151,6 +154,7 @@ class Machine(Frozen):
     folders_set: bool = False  # the Envfile names folders (not only the default)
     protect: bool = False
     depends_on: tuple[str, ...] = ()
+    triggers: tuple[Any, ...] = ()
 
 
 class Envfile(Frozen):
@@ -190,6 +194,8 @@ def fields_of(loc: tuple) -> list[str] | None:
             return list(PortForward.model_fields)
         case ("machines", str(), "networks", int()):
             return list(ExtraNetwork.model_fields)
+        case ("machines", str(), "triggers", int()):
+            return list(Trigger.model_fields)
         case (*_, "folders", int()):
             return list(SyncedFolder.model_fields)
     return None

@@ -331,6 +331,43 @@ class ExtraNetwork(Frozen):
         return self
 
 
+TriggerVerb = Literal["up", "halt", "reload", "provision", "destroy"]
+
+
+class Trigger(Frozen):
+    """A command around a verb, for this machine: on the host (`run`, in the project
+    folder, as the user who ran env; asked once before it first runs) or in a machine
+    (`run_in` and `shell`, as root there)."""
+
+    before: TriggerVerb | None = Field(None, description="runs before the verb acts on the machine; failing stops it")
+    after: TriggerVerb | None = Field(None, description="runs once the verb is done with the machine")
+    run: Text | None = Field(None, description="a command for /bin/sh on this host, in the project folder")
+    run_in: str | None = Field(None, description="a machine of the Envfile to run `shell` in")
+    shell: Text | None = Field(None, description="commands for /bin/sh -e in the machine `run_in`, as root")
+
+    @model_validator(mode="after")
+    def _one_of_each(self):
+        if (self.before is None) == (self.after is None):
+            raise ValueError('name one of before = "VERB" or after = "VERB"')
+        if self.run is not None and (self.run_in is not None or self.shell is not None):
+            raise ValueError("a trigger runs on this host (run) or in a machine (run_in and shell), not both")
+        if self.run is None and (self.run_in is None or self.shell is None):
+            raise ValueError('give run = "COMMAND" (on this host) or run_in = "MACHINE" with shell = "COMMANDS"')
+        return self
+
+    @property
+    def when(self) -> str:
+        return "before" if self.before else "after"
+
+    @property
+    def verb(self) -> str:
+        return self.before or self.after
+
+    @property
+    def on_host(self) -> bool:
+        return self.run is not None
+
+
 class StepBase(Frozen):
     """What every provisioning step has, whatever its kind."""
 

@@ -14,19 +14,26 @@ from vbox_cli.machines.runner import Result, close_remote, remote_first, run_eac
 HALT_TIMEOUT = 30.0
 
 
-def halt(session, names: list[str], jobs: int | None = None) -> list[Result]:
+def halt(session, names: list[str], jobs: int | None = None, verb: str = "halt") -> list[Result]:
+    """`verb`: whose triggers run ("reload": its before-triggers, before the machine stops)."""
     from providers.base import RUNNING
+    from vbox_cli.machines.triggers import fire
 
     def stop(name: str) -> str:
         provider = session.provider(name)
         obj = session.project.object_name(name)
+        fire(session, name, "before", verb)
         if provider.state(obj) != RUNNING:
             session.events.phase(name, Phase.HALTED, "not running")
+            if verb == "halt":
+                fire(session, name, "after", verb)
             return "not running"
         session.events.phase(name, Phase.HALTING)
         folderwatch.stop(session.project, name)
         clean = provider.halt(obj, HALT_TIMEOUT)
         ports.remove(session, name, provider)
+        if verb == "halt":
+            fire(session, name, "after", verb)
         session.events.phase(name, Phase.HALTED, "" if clean else "powered off")
         return "halted" if clean else f"powered off (no clean shutdown in {HALT_TIMEOUT:g} s)"
 
@@ -101,7 +108,10 @@ def destroy(session, names: list[str], jobs: int | None = None, force_protected:
             targets[machine] = (provider, obj)
 
     def remove(name: str) -> str:
+        from vbox_cli.machines.triggers import fire
+
         provider, obj = targets[name]
+        fire(session, name, "before", "destroy")
         session.events.phase(name, Phase.DESTROYING)
         pending = name in session.machines and placements[name].pending
         folderwatch.stop(project, name)
@@ -112,6 +122,7 @@ def destroy(session, names: list[str], jobs: int | None = None, force_protected:
             session.store.remove_user(box.name, obj)
         project.console_log(name, make=False).unlink(missing_ok=True)
         project.forget_machine(name)
+        fire(session, name, "after", "destroy")
         session.events.phase(name, Phase.DESTROYED)
         return "destroyed"
 

@@ -55,16 +55,21 @@ def provision(session, names: list[str], force: bool, jobs: int | None = None) -
     barrier = Barrier(session, selected)
 
     def run(name: str) -> str:
+        from vbox_cli.machines.triggers import fire
+
         provider = session.provider(name)
         if provider.state(session.project.object_name(name)) != RUNNING:
             raise VboxError(f"{name} is not running", hint=f"`env up {name}` brings it up and provisions it")
+        fire(session, name, "before", "provision")
         steps = session.machines[name].provision
         todo = steps_to_run(session.project, name, steps, force)
         if not todo:
+            fire(session, name, "after", "provision")
             session.events.phase(name, Phase.READY, "nothing to do")
             return "nothing to do (run=\"once\" steps ran already; --force runs them)"
         barrier.wait(name)
         run_steps(session, name, steps, todo)
+        fire(session, name, "after", "provision")
         session.events.phase(name, Phase.READY, f"{len(todo)} step{'s' if len(todo) != 1 else ''} run")
         return f"provisioned ({len(todo)} step{'s' if len(todo) != 1 else ''})"
 

@@ -25,13 +25,14 @@ def _now() -> str:
 
 
 def up(session, names: list[str], jobs: int | None = None, provision: bool = True,
-       restart: bool = False, locked: bool = False, abort_on_error: bool = False) -> list[Result]:
+       restart: bool = False, locked: bool = False, abort_on_error: bool = False, verb: str = "up") -> list[Result]:
     """`restart`: a running machine that takes a change of the Envfile only when it starts
     again (a KVM machine's synced folders) is restarted; without it, `up` says so.
     `locked`: the boxes the lock names (fetched if missing), and nothing made unless the
     project matches Envfile.lock (vbox_cli/lockfile.py). `abort_on_error`: when a machine
-    fails, the machines this up made are destroyed again (those that were there stay)."""
-    results = _up(session, names, jobs, provision, restart, locked)
+    fails, the machines this up made are destroyed again (those that were there stay).
+    `verb`: whose triggers run ("reload": its after-triggers, once the machine is up)."""
+    results = _up(session, names, jobs, provision, restart, locked, verb)
     if abort_on_error and not all(r.ok for r in results) and session.created:
         undone = _abort(session)
         for result in results:
@@ -61,7 +62,8 @@ def _abort(session) -> list[str]:
     return [r.machine for r in results if r.ok]
 
 
-def _up(session, names: list[str], jobs: int | None, provision: bool, restart: bool, locked: bool) -> list[Result]:
+def _up(session, names: list[str], jobs: int | None, provision: bool, restart: bool, locked: bool,
+        verb: str) -> list[Result]:
     from vbox_cli import lockfile
     from vbox_cli.machines.order import Barrier, with_dependencies
 
@@ -100,7 +102,7 @@ def _up(session, names: list[str], jobs: int | None, provision: bool, restart: b
         ensure_networks(session, batch)
         results += run_each(session, barrier.schedule(batch), lambda name: up_one(
             session, name, boxes[name], addresses[name], provision, forwards.get(name),
-            restart, barrier), jobs, finished=barrier.finished)
+            restart, barrier, verb), jobs, finished=barrier.finished)
     return results
 
 
@@ -129,9 +131,13 @@ def ensure_networks(session, names: list[str]) -> None:
 
 
 def up_one(session, name: str, box, address: str, provision: bool, forwards: list | None = None,
-           restart: bool = False, barrier=None) -> str:
+           restart: bool = False, barrier=None, verb: str = "up") -> str:
     from providers.base import NOT_CREATED, RUNNING
+    from vbox_cli.machines.triggers import fire
     from vbox_cli.sshkeys import new_ed25519
+
+    if verb == "up":
+        fire(session, name, "before", "up")
 
     placement = session.placements[name]
     provider = placement.provider
@@ -203,6 +209,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
             actions.append("provisioned")
     _watch_folders(session, name, provider, session.spec(name, box, address))
     project.set_machine(name, last_up=_now())
+    fire(session, name, "after", verb)
     events.phase(name, Phase.READY, address)
     return ", ".join(actions) or "nothing to do"
 
