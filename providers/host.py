@@ -231,6 +231,20 @@ def check_virtiofsd() -> Check:
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 
 
+def check_ansible(needed: bool) -> Check:
+    """ansible-playbook, for ansible steps: wanted when an Envfile here has one (Debian's
+    ansible-core), found beside vbox's Python (the [ansible] extra) or on PATH."""
+    from provisioners.ansible import playbook_command
+
+    command = playbook_command()
+    if command:
+        return Check("ansible", "ok", command)
+    if needed:
+        return Check("ansible", "missing", "ansible-playbook not found; the Envfile here has ansible steps",
+                     packages=("ansible-core",))
+    return Check("ansible", "ok", "not installed (needed only by ansible steps)")
+
+
 def check_openvswitch(needed: bool) -> Check:
     """Open vSwitch, for `networks = [{ ovs = ... }]`: installed when an Envfile here needs
     it; running wherever it is installed."""
@@ -248,7 +262,8 @@ def check_openvswitch(needed: bool) -> Check:
     return Check("openvswitch", "ok", f"ovsdb-server and ovs-vswitchd answer; {datapath}")
 
 
-def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ovs: bool = False) -> HostReport:
+def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ovs: bool = False,
+               needs_ansible: bool = False) -> HostReport:
     checks = [
         _tool("debootstrap", "debootstrap", "debootstrap"),
         _tool("e2fsprogs", "mke2fs", "e2fsprogs", ("-V",)),
@@ -265,6 +280,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
         check_lxcfs(),
         check_cgroup_view(),
         check_openvswitch(needs_ovs),
+        check_ansible(needs_ansible),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),
         check_disk(store),
     ]

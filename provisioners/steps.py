@@ -20,9 +20,10 @@ MAX_UPLOAD = 256 * 1024**2  # a script or file of the project sent to a machine
 
 
 class StepFailed(VboxError):
-    def __init__(self, machine: str, index: int, summary: str, status: int):
+    def __init__(self, machine: str, index: int, summary: str, status: int, reason: str | None = None):
         super().__init__(
-            f"{machine}: provisioning step {index + 1} ({summary}) failed with exit status {status}",
+            f"{machine}: provisioning step {index + 1} ({summary}) failed with exit status {status}"
+            + (f": {reason}" if reason else ""),
             hint=f"the machine stays up for debugging: `env ssh {machine}`; fix the step and run `env provision "
                  f"{machine}`",
         )
@@ -56,6 +57,7 @@ class StepContext:
     index: int
     project_dir: Path
     on_line: Callable[[str], None]
+    inventory: Callable[[], dict] | None = None  # the project's Ansible inventory (provisioners/ansible.py)
 
     @staticmethod
     def sudo(step) -> str:

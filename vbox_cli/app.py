@@ -118,6 +118,7 @@ def make_app() -> typer.Typer:
     app.command("status")(status.status)
     app.command("ssh")(ssh.ssh)
     app.command("ssh-config")(ssh.ssh_config)
+    app.command("inventory")(ssh.inventory)
     app.command("console")(ssh.console)
     app.command("port")(port.port)
     app.command("provision")(up.provision)

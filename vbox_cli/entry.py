@@ -11,10 +11,8 @@ import sys
 
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
 VERBS = frozenset({
-    "init", "validate", "schema", "up", "lock", "diff", "status", "ssh", "ssh-config", "console", "port", "provision", "halt",
-    "reload",
-    "destroy",
-    "box", "doctor",
+    "init", "validate", "schema", "up", "lock", "diff", "status", "ssh", "ssh-config", "inventory", "console", "port",
+    "provision", "halt", "reload", "destroy", "box", "doctor",
 })
 # Options that mean vbox too: `env --help`, `env --version`, shell completion.
 OWN_OPTIONS = frozenset({"--help", "--version", "--install-completion", "--show-completion"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-KINDS = ("shell", "script", "file")
+KINDS = ("shell", "script", "file", "ansible")
 
 
 def module(kind: str) -> ModuleType:

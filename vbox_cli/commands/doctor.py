@@ -43,10 +43,10 @@ def doctor(
     box = store.find("debian-12")
     kernel = box.artefact("kernel") if box else None
 
-    needs_ovs = _envfile_needs_ovs()
+    needs = _envfile_needs()
 
     def check():
-        return run_checks(store.root, vbox_home(), kernel, needs_ovs)
+        return run_checks(store.root, vbox_home(), kernel, "ovs" in needs, "ansible" in needs)
 
     report = check()
     if fix and not report.ok:
@@ -73,18 +73,23 @@ def doctor(
         raise typer.Exit(1)
 
 
-def _envfile_needs_ovs() -> bool:
-    """Whether the Envfile of the current folder (if any, and readable) joins an Open
-    vSwitch bridge: then doctor wants Open vSwitch installed."""
+def _envfile_needs() -> set[str]:
+    """What the Envfile of the current folder (if any, and readable) needs of the host
+    beyond the usual: "ovs" (it joins an Open vSwitch bridge), "ansible" (ansible steps)."""
     from vbox_cli.envfile.load import load
     from vbox_cli.errors import VboxError
     from vbox_cli.paths import find_envfile
 
     path = find_envfile()
     if path is None:
-        return False
+        return set()
     try:
         machines = load(path).envfile.machines_resolved().values()
     except (VboxError, OSError):
-        return False
-    return any(net.ovs for machine in machines for net in machine.networks)
+        return set()
+    needs = set()
+    if any(net.ovs for machine in machines for net in machine.networks):
+        needs.add("ovs")
+    if any(getattr(step, "ansible", None) for machine in machines for step in machine.provision):
+        needs.add("ansible")
+    return needs

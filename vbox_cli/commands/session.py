@@ -70,10 +70,10 @@ def open_session(ctx: typer.Context, command: str, names: list[str], events: boo
     if events:
         context.start_events(command)  # a failure before the session exists still ends with a result
     loaded = load(context.envfile_path())
-    if command in TRIGGER_VERBS and any(t.on_host for m in loaded.machines.values() for t in m.triggers):
+    if command in TRIGGER_VERBS and any(m.triggers or m.provision for m in loaded.machines.values()):
         import sys
 
-        from vbox_cli.machines.triggers import approve
+        from vbox_cli.machines.triggers import approve  # host triggers and ansible steps run on this host
 
         approve(loaded, command, yes, interactive=sys.stdin.isatty() and not events,
                 confirm=lambda text: typer.confirm(text, default=False))

@@ -73,6 +73,27 @@ def ssh_config(
     print("\n".join(blocks))
 
 
+def inventory(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON (Ansible's YAML inventory plugin reads it too).")]
+    = False,
+) -> None:
+    """Print an Ansible inventory of the machines made so far, for your own Ansible runs
+    (`env inventory > hosts; ansible -i hosts all -m ping`): each machine's address, port,
+    user and the project's key, host key checking on with the host key vbox made, and the
+    groups its ansible steps name. INI unless --json."""
+    import json
+
+    from provisioners.ansible import as_ini, inventory as build
+    from vbox_cli.commands.session import read_project
+
+    project, machines = read_project(ctx)
+    data = build(project, machines, project.load_state()["machines"])
+    if not data["all"]["hosts"]:
+        raise VboxError("no machine has been created yet", hint="`env up`")
+    print(json.dumps(data, indent=2) if as_json else as_ini(data), end="\n" if as_json else "")
+
+
 def _one_line(key: str) -> str:
     from provisioners.openssh import checked
 

@@ -115,6 +115,22 @@ def networks(envfile: Envfile, report) -> None:
                 addresses[(bridge, ip)] = f"machines.{name}.networks[{index}]"
 
 
+def ansible(envfile: Envfile, report) -> None:
+    """An ansible step needs ansible-playbook on this host."""
+    steps = [(("machines", name, "provision", index, "ansible"), step)
+             for name, spec in envfile.machines.items() for index, step in enumerate(spec.provision or ())
+             if getattr(step, "ansible", None)]
+    steps += [(("defaults", "provision", index, "ansible"), step)
+              for index, step in enumerate(envfile.defaults.provision) if getattr(step, "ansible", None)]
+    if not steps:
+        return
+    from provisioners.ansible import MISSING_HINT, playbook_command
+
+    if playbook_command() is None:
+        for where, _step in steps:
+            report(where, "ansible-playbook is not installed on this host", hint=MISSING_HINT)
+
+
 def triggers(envfile: Envfile, report) -> None:
     """A trigger's `run_in` is a machine of the Envfile (matched exactly)."""
     for name, spec in envfile.machines.items():

@@ -258,6 +258,7 @@ def _check(envfile: Envfile, name: str, positions: Positions, base_dir: Path | N
     checks.hosts(envfile, report)
     checks.depends_on(envfile, report)
     checks.triggers(envfile, report)
+    checks.ansible(envfile, report)
     checks.ports(envfile, report)
     checks.networks(envfile, report)
     checks.folders(envfile, base_dir, report)

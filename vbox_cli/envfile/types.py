@@ -155,6 +155,15 @@ def _mount_point(value: str) -> str:
 MountPoint = Annotated[GuestPath, AfterValidator(_mount_point)]  # where a synced folder is mounted
 FileMode = Annotated[str, AfterValidator(_file_mode)]
 EnvVars = Annotated[dict[str, str], AfterValidator(_env_names)]
+
+
+def _ansible_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value):
+        raise ValueError(f"{value!r} is not a name Ansible takes: letters, digits and '_', not first a digit")
+    return value
+
+
+AnsibleName = Annotated[str, AfterValidator(_ansible_name)]  # a group or variable name in an inventory
 Args = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
 Text = Annotated[str, AfterValidator(_non_blank)]
 BoxName = Annotated[str, AfterValidator(_box_name)]

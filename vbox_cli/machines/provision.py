@@ -33,12 +33,18 @@ def run_steps(session, name: str, steps, todo: list[int], settle: bool = False) 
             step = steps[index]
             session.events.phase(name, Phase.PROVISIONING, f"{index + 1}/{len(steps)}: {summary(step)}")
             ctx = StepContext(conn, work, name, index, session.loaded.project_dir,
-                              lambda line: session.events.output(name, line))
+                              lambda line: session.events.output(name, line), lambda: _inventory(session))
             run_step(ctx, step)
             if step.run == "once":
                 session.project.update_state(lambda s: _record_step(s, name, ids[index]))
     finally:
         conn.close()
+
+
+def _inventory(session) -> dict:
+    from provisioners.ansible import inventory
+
+    return inventory(session.project, session.machines, session.project.load_state()["machines"])
 
 
 def _record_step(state: dict, name: str, step_id: str) -> None:

@@ -15,51 +15,47 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from vbox_cli.errors import UsageError, VboxError
+from vbox_cli.hostrun import User, invoking_user
 
 APPROVALS = "approved-triggers.json"
 MAX_APPROVALS = 4 * 1024**2
 
 
-@dataclass(frozen=True)
-class User:
-    """Who a host trigger runs as."""
-
-    uid: int
-    gid: int
-    name: str
-    home: str
-
-
-def invoking_user() -> User:
-    """The user who ran env: under sudo, the one who called sudo, not root."""
-    import pwd
-
-    uid = os.getuid()
-    sudo_uid = os.environ.get("SUDO_UID", "")
-    if os.geteuid() == 0 and sudo_uid.isdigit() and int(sudo_uid) != 0:
-        uid = int(sudo_uid)
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        raise VboxError(f"user {uid}, who ran env, has no account here: its host triggers cannot run") from None
-    return User(uid, entry.pw_gid, entry.pw_name, entry.pw_dir)
-
-
 # -- which triggers, and their approval ----------------------------------------------
 
 
-def host_triggers(machines: dict) -> list[tuple[str, object]]:
-    """(machine, trigger) for every host trigger of the Envfile."""
-    return [(name, t) for name, machine in machines.items() for t in machine.triggers if t.on_host]
+@dataclass(frozen=True)
+class HostCommand:
+    """Something of the Envfile that runs on this host: a host trigger, an Ansible step."""
+
+    machine: str
+    shown: str  # how the question lists it
+    verbs: tuple[str, ...]  # the commands that may run it
+    fingerprint: str  # what was accepted: a change is asked about again
 
 
-def fingerprint(trigger) -> str:
-    return hashlib.sha256(f"{trigger.when} {trigger.verb}\0{trigger.run}".encode()).hexdigest()
+def host_commands(machines: dict) -> list[HostCommand]:
+    found = []
+    for name, machine in machines.items():
+        for t in machine.triggers:
+            if t.on_host:
+                found.append(HostCommand(name, f"{t.when} {t.verb}: {t.run}", (t.verb,), _digest(f"{t.when} {t.verb}",
+                                                                                                   t.run)))
+        for step in machine.provision:
+            playbook = getattr(step, "ansible", None)
+            if playbook is not None:
+                found.append(HostCommand(name, f"provisioning: ansible-playbook {playbook} (Ansible runs the "
+                                               "playbook's code on this host too)",
+                                         ("up", "provision", "reload"), _digest("ansible", playbook)))
+    return found
+
+
+def _digest(kind: str, text: str) -> str:
+    return hashlib.sha256(f"{kind}\0{text}".encode()).hexdigest()
 
 
 def _approvals_path() -> Path:
@@ -84,16 +80,16 @@ def _key(project_dir: Path, user: User) -> str:
     return f"{os.path.realpath(project_dir)}\0{user.uid}"
 
 
-def unapproved(project_dir: Path, machines: dict, user: User) -> list[tuple[str, object]]:
+def unapproved(project_dir: Path, machines: dict, user: User) -> list[HostCommand]:
     seen = set(_load_approvals().get(_key(project_dir, user), []))
-    return [(name, t) for name, t in host_triggers(machines) if fingerprint(t) not in seen]
+    return [c for c in host_commands(machines) if c.fingerprint not in seen]
 
 
 def record_approval(project_dir: Path, machines: dict, user: User) -> None:
     from vbox_cli.files import atomic_write
 
     approvals = _load_approvals()
-    approvals[_key(project_dir, user)] = sorted({fingerprint(t) for _, t in host_triggers(machines)})
+    approvals[_key(project_dir, user)] = sorted({c.fingerprint for c in host_commands(machines)})
     path = _approvals_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(approvals, indent=1, sort_keys=True) + "\n", 0o600)
@@ -105,9 +101,9 @@ def approve(loaded, verb: str, yes: bool, interactive: bool, confirm) -> None:
     machines = loaded.machines
     user = invoking_user()
     pending = unapproved(loaded.project_dir, machines, user)
-    if not pending or not any(t.verb == verb or (verb == "reload" and t.verb in ("halt", "up")) for _, t in pending):
+    if not any(verb in c.verbs for c in pending):
         return
-    listing = "\n".join(f"  {name}, {t.when} {t.verb}: {t.run}" for name, t in pending)
+    listing = "\n".join(f"  {c.machine}, {c.shown}" for c in pending)
     where = f"as {user.name}, in {loaded.project_dir}"
     if not yes:
         if not interactive:
@@ -152,38 +148,24 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")[:60]
 
 
-def environment(session, name: str, verb: str, when: str, user: User) -> dict[str, str]:
-    """The caller's environment, and who and where: VBOX_PROJECT, VBOX_PROJECT_DIR,
-    VBOX_MACHINE, VBOX_VERB, VBOX_WHEN, and VBOX_ADDRESS_<MACHINE> for each machine with an
-    address (upper case, '-' as '_')."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VBOX_")}
-    if user.uid != os.getuid():  # through sudo: the user's own identity, not root's
-        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
-    env.update(VBOX_PROJECT=session.project.id, VBOX_PROJECT_DIR=str(session.loaded.project_dir),
-               VBOX_MACHINE=name, VBOX_VERB=verb, VBOX_WHEN=when)
+def addresses(session) -> dict[str, str]:
+    """VBOX_ADDRESS_<MACHINE> for each machine with an address (upper case, '-' as '_')."""
+    found = {}
     for machine, record in session.project.load_state()["machines"].items():
         if record.get("address") and machine in session.machines:
-            env[f"VBOX_ADDRESS_{re.sub(r'[^A-Z0-9]', '_', machine.upper())}"] = record["address"]
-    return env
+            found[f"VBOX_ADDRESS_{re.sub(r'[^A-Z0-9]', '_', machine.upper())}"] = record["address"]
+    return found
 
 
 def _run_on_host(session, name: str, trigger, verb: str, when: str) -> int:
+    from vbox_cli import hostrun
+
     user = invoking_user()
-    as_user = {}
-    if user.uid != os.getuid():
-        as_user = {"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
-    try:
-        process = subprocess.Popen(["/bin/sh", "-c", trigger.run], cwd=session.loaded.project_dir,
-                                   env=environment(session, name, verb, when, user), stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **as_user)
-    except OSError as exc:
-        raise VboxError(f"{name}: its {when}-{verb} trigger could not start: {exc.strerror}") from None
-    with process:
-        for raw in process.stdout:
-            session.events.output(name, raw.decode(errors="replace").rstrip("\n"))
-    return process.wait()
-
-
+    env = hostrun.environment(user, {
+        "VBOX_PROJECT": session.project.id, "VBOX_PROJECT_DIR": str(session.loaded.project_dir),
+        "VBOX_MACHINE": name, "VBOX_VERB": verb, "VBOX_WHEN": when, **addresses(session)})
+    return hostrun.run(["/bin/sh", "-c", trigger.run], session.loaded.project_dir, user, env,
+                       lambda line: session.events.output(name, line))
 def _run_in_machine(session, name: str, trigger) -> int | None:
     """Its exit status, or None when the machine is not running (said, and skipped)."""
     import shlex
