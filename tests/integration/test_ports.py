@@ -7,8 +7,10 @@ who holds it; `auto` takes another; destroy leaves no rule."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -150,7 +152,8 @@ ports = [{{ host = {vm_tcp}, guest = 80 }}]
         listener.listen()
         other.write(f"[machines.a]\nports = [{{ host = {held}, guest = 80 }}]\n")
         refused = other.env("up", check_rc=1)
-        assert f"port {held}/tcp on 127.0.0.1 is taken by python" in refused.stderr, refused.stderr
+        me = Path("/proc/self/comm").read_text().strip()  # "python", or "pytest" when run as .venv/bin/pytest
+        assert f"port {held}/tcp on 127.0.0.1 is taken by {me} (pid {os.getpid()})" in refused.stderr, refused.stderr
         other.write(f"[machines.a]\nports = [{{ host = {tcp}, guest = 80 }}]\n")
         refused = other.env("up", check_rc=1)
         assert f"is taken by vbox machine 'web' of project {project.id}" in refused.stderr, refused.stderr
