@@ -91,6 +91,7 @@ class Capability(str, Enum):
     PORTS = "forward ports of this host to the machine"
     FOLDERS = "share folders of the project with the machine"
     NETWORKS = "join networks besides the project network"
+    STATS = "report what a machine uses"
 
 
 @runtime_checkable
@@ -141,6 +142,13 @@ class SupportsNetworks(Protocol):
         (made before they start, by providers/ovs.py where vbox makes them)."""
 
 
+@runtime_checkable
+class SupportsStats(Protocol):
+    def stats(self, object_name: str):
+        """What the running machine uses (providers/stats.py MachineStats), read from the
+        host; None when it is not running."""
+
+
 _PROTOCOLS = {
     Capability.RESOURCES: SupportsResources,
     Capability.CONSOLE: SupportsConsole,
@@ -149,6 +157,7 @@ _PROTOCOLS = {
     Capability.PORTS: SupportsPorts,
     Capability.FOLDERS: SupportsFolders,
     Capability.NETWORKS: SupportsNetworks,
+    Capability.STATS: SupportsStats,
 }
 
 

@@ -116,6 +116,14 @@ class LibvirtDomainProvider(ProviderBase):
             return NOT_CREATED
         return RUNNING if dom.isActive() else STOPPED
 
+    def stats(self, object_name: str):
+        from providers.stats import domain_stats
+
+        dom = self._domain(object_name)
+        if dom is None or not dom.isActive():
+            return None
+        return domain_stats(dom)
+
     def objects(self, prefix: str) -> list[str]:
         return sorted(d.name() for d in self.conn.listAllDomains() if d.name().startswith(prefix))
 

@@ -96,6 +96,14 @@ class LxcProvider(LocalPorts, ProviderBase):
         result = self._tool("lxc-info", object_name, "-s", "-H", check=False, timeout=30)
         return RUNNING if result.stdout.strip() in ("RUNNING", "STARTING") else STOPPED
 
+    def stats(self, object_name: str):
+        from providers.stats import container_stats
+
+        if self.state(object_name) != RUNNING:
+            return None
+        pid = int(self._tool("lxc-info", object_name, "-p", "-H").stdout.strip())
+        return container_stats(pid, object_name, veth_name(object_name), self._folder(object_name) / UPPER)
+
     def objects(self, prefix: str) -> list[str]:
         if not self.path.is_dir():
             return []

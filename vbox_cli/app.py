@@ -107,7 +107,7 @@ def make_app() -> typer.Typer:
         context.envfile = file
         context.verbose = verbose
 
-    from vbox_cli.commands import box, doctor, init, port, schema, ssh, status, up, validate
+    from vbox_cli.commands import box, doctor, init, port, schema, ssh, stats, status, up, validate
 
     app.command("init")(init.init)
     app.command("validate")(validate.validate)
@@ -116,6 +116,7 @@ def make_app() -> typer.Typer:
     app.command("lock")(up.lock)
     app.command("diff")(up.diff)
     app.command("status")(status.status)
+    app.command("stats")(stats.stats)
     app.command("ssh")(ssh.ssh)
     app.command("ssh-config")(ssh.ssh_config)
     app.command("inventory")(ssh.inventory)

@@ -88,6 +88,13 @@ def test_vm_life_cycle(project):
     # disk is as small as its contents) and the root file system followed it at first boot
     size_gib = int(project.ssh("vm", "df --output=size -B1 / | tail -1")) / 1024**3
     assert 5.5 < size_gib <= 6.0
+    # what it uses, read from libvirt: its disk's size, memory limit, CPU time, network bytes
+    import json
+
+    stats = json.loads(project.env("stats", "--json").stdout)["machines"][0]
+    assert (stats["state"], stats["disk_size"], stats["memory_limit"]) == ("running", 6 * 1024**3, 768 * 1024**2)
+    assert stats["cpu_seconds"] > 1 and stats["net_in"] > 0 and stats["net_out"] > 0 and stats["memory_used"] > 0
+    assert stats["processes"] is None  # not known without logging in: not shown as a figure
     # the serial console is logged under .vbox/
     assert "login:" in project.env("console", "vm", "--tail", "40").stdout
     # halt (ACPI) and up keep data and do not provision again
