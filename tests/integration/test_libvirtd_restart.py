@@ -23,6 +23,7 @@ from tests.integration.test_lxc import Project
 pytestmark = pytest.mark.slow
 
 PIDFILE = Path("/run/libvirtd.pid")
+STOP_TIMEOUT = 90.0
 
 ENVFILE = """
 [machines.ct]
@@ -43,18 +44,33 @@ def libvirtd_pid() -> int:
 
 
 def restart_libvirtd() -> None:
-    """Stop libvirtd and start it again, as an administrator (or a package upgrade) would."""
+    """Stop libvirtd and start it again, as an administrator (or a package upgrade) would.
+    libvirtd may take long to stop while it starts a domain on a loaded host: after
+    STOP_TIMEOUT it is killed, as systemd would. It is running again afterwards whatever
+    happened, so that no later test finds it gone."""
     if systemd_is_init():
-        subprocess.run(["systemctl", "restart", "libvirtd"], check=True, timeout=120)
+        subprocess.run(["systemctl", "restart", "libvirtd"], check=True, timeout=300)
         return
     pid = libvirtd_pid()
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while Path(f"/proc/{pid}").exists():
-        assert time.monotonic() < deadline, "libvirtd did not stop within 60 s"
-        time.sleep(0.1)
-    time.sleep(0.5)  # the moment it is away
-    start_daemon("libvirtd")
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}").exists():
+                time.sleep(0.1)
+        time.sleep(0.5)  # the moment it is away
+    finally:
+        ensure_libvirtd()
+
+
+def ensure_libvirtd() -> None:
+    from providers.host import ready
+
+    if not ready("libvirtd"):
+        start_daemon("libvirtd")
 
 
 @pytest.fixture
@@ -64,6 +80,7 @@ def project(debian12, tmp_path):
     p = Project(folder)
     p.write(ENVFILE)
     yield p
+    ensure_libvirtd()
     p.env("destroy", "-f", check_rc=None)
     assert find_leaks(p.id) == []
     assert not (folder / ".vbox").exists()
