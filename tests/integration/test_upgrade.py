@@ -15,23 +15,13 @@ from pathlib import Path
 import pytest
 
 from providers.leaks import find as find_leaks
+from tests.integration.test_libvirtd_restart import ENVFILE  # an LXC and a KVM machine, one step each
 from tests.integration.test_lxc import Project
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS = "ee5198efd14cbe9c69c6540bbc926229b148b60a"  # vbox 0.1 as it stood before the machines/ package
-
-ENVFILE = """
-[machines.ct]
-provider = "lxc"
-provision = [{ shell = "echo once >> /root/once.log" }]
-
-[machines.vm]
-provider = "kvm"
-memory = "768M"
-provision = [{ shell = "echo once >> /root/once.log" }]
-"""
 
 
 def _git(*args: str, **kwargs) -> subprocess.CompletedProcess:

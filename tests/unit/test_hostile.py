@@ -160,6 +160,8 @@ def build(case: str, tmp_path: Path, canary: dict) -> Path:
         (folder / "site.yml").write_text(f"- hosts: localhost\n  connection: local\n  tasks:\n"
                                          f"    - command: {canary['pwn']}\n")
         (folder / "ansible.cfg").write_text(f"[defaults]\nvault_password_file = {canary['pwn']}\n")
+    elif case == "ansible-playbook-outside":  # a playbook path leading out of the project
+        folder = _project(tmp_path, '[machines.web]\nprovision = [{ ansible = "../canary/secret" }]\n')
     elif case == "trigger-run-in-smuggles":
         folder = _project(tmp_path, f'[machines.web]\ntriggers = [{{ after = "up", run_in = "web; {canary["pwn"]}", '
                                     'shell = "true" }]\n')
@@ -178,7 +180,7 @@ CASES = ["uri-command", "uri-command-in-defaults", "uri-keyfile-outside", "vbox-
          "box-url-reads-a-host-file", "box-url-through-a-link", "box-url-runs-a-program", "box-version-smuggles",
          "network-bridge-smuggles", "network-bridge-newline", "folder-guest-newline", "lock-links-outside",
          "host-trigger-not-accepted", "host-trigger-approval-planted", "trigger-run-in-smuggles",
-         "ansible-runs-a-local-command",
+         "ansible-runs-a-local-command", "ansible-playbook-outside",
          "a-plain-project"]
 EXTRA_VERBS = {"lock-links-outside": [("up", "--locked"), ("lock",)]}
 GLOBAL_ARGS = {"envfile-is-a-fifo": ["--file", "Envfile"], "envfile-is-dev-zero": ["--file", "/dev/zero"]}
@@ -216,6 +218,7 @@ REFUSED_BY = {
     "host-trigger-approval-planted": (("up",), "not accepted here"),
     "trigger-run-in-smuggles": (ENVFILE_VERBS, "no machine 'web; "),
     "ansible-runs-a-local-command": (("up",), "not accepted here"),
+    "ansible-playbook-outside": (ENVFILE_VERBS, "outside"),
     "uri-command": (ENVFILE_VERBS, "URI parameter 'command' is not allowed"),
     "uri-command-in-defaults": (ENVFILE_VERBS, "URI parameter 'command' is not allowed"),
     "uri-keyfile-outside": (ENVFILE_VERBS, "must name a file of the project"),

@@ -80,16 +80,11 @@ def _key(project_dir: Path, user: User) -> str:
     return f"{os.path.realpath(project_dir)}\0{user.uid}"
 
 
-def unapproved(project_dir: Path, machines: dict, user: User) -> list[HostCommand]:
-    seen = set(_load_approvals().get(_key(project_dir, user), []))
-    return [c for c in host_commands(machines) if c.fingerprint not in seen]
-
-
-def record_approval(project_dir: Path, machines: dict, user: User) -> None:
+def record_approval(project_dir: Path, commands: list[HostCommand], user: User) -> None:
     from vbox_cli.files import atomic_write
 
     approvals = _load_approvals()
-    approvals[_key(project_dir, user)] = sorted({c.fingerprint for c in host_commands(machines)})
+    approvals[_key(project_dir, user)] = sorted({c.fingerprint for c in commands})
     path = _approvals_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(approvals, indent=1, sort_keys=True) + "\n", 0o600)
@@ -98,9 +93,12 @@ def record_approval(project_dir: Path, machines: dict, user: User) -> None:
 def approve(loaded, verb: str, yes: bool, interactive: bool, confirm) -> None:
     """Before a command runs host triggers none has accepted yet: ask (`confirm(text)` ->
     bool) on a terminal, take --yes, refuse otherwise. Only when one of them is for `verb`."""
-    machines = loaded.machines
+    commands = host_commands(loaded.machines)
+    if not any(verb in c.verbs for c in commands):
+        return  # nothing of this command runs on the host: no account, no file read
     user = invoking_user()
-    pending = unapproved(loaded.project_dir, machines, user)
+    seen = set(_load_approvals().get(_key(loaded.project_dir, user), []))
+    pending = [c for c in commands if c.fingerprint not in seen]
     if not any(verb in c.verbs for c in pending):
         return
     listing = "\n".join(f"  {c.machine}, {c.shown}" for c in pending)
@@ -114,7 +112,7 @@ def approve(loaded, verb: str, yes: bool, interactive: bool, confirm) -> None:
                        "Run them, now and whenever they are unchanged?"):
             raise VboxError("the Envfile's host commands were not accepted: nothing was done",
                             hint="read them in the Envfile (triggers); remove them, or accept them")
-    record_approval(loaded.project_dir, machines, user)
+    record_approval(loaded.project_dir, commands, user)
 
 
 # -- running them ---------------------------------------------------------------------
