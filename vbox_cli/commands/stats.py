@@ -9,7 +9,7 @@ import typer
 from vbox_cli.commands import complete
 from vbox_cli.commands.session import check_names
 
-COLUMNS = ["machine", "state", "cpu", "memory", "disk", "net in/out", "procs", "oom", "limit hits"]
+COLUMNS = ["machine", "state", "cpu", "memory", "disk", "net in/out", "procs", "oom", "hits"]  # hits: of the memory limit
 
 
 def stats(
@@ -22,7 +22,7 @@ def stats(
     """Show what each running machine uses, read from cgroups and libvirt (never by
     logging in): CPU (% of one CPU over half a second), memory used / limit, disk used
     (/ size), network bytes in / out, and for containers the processes, OOM kills and
-    memory-limit hits (OpenVZ's beancounters)."""
+    hits of the memory limit (OpenVZ's beancounters)."""
     from vbox_cli.commands.session import read_project
     from vbox_cli.machines.usage import rows as usage_rows
 
@@ -43,7 +43,8 @@ def stats(
     from rich.table import Table
 
     def render(current: list[dict]) -> Table:
-        table = Table(title=f"project {project.id} (Ctrl-C to stop)", title_justify="left")
+        table = Table(title=f"project {project.id} (Ctrl-C to stop)", title_justify="left", box=None,
+                      pad_edge=False)  # no borders: nine columns fit 80
         for column in COLUMNS:
             table.add_column(column.upper(), no_wrap=True)
         for row in current:

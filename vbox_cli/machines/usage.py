@@ -33,30 +33,29 @@ def sample(project, machines: dict[str, dict], names: list[str]) -> dict[str, tu
     return found
 
 
-def rows(project, machines: dict[str, dict], names: list[str], previous: dict | None = None,
-         window: float = WINDOW) -> tuple[list[dict], dict]:
+def rows(project, machines: dict[str, dict], names: list[str], previous: tuple | None = None,
+         window: float = WINDOW) -> tuple[list[dict], tuple]:
     """One dict per machine, CPU use in percent of one CPU: against `previous` (the last
-    sample of a --watch) or over a fresh `window`. Returns the rows and this sample."""
-    started = time.monotonic()
+    sample of a --watch, with when it was taken) or over a fresh `window`. Returns the
+    rows and (this sample, when it was taken)."""
     if previous is None:
-        previous = sample(project, machines, names)
+        previous = (sample(project, machines, names), time.monotonic())
         time.sleep(window)
-        elapsed = time.monotonic() - started
-    else:
-        elapsed = time.monotonic() - previous.get("_at", started - window)
+    before_all, taken_before = previous
     now = sample(project, machines, names)
+    taken = time.monotonic()
     found = []
     for name in names:
         state, stats = now[name]
         row = {"name": name, "state": state, "cpu_percent": None}
-        if stats is not None and not isinstance(stats, str):
+        if isinstance(stats, str):
+            row["note"] = stats
+        elif stats is not None:
             row.update(stats.as_dict())
-            before = previous.get(name, (None, None))[1]
+            before = before_all.get(name, (None, None))[1]
             if before is not None and not isinstance(before, str) and None not in (before.cpu_seconds,
                                                                                    stats.cpu_seconds):
-                row["cpu_percent"] = round(100 * max(0.0, stats.cpu_seconds - before.cpu_seconds) / elapsed, 1)
-        elif isinstance(stats, str):
-            row["note"] = stats
+                spent = max(0.0, stats.cpu_seconds - before.cpu_seconds)
+                row["cpu_percent"] = round(100 * spent / max(taken - taken_before, 1e-3), 1)
         found.append(row)
-    now["_at"] = time.monotonic()
-    return found, now
+    return found, (now, taken)
