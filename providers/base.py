@@ -92,6 +92,7 @@ class Capability(str, Enum):
     FOLDERS = "share folders of the project with the machine"
     NETWORKS = "join networks besides the project network"
     STATS = "report what a machine uses"
+    SNAPSHOTS = "save and restore snapshots of a machine's disk"
 
 
 @runtime_checkable
@@ -149,6 +150,44 @@ class SupportsStats(Protocol):
         host; None when it is not running."""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A saved state of a machine's disk (LXC: its overlay's upper layer; KVM: an internal
+    snapshot of its qcow2 overlay). Disk only: no memory, no processes."""
+
+    name: str
+    created: float  # seconds since the epoch
+    running: bool  # the machine was running when it was taken (file systems flushed first)
+
+
+SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"  # a folder name (LXC), a libvirt snapshot name
+
+
+def check_snapshot_name(name: str) -> str:
+    import re
+
+    if not re.fullmatch(SNAPSHOT_NAME, name):
+        raise VboxError(f"{name!r} is not a snapshot name: letters, digits, '.', '_' and '-', starting with a "
+                        "letter or digit, at most 63")
+    return name
+
+
+@runtime_checkable
+class SupportsSnapshots(Protocol):
+    def snapshots(self, object_name: str) -> list[Snapshot]:
+        """The machine's snapshots, oldest first."""
+
+    def snapshot_save(self, object_name: str, name: str) -> Snapshot:
+        """Save the disk as snapshot `name` (new), the machine running or stopped; a running
+        one is held still for the moment of the copy. Leaves nothing behind on failure."""
+
+    def snapshot_restore(self, object_name: str, name: str) -> None:
+        """Return the disk of the stopped machine to snapshot `name` (which stays)."""
+
+    def snapshot_delete(self, object_name: str, name: str) -> None:
+        """Remove snapshot `name`."""
+
+
 _PROTOCOLS = {
     Capability.RESOURCES: SupportsResources,
     Capability.CONSOLE: SupportsConsole,
@@ -158,6 +197,7 @@ _PROTOCOLS = {
     Capability.FOLDERS: SupportsFolders,
     Capability.NETWORKS: SupportsNetworks,
     Capability.STATS: SupportsStats,
+    Capability.SNAPSHOTS: SupportsSnapshots,
 }
 
 
@@ -203,8 +243,8 @@ class Provider(Protocol):
         """Start a created machine; returns once it is booting."""
 
     def halt(self, object_name: str, timeout: float) -> bool:
-        """Shut down cleanly within timeout, else power off; True if it was clean.
-        MUST succeed on a stopped machine."""
+        """Shut down cleanly within timeout, else power off; True if it was clean. A
+        timeout of 0 powers off at once (False). MUST succeed on a stopped machine."""
 
     def destroy(self, object_name: str) -> None:
         """Remove every trace of the machine. MUST succeed when nothing is there."""

@@ -303,6 +303,39 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
         return [] if self.remote else virtiofs.leftovers(self._shares_dir(), prefix)
 
+    # -- snapshots (providers/disk_snapshots.py) ----------------------------------
+    def _undefine_flags(self) -> int:
+        import libvirt
+
+        return libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+
+    def _existing(self, object_name: str):
+        dom = self._domain(object_name)
+        if dom is None:
+            raise VboxError(f"{object_name} does not exist on {self.host.shown}")
+        return dom
+
+    def snapshots(self, object_name: str):
+        from providers import disk_snapshots
+
+        dom = self._domain(object_name)
+        return [] if dom is None else disk_snapshots.snapshots(dom)
+
+    def snapshot_save(self, object_name: str, name: str):
+        from providers import disk_snapshots
+
+        return disk_snapshots.save(self._existing(object_name), name, f"{object_name}.qcow2")
+
+    def snapshot_restore(self, object_name: str, name: str) -> None:
+        from providers import disk_snapshots
+
+        disk_snapshots.restore(self._existing(object_name), name)
+
+    def snapshot_delete(self, object_name: str, name: str) -> None:
+        from providers import disk_snapshots
+
+        disk_snapshots.delete(self._existing(object_name), name)
+
     # -- life cycle ------------------------------------------------------------
     def _domain_xml(self, spec: MachineSpec, pool, paths: dict[str, str], overlay) -> str:
         from providers import cloudinit

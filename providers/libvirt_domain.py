@@ -200,10 +200,11 @@ class LibvirtDomainProvider(ProviderBase):
         dom = self._domain(object_name)
         if dom is None or not dom.isActive():
             return True
-        try:
-            dom.shutdown()
-        except libvirt.libvirtError:
-            pass
+        if timeout > 0:
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError:
+                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not dom.isActive():
@@ -229,7 +230,7 @@ class LibvirtDomainProvider(ProviderBase):
                     dom.destroy()
                 except libvirt.libvirtError:
                     pass
-            dom.undefine()
+            dom.undefineFlags(self._undefine_flags())
         remove_dhcp_host(self.conn, mac_address(object_name))
         pool = find(self.conn.storagePoolLookupByName, POOL)
         if pool is None:
@@ -238,6 +239,10 @@ class LibvirtDomainProvider(ProviderBase):
             delete_volume(pool, f"{object_name}{suffix}")
         for name in unused_bases(pool):
             delete_volume(pool, name)
+
+    def _undefine_flags(self) -> int:
+        """What else goes with the domain's definition (its snapshots' metadata, ...)."""
+        return 0
 
     def console_log(self, object_name: str) -> Path | None:
         dom = self._domain(object_name)

@@ -38,6 +38,7 @@ from providers.lxc_config import (
 )
 
 LXC_LOG = "lxc.log"
+SNAPSHOTS = "snapshots"  # <container>/snapshots/<name>/{upper/, info.json}
 
 
 def lxc_path() -> Path:
@@ -65,10 +66,23 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
             os.chmod(current_upper, 0o755)
 
 
+def discard(path: Path) -> None:
+    from boxes.store import discard as remove
+
+    remove(path)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """A copy of an overlay layer with everything overlayfs keeps in it (owners, modes,
+    whiteouts, the xattrs of opaque folders); reflinked where the file system can."""
+    proc.run(["cp", "-a", "--reflink=auto", "--", str(source), str(target)], timeout=3600)
+
+
 class LxcProvider(LocalPorts, ProviderBase):
     name = "lxc"
     label = "LXC container"
     needs = ("rootfs",)  # what it boots from a box (machines/boxes.py)
+    snapshot_flush = "host"  # its file systems' cache is this host's: freezing it is enough for a snapshot
 
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()
@@ -251,6 +265,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             idmap.release(folder / IDMAP)
 
     def _lxc_start(self, object_name: str, folder: Path) -> None:
+        self._settle(object_name)
         try:
             self._tool("lxc-start", object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
         except VboxError as exc:
@@ -264,6 +279,9 @@ class LxcProvider(LocalPorts, ProviderBase):
     def halt(self, object_name: str, timeout: float = 30) -> bool:
         if self.state(object_name) != RUNNING:
             return True
+        if timeout <= 0:
+            self._tool("lxc-stop", object_name, "-k", check=False)
+            return False
         result = self._tool("lxc-stop", object_name, "-t", str(int(timeout)), check=False, timeout=timeout + 30)
         if result.returncode != 0 and self.state(object_name) == RUNNING:
             self._tool("lxc-stop", object_name, "-k", check=False)
@@ -271,8 +289,6 @@ class LxcProvider(LocalPorts, ProviderBase):
         return True
 
     def destroy(self, object_name: str) -> None:
-        from boxes.store import discard
-
         folder = self._folder(object_name)
         if (folder / CONFIG).is_file() and self.state(object_name) == RUNNING:
             self._tool("lxc-stop", object_name, "-k", check=False)
@@ -305,6 +321,89 @@ class LxcProvider(LocalPorts, ProviderBase):
     def console_command(self, object_name: str) -> list[str]:
         return ["lxc-console", "-P", str(self.path), "-n", object_name]
 
+    # -- snapshots ---------------------------------------------------------------
+    # A snapshot is a copy of the overlay's upper layer (the machine's own changes; the box
+    # below never changes), made with reflinks where the file system has them. A running
+    # container is frozen for the copy, so that no process changes a file half-way.
+    def snapshots(self, object_name: str):
+        import json
+
+        from providers.base import Snapshot
+
+        found = []
+        folder = self._folder(object_name) / SNAPSHOTS
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+            try:
+                info = json.loads((entry / "info.json").read_text())
+            except (OSError, ValueError):
+                continue  # a save cut short: it never got its info
+            found.append(Snapshot(entry.name, float(info["created"]), bool(info["running"])))
+        return sorted(found, key=lambda snap: snap.created)
+
+    def snapshot_save(self, object_name: str, name: str):
+        from providers.base import Snapshot, check_snapshot_name
+        from vbox_cli.files import atomic_write
+
+        check_snapshot_name(name)
+        folder = self._folder(object_name)
+        target = folder / SNAPSHOTS / name
+        if target.exists():
+            raise VboxError(f"{object_name} has a snapshot named {name} already")
+        partial = folder / SNAPSHOTS / f".{name}.partial"
+        discard(partial)
+        partial.mkdir(parents=True)
+        running = self.state(object_name) == RUNNING
+        try:
+            if running:
+                self._tool("lxc-freeze", object_name)
+            try:
+                created = time.time()
+                _copy_tree(folder / UPPER, partial / "upper")
+            finally:
+                if running:
+                    self._tool("lxc-unfreeze", object_name, check=False)
+            import json
+
+            atomic_write(partial / "info.json", json.dumps({"created": created, "running": running}) + "\n", 0o600)
+            partial.rename(target)
+        finally:
+            discard(partial)
+        return Snapshot(name, created, running)
+
+    def snapshot_restore(self, object_name: str, name: str) -> None:
+        """The upper layer replaced by a copy of the snapshot's (which stays); the new one
+        is made beside it first, so that a restore cut short leaves the old layer or the
+        new one whole (`_settle` finishes it)."""
+        folder = self._folder(object_name)
+        source = folder / SNAPSHOTS / name / "upper"
+        if not (folder / SNAPSHOTS / name / "info.json").is_file():
+            raise VboxError(f"{object_name} has no snapshot named {name}")
+        if self.state(object_name) == RUNNING:
+            raise VboxError(f"{object_name} is running: a snapshot is restored into a stopped container")
+        upper = folder / UPPER
+        fresh, old = upper.with_name("upper.new"), upper.with_name("upper.old")
+        self._settle(object_name)
+        discard(fresh)
+        _copy_tree(source, fresh)
+        upper.rename(old)
+        fresh.rename(upper)
+        discard(old)
+
+    def snapshot_delete(self, object_name: str, name: str) -> None:
+        target = self._folder(object_name) / SNAPSHOTS / name
+        if not (target / "info.json").is_file():
+            raise VboxError(f"{object_name} has no snapshot named {name}")
+        discard(target)
+
+    def _settle(self, object_name: str) -> None:
+        """Finish a restore that was cut short: the new layer whole, or the old one."""
+        upper = self._folder(object_name) / UPPER
+        fresh, old = upper.with_name("upper.new"), upper.with_name("upper.old")
+        if not upper.exists() and old.exists():
+            (fresh if fresh.exists() else old).rename(upper)
+        discard(old)
+        discard(fresh)
+
     # -- leftovers -------------------------------------------------------------
     def leaks(self, prefix: str) -> list[str]:
         from boxes.store import mounts_under
@@ -321,7 +420,8 @@ class LxcProvider(LocalPorts, ProviderBase):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if cmdline.startswith("[lxc monitor]") and f" {prefix}" in cmdline:
+            # a monitor of vbox's container path (not of another tool's containers named vbox-...)
+            if cmdline.startswith(f"[lxc monitor] {self.path} {prefix}"):
                 found.append(f"LXC monitor process {pid}: {cmdline.strip()}")
         return found
 

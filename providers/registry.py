@@ -35,7 +35,8 @@ REGISTRY: dict[str, ProviderInfo] = {
                         lacks=(("ports", "a Xen guest's network is on its Xen host, not on this one"),
                                ("networks", "a Xen guest's network is on its Xen host, not on this one"),
                                ("folders", "a Xen guest runs on its Xen host, which does not see this project "
-                                           "folder"))),
+                                           "folder"),
+                               ("snapshots", "libvirt's Xen driver (libxl) keeps no snapshots"))),
 }
 DEFAULT = "lxc"  # the provider of a machine that names none
 _instances: dict = {}

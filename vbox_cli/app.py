@@ -107,7 +107,7 @@ def make_app() -> typer.Typer:
         context.envfile = file
         context.verbose = verbose
 
-    from vbox_cli.commands import box, doctor, init, port, schema, ssh, stats, status, up, validate
+    from vbox_cli.commands import box, doctor, init, port, schema, snapshot, ssh, stats, status, up, validate
 
     app.command("init")(init.init)
     app.command("validate")(validate.validate)
@@ -126,6 +126,7 @@ def make_app() -> typer.Typer:
     app.command("halt")(up.halt)
     app.command("reload")(up.reload)
     app.command("destroy")(up.destroy)
+    app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(box.app, name="box")
     app.command("doctor")(doctor.doctor)
     return app

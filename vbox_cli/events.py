@@ -31,6 +31,12 @@ class Phase(str, Enum):
     HALTED = "halted"
     DESTROYING = "destroying"
     DESTROYED = "destroyed"
+    SNAPSHOTTING = "snapshotting"  # env snapshot save (detail: the snapshot's name)
+    SAVED = "saved"
+    RESTORING = "restoring"  # env snapshot restore
+    RESTORED = "restored"  # of a stopped machine (a running one ends `ready`, started again)
+    DELETING = "deleting"  # env snapshot delete
+    DELETED = "deleted"
     FAILED = "failed"
     # boxes
     WAITING = "waiting"  # for another command holding the same lock
@@ -52,7 +58,7 @@ class Phase(str, Enum):
         return self in _FINAL
 
 
-_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
+_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.SAVED, Phase.RESTORED, Phase.DELETED, Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,7 @@ class Project:
 
 _RECORD_TYPES = {"address": str, "port": int, "user": str, "host_key": str, "address_index": int,
                  "provisioned": list, "provider": str, "box": str, "box_version": str, "box_digest": str,
-                 "host": str, "network": str}
+                 "host": str, "network": str, "snapshots": dict}
 
 
 def _state_problem(state) -> str | None:

@@ -104,7 +104,7 @@ class FakeProvider(ProviderBase):
     def start(self, spec):
         WORLD.calls.append(("start", spec.object_name))
         WORLD.hit("start", spec.machine.name)
-        WORLD.machines[spec.object_name]["state"] = RUNNING
+        WORLD.machines[spec.object_name].update(state=RUNNING, started_from=spec.box.version)
 
     def apply_resources(self, spec):
         WORLD.machines[spec.object_name]["memory"] = spec.machine.memory
@@ -135,6 +135,36 @@ class FakeProvider(ProviderBase):
 
     def leaks(self, prefix):
         return []
+
+    # snapshots: the "disk" is what was run over SSH in the machine
+    def snapshots(self, object_name):
+        from providers.base import Snapshot
+
+        saved = WORLD.machines.get(object_name, {}).get("snapshots", {})
+        return [Snapshot(name, entry["created"], entry["running"]) for name, entry in saved.items()]
+
+    def snapshot_save(self, object_name, name):
+        from providers.base import Snapshot
+
+        machine = self._machine(object_name)
+        WORLD.calls.append(("snapshot_save", object_name))
+        WORLD.hit("snapshot_save", machine)
+        entry = {"created": float(next(WORLD.clock)), "running": WORLD.machines[object_name]["state"] == RUNNING,
+                 "disk": list(WORLD.commands.get(machine, []))}
+        WORLD.machines[object_name].setdefault("snapshots", {})[name] = entry
+        return Snapshot(name, entry["created"], entry["running"])
+
+    def snapshot_restore(self, object_name, name):
+        from vbox_cli.errors import VboxError
+
+        WORLD.calls.append(("snapshot_restore", object_name))
+        if WORLD.machines[object_name]["state"] == RUNNING:
+            raise VboxError("restored into a running machine")
+        WORLD.commands[self._machine(object_name)] = list(WORLD.machines[object_name]["snapshots"][name]["disk"])
+
+    def snapshot_delete(self, object_name, name):
+        WORLD.calls.append(("snapshot_delete", object_name))
+        del WORLD.machines[object_name]["snapshots"][name]
 
 
 class FakeConnection:

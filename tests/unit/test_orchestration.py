@@ -645,3 +645,15 @@ def test_under_sudo_a_host_trigger_runs_as_the_user_who_called_sudo(world, tmp_p
         env.run("destroy")
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_machine_keeps_the_box_it_was_made_from_when_a_newer_one_comes(world, tmp_path):
+    env = Env(tmp_path)
+    env.run("up", "web")
+    store = BoxStore()
+    staged = store.staging("debian-12")
+    store.install(staged, "debian-12", "12.0.7", {"digest": "sha256:" + "1" * 64, "user": "vbox"})
+    env.run("halt", "web")
+    env.run("up", "web", "db")
+    assert world.machines[env.project.object_name("web")]["started_from"] == "12.0.6"  # its root is on that tree
+    assert world.machines[env.project.object_name("db")]["started_from"] == "12.0.7"  # a new machine: the newest

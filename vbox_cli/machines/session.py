@@ -82,6 +82,26 @@ class Session:
                 "which systemd 252 and later read (Debian 12, Ubuntu 23.04, Fedora 38); an older box keeps "
                 "its own keys. " + (exc.hint or ""))) from None
 
+    def made_from(self, name: str, default=None):
+        """The box a created machine was made from (its record): it keeps it, a newer
+        version in the store is for new machines (a container's root is an overlay on that
+        box's tree). `default` when the record names none (an older vbox's) or the store
+        lacks it."""
+        record = self.project.machine_state(name)
+        if not record.get("box") or not record.get("box_version"):
+            if default is not None:
+                return default
+            raise VboxError(f"{name}: vbox has no record of the box it was made from",
+                            hint=f"`env destroy {name}` then `env up {name}`")
+        box = self.store.find(record["box"], record["box_version"])
+        if box is None and default is not None:  # removed with `box remove --force`: a VM's disk has its base
+            return default
+        if box is None:
+            raise VboxError(f"{name}: it was made from the box {record['box']} {record['box_version']}, which is no "
+                            "longer in the box store", hint=f"`env destroy {name}` then `env up {name}` makes it "
+                                                             "from a box the store has")
+        return box
+
     # -- a machine's spec and SSH target -----------------------------------------
     def spec(self, name: str, box, address: str, host_key: tuple[str, str] | None = None):
         from providers.base import MachineSpec

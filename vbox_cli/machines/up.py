@@ -154,6 +154,8 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         events.note(f"{name}: found a machine vbox has no record of: making it anew", name)
         provider.destroy(obj)
         state = NOT_CREATED
+    if state != NOT_CREATED:
+        box = session.made_from(name, default=box)  # it keeps its box; a newer one is for new machines
     if state == NOT_CREATED:
         events.phase(name, Phase.CREATING, f"from {box.name} {box.version}")
         private, public = new_ed25519(f"{obj} host key")
