@@ -342,6 +342,7 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def snapshot_save(self, object_name: str, name: str):
         from providers.base import Snapshot, check_snapshot_name
+        from providers.stats import freeze
         from vbox_cli.files import atomic_write
 
         check_snapshot_name(name)
@@ -352,23 +353,28 @@ class LxcProvider(LocalPorts, ProviderBase):
         partial = folder / SNAPSHOTS / f".{name}.partial"
         discard(partial)
         partial.mkdir(parents=True)
-        running = self.state(object_name) == RUNNING
+        pid = self._init_pid(object_name)  # None: stopped
         try:
-            if running:
-                self._tool("lxc-freeze", object_name)
+            if pid is not None:
+                freeze(pid, object_name, True)
             try:
                 created = time.time()
                 _copy_tree(folder / UPPER, partial / "upper")
             finally:
-                if running:
-                    self._tool("lxc-unfreeze", object_name, check=False)
+                if pid is not None:
+                    freeze(pid, object_name, False)
             import json
 
-            atomic_write(partial / "info.json", json.dumps({"created": created, "running": running}) + "\n", 0o600)
+            atomic_write(partial / "info.json", json.dumps({"created": created, "running": pid is not None}) + "\n",
+                         0o600)
             partial.rename(target)
         finally:
             discard(partial)
-        return Snapshot(name, created, running)
+        return Snapshot(name, created, pid is not None)
+
+    def _init_pid(self, object_name: str) -> int | None:
+        result = self._tool("lxc-info", object_name, "-p", "-H", check=False, timeout=30)
+        return int(result.stdout.strip()) if result.stdout.strip().isdigit() else None
 
     def snapshot_restore(self, object_name: str, name: str) -> None:
         """The upper layer replaced by a copy of the snapshot's (which stays); the new one

@@ -123,6 +123,7 @@ def make_app() -> typer.Typer:
     app.command("console")(ssh.console)
     app.command("port")(port.port)
     app.command("provision")(up.provision)
+    app.command("restore")(up.restore)
     app.command("halt")(up.halt)
     app.command("reload")(up.reload)
     app.command("destroy")(up.destroy)

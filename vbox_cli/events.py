@@ -151,8 +151,9 @@ class PhaseClock:
         if subject in self.current:
             phase, started = self.current.pop(subject)
             spent = self.spent.setdefault(subject, [])
-            if spent and spent[-1][0] == phase:  # provisioning 1/3, 2/3, ...: one phase
-                spent[-1] = (phase, spent[-1][1] + event.ts - started)
+            earlier = next((i for i, (p, _) in enumerate(spent) if p == phase), None)
+            if earlier is not None:  # provisioning 1/3, snapshotting, 2/3, ...: each phase once, added up
+                spent[earlier] = (phase, spent[earlier][1] + event.ts - started)
             else:
                 spent.append((phase, event.ts - started))
         if event.phase == Phase.READY and event.text:

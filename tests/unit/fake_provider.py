@@ -223,3 +223,12 @@ class UnreachableProvider(FakeProvider):
                         hint="run `env doctor --fix` to start libvirtd")
 
     state = create = start = halt = destroy = objects = owned = _down
+
+
+class NoSnapshotsProvider(FakeProvider):
+    """A provider that keeps no snapshots (as Xen's)."""
+
+    def _unsupported(self, capability, spec):
+        from providers.base import Capability
+
+        return "it keeps none" if capability == Capability.SNAPSHOTS else None

@@ -88,8 +88,9 @@ def test_up_creates_starts_and_provisions_each_machine_in_order(world, tmp_path)
         obj = env.project.object_name(name)
         order = [op for op, target in world.calls if target in (obj, f"vbox-{env.project.id}")]
         assert order[:3] == ["ensure_network", "create", "start"], order
-        assert env.phases(name) == ["creating", "starting", "connecting", *["provisioning"] * (3 if name == "web"
-                                                                                              else 1), "ready"]
+        # with a snapshot before the first step and after each (machines/incremental.py)
+        steps = 1 + 2 * (3 if name == "web" else 1)
+        assert env.phases(name) == ["creating", "starting", "connecting", *["provisioning"] * steps, "ready"]
         record = env.project.machine_state(name)
         assert is_address(record["address"]) and record["address"].startswith("10.250.0.")
         assert world.machines[obj]["host_key"] == record["host_key"]
@@ -272,7 +273,7 @@ def test_events_are_ndjson_and_end_with_a_result_naming_the_failure(world, tmp_p
     assert "db: no room for it" in final["error"]
     assert [r["ok"] for r in records if r["event"] == "machine_result" and r["machine"] == "db"] == [False]
     phases = [r["phase"] for r in records if r["event"] == "phase" and r["machine"] == "web"]
-    assert phases == ["creating", "starting", "connecting", "provisioning", "provisioning", "provisioning", "ready"]
+    assert phases == ["creating", "starting", "connecting", *["provisioning"] * 7, "ready"]  # 3 steps, 4 snapshots
     # an Envfile error before any machine: still one result line, naming it
     env.path.write_text("[machines.web]\nmemroy = 1\n")
     assert run(["destroy", "-f", "--events"], "vbox") == 2
@@ -354,7 +355,7 @@ def test_the_summary_says_what_was_done_each_phase_and_the_address(world, tmp_pa
     assert env.project.machine_state("web")["address"] in web and "created, started, provisioned" in web
     phases = next(line for line in summary if line.startswith("  web: "))
     assert re.fullmatch(r"  web: creating [\d.]+ s, starting [\d.]+ s, connecting [\d.]+ s, provisioning [\d.]+ s",
-                        phases), phases  # the three steps' provisioning counted as one phase
+                        phases), phases  # the three steps' provisioning (and snapshots between them) as one phase
     assert all(len(line) <= 80 for line in summary)
     assert run(["--plain", "destroy", "-f"], "vbox") == 0
 

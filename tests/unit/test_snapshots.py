@@ -74,8 +74,8 @@ def test_the_newest_is_restored_without_a_name_and_names_are_unique(world, tmp_p
     with pytest.raises(VboxError, match="no snapshot named 'three'"):
         call(env, snapshots.restore, "web", "three")
     assert call(env, snapshots.delete, "web", "one") == "deleted one"
-    assert [s["name"] for s in call(env, snapshots.listing, ["web"])] == ["two"]
-    assert list(env.project.machine_state("web")["snapshots"]) == ["two"]
+    assert [s["name"] for s in call(env, snapshots.listing, ["web"])] == ["two"]  # vbox's own between steps hidden
+    assert [n for n in env.project.machine_state("web")["snapshots"] if not n.startswith("vbox-step-")] == ["two"]
 
 
 def test_a_machine_that_is_not_there_or_has_none(world, tmp_path):

@@ -83,6 +83,8 @@ def list_(
     machines: Annotated[Optional[list[str]], typer.Argument(
         help="Machines (default: all).", autocompletion=complete.machines, show_default=False)] = None,
     json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+    everything: Annotated[bool, typer.Option("--all", help="Also vbox's own, taken before the first provisioning "
+                                                           "step and after each (vbox-step-N).")] = False,
 ) -> None:
     """List the snapshots of the machines, oldest first."""
     import time
@@ -95,7 +97,7 @@ def list_(
     out = ctx.obj.out
     loaded = load(ctx.obj.envfile_path())
     session = Session(Project.at(loaded.project_dir), loaded)
-    rows = snapshots.listing(session, session.select(machines or []))
+    rows = snapshots.listing(session, session.select(machines or []), everything)
     if json:
         out.json({"project": session.project.id, "snapshots": rows})
         return

@@ -12,6 +12,9 @@ from vbox_cli.commands.session import Events, Yes, open_session, report
 Names = Annotated[Optional[list[str]], typer.Argument(help="Machines to act on (default: all).", show_default=False,
                                                      autocompletion=complete.machines)]
 Jobs = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Machines at once (default: all).")]
+InPlace = Annotated[bool, typer.Option(
+    "--in-place", help="Run changed steps on top of what the old ones left, instead of going back to the "
+                       "snapshot before the first changed step.")]
 
 
 def up(
@@ -31,6 +34,7 @@ def up(
     abort_on_error: Annotated[bool, typer.Option(
         "--abort-on-error", help="When a machine fails, destroy the machines this up made (the default keeps "
                                  "them up, to look into).")] = False,
+    in_place: InPlace = False,
     yes: Yes = False,
     events: Events = False,
 ) -> None:
@@ -52,7 +56,8 @@ def up(
     with open_session(ctx, "up", names or [], events, autostart_only=not names, yes=yes) as session:
         session.accel = accel
         results = machines.up(session, names or [], jobs=jobs, provision=not no_provision,
-                              restart=restart_if_needed, locked=locked, abort_on_error=abort_on_error)
+                              restart=restart_if_needed, locked=locked, abort_on_error=abort_on_error,
+                              in_place=in_place)
     report(ctx, results, "up")
 
 
@@ -106,16 +111,41 @@ def provision(
     jobs: Jobs = None,
     force: Annotated[bool, typer.Option("--force", help='Also run the run = "once" steps that ran already.')]
     = False,
+    from_step: Annotated[Optional[int], typer.Option(
+        "--from", min=1, metavar="N", help="Go back to the snapshot before step N (1 for the first) and run the "
+                                           "steps from there.")] = None,
+    in_place: InPlace = False,
     yes: Yes = False,
     events: Events = False,
 ) -> None:
     """Run the provisioning steps on running machines: run = "always" steps, and
-    run = "once" steps not yet run (all of them with --force)."""
-    from vbox_cli import machines
+    run = "once" steps not yet run (all of them with --force).
 
+    When a step changed (its settings, or a project file it reads) or went, the machine
+    goes back to the snapshot vbox took before the first changed step, and the steps run
+    from there: not on top of what the old step left. vbox keeps a snapshot before the
+    first step and after each (for providers that have snapshots)."""
+    from vbox_cli import machines
+    from vbox_cli.errors import UsageError
+
+    if sum((force, from_step is not None, in_place)) > 1:
+        raise UsageError("--force, --from and --in-place do not go together: choose one")
     with open_session(ctx, "provision", names or [], events, yes=yes) as session:
-        results = machines.provision(session, names or [], force=force, jobs=jobs)
+        results = machines.provision(session, names or [], force=force, jobs=jobs, from_step=from_step,
+                                     in_place=in_place)
     report(ctx, results, "provision")
+
+
+def restore(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
+    """Return machines to the state right after their last complete provisioning (the
+    snapshot vbox took after their last step), discarding what changed since. A running
+    machine is powered off, restored and started again."""
+    from vbox_cli.machines import incremental
+    from vbox_cli.machines.runner import run_each
+
+    with open_session(ctx, "restore", names or [], events) as session:
+        results = run_each(session, session.select(names or []), lambda n: incremental.restore(session, n), jobs)
+    report(ctx, results, "restore")
 
 
 def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None, yes: Yes = False,

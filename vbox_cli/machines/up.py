@@ -12,8 +12,8 @@ import threading
 import time
 
 from vbox_cli.events import Phase
-from vbox_cli.machines import ports
-from vbox_cli.machines.provision import run_steps, steps_to_run
+from vbox_cli.machines import incremental, ports
+from vbox_cli.machines.provision import run_steps
 from vbox_cli.machines.runner import Result, run_each
 
 
@@ -25,14 +25,17 @@ def _now() -> str:
 
 
 def up(session, names: list[str], jobs: int | None = None, provision: bool = True,
-       restart: bool = False, locked: bool = False, abort_on_error: bool = False, verb: str = "up") -> list[Result]:
+       restart: bool = False, locked: bool = False, abort_on_error: bool = False, verb: str = "up",
+       in_place: bool = False) -> list[Result]:
     """`restart`: a running machine that takes a change of the Envfile only when it starts
     again (a KVM machine's synced folders) is restarted; without it, `up` says so.
     `locked`: the boxes the lock names (fetched if missing), and nothing made unless the
     project matches Envfile.lock (vbox_cli/lockfile.py). `abort_on_error`: when a machine
     fails, the machines this up made are destroyed again (those that were there stay).
-    `verb`: whose triggers run ("reload": its after-triggers, once the machine is up)."""
-    results = _up(session, names, jobs, provision, restart, locked, verb)
+    `verb`: whose triggers run ("reload": its after-triggers, once the machine is up).
+    `in_place`: changed steps run on top of what the old ones left, not from the snapshot
+    before the first of them (vbox_cli/machines/incremental.py)."""
+    results = _up(session, names, jobs, provision, restart, locked, verb, in_place)
     if abort_on_error and not all(r.ok for r in results) and session.created:
         undone = _abort(session)
         for result in results:
@@ -63,7 +66,7 @@ def _abort(session) -> list[str]:
 
 
 def _up(session, names: list[str], jobs: int | None, provision: bool, restart: bool, locked: bool,
-        verb: str) -> list[Result]:
+        verb: str, in_place: bool = False) -> list[Result]:
     from vbox_cli import lockfile
     from vbox_cli.machines.order import Barrier, with_dependencies
 
@@ -102,7 +105,7 @@ def _up(session, names: list[str], jobs: int | None, provision: bool, restart: b
         ensure_networks(session, batch)
         results += run_each(session, barrier.schedule(batch), lambda name: up_one(
             session, name, boxes[name], addresses[name], provision, forwards.get(name),
-            restart, barrier, verb), jobs, finished=barrier.finished)
+            restart, barrier, verb, in_place), jobs, finished=barrier.finished)
     return results
 
 
@@ -131,7 +134,7 @@ def ensure_networks(session, names: list[str]) -> None:
 
 
 def up_one(session, name: str, box, address: str, provision: bool, forwards: list | None = None,
-           restart: bool = False, barrier=None, verb: str = "up") -> str:
+           restart: bool = False, barrier=None, verb: str = "up", in_place: bool = False) -> str:
     from providers.base import NOT_CREATED, RUNNING
     from vbox_cli.machines.triggers import fire
     from vbox_cli.sshkeys import new_ed25519
@@ -165,7 +168,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
             **keep, "host_key": public, "address": address, "user": box.meta.user,
             "provider": provider.name, "host": placement.where, "network": network.name if network else "",
             "box": box.name, "box_version": box.version, "box_digest": box.digest,
-            "created": _now(), "provisioned": [],
+            "created": _now(), "provisioned": [], "chain": [],
         }))
         session.store.add_user(box.name, obj, {"project": str(project.folder), "machine": name,
                                                "provider": provider.name, "version": box.version})
@@ -185,12 +188,16 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         provider.halt(obj, HALT_TIMEOUT)
         actions.append("restarted")
         state = provider.state(obj)
+    steps = session.machines[name].provision
+    plan = incremental.plan(session, name, steps, in_place=in_place) if provision else incremental.Plan([])
+    if plan.restore:  # a step changed: back to the snapshot before it, the steps from there run again
+        from vbox_cli.machines.snapshots import go_back
+
+        go_back(session, name, plan.restore)
+        state = provider.state(obj)
+        actions.append(f"back to {incremental.describe(plan)}")
     if state != RUNNING:
-        events.phase(name, Phase.STARTING)
-        spec = session.spec(name, box, address)
-        _ensure_bridges(session, name, spec)
-        provider.start(spec)
-        project.set_machine(name, applied=drift.applied(settings))  # what `status` compares the Envfile with
+        boot(session, name, box, address)
         if "restarted" not in actions:
             actions.append("started")
     elif not actions:
@@ -199,21 +206,33 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
                 events.warning(f"{name}: the Envfile changed: {line}", name)
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
         ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
-    steps = session.machines[name].provision
-    todo = steps_to_run(project, name, steps, force=False) if provision else []
+    todo = plan.todo
     if todo and barrier is not None:
         barrier.wait(name)  # the machines it depends on are provisioned first
     if todo or actions:  # a machine just started is ready once SSH answers
         from providers.cloudinit import IDENTITY as CLOUD_INIT
 
-        run_steps(session, name, steps, todo, settle=bool(actions) and box.meta.identity == CLOUD_INIT)
+        run_steps(session, name, steps, todo, settle=bool(actions) and box.meta.identity == CLOUD_INIT, plan=plan)
         if todo:
             actions.append("provisioned")
-    _watch_folders(session, name, provider, session.spec(name, box, address))
+    watch_folders(session, name, provider, session.spec(name, box, address))
     project.set_machine(name, last_up=_now())
     fire(session, name, "after", verb)
     events.phase(name, Phase.READY, address)
     return ", ".join(actions) or "nothing to do"
+
+
+def boot(session, name: str, box, address: str) -> None:
+    """Start the created, stopped machine with the Envfile's settings (its bridges made
+    first); records what `status` compares the Envfile with."""
+    from vbox_cli.machines import drift
+
+    session.events.phase(name, Phase.STARTING)
+    spec = session.spec(name, box, address)
+    _ensure_bridges(session, name, spec)
+    session.provider(name).start(spec)
+    settings = session.machines[name].model_dump(mode="json", exclude={"name"})
+    session.project.set_machine(name, applied=drift.applied(settings))
 
 
 def _update_folders(session, name: str, provider, box, address: str, restart: bool) -> bool:
@@ -247,7 +266,7 @@ def _ensure_bridges(session, name: str, spec) -> None:
                 session.events.note(f"made the Open vSwitch bridge {bridge} (removed by destroy once unused)", name)
 
 
-def _watch_folders(session, name: str, provider, spec) -> None:
+def watch_folders(session, name: str, provider, spec) -> None:
     """Changes made on this host reach the machine's inotify: by themselves (LXC), or
     through a folder watcher (vbox_cli/folderwatch.py) where the provider says they do not."""
     from vbox_cli import folderwatch
