@@ -82,6 +82,8 @@ def save(dom, name: str, volume: str) -> Snapshot:
             raise VboxError(f"libvirt could not snapshot {dom.name()}: {exc.get_error_message()}") from None
         return Snapshot(name, float(created), False)
     node = _node_name(dom, own)
+    # one of that name that libvirt does not know is what a save killed before the REDEFINE left
+    _qmp(dom, "blockdev-snapshot-delete-internal-sync", device=node, name=name, check=False)
     _qmp(dom, "blockdev-snapshot-internal-sync", device=node, name=name)
     try:
         ET.SubElement(snap, "state").text = "shutoff"

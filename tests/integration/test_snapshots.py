@@ -1,6 +1,7 @@
 """env snapshot with real machines: a file restored by a snapshot (and one written since
-gone), for a running and a stopped LXC container and a running KVM machine with its synced
-folder; the provisioning record going back with the disk; destroy leaving nothing."""
+gone), for a running and a stopped LXC container; the provisioning record going back with
+the disk; destroy leaving nothing. A KVM machine's: tests/integration/test_incremental.py
+(one boot for both)."""
 
 from __future__ import annotations
 
@@ -77,21 +78,3 @@ def test_container_snapshots_restore_files_and_the_steps_run(project):
     assert "not a snapshot name" in bad.stderr
     missing = project.env("snapshot", "restore", "c", "nope", check_rc=1)
     assert "no snapshot named 'nope'" in missing.stderr and "its snapshots: provisioned" in missing.stderr
-
-
-@pytest.mark.slow
-def test_kvm_snapshot_of_a_running_machine_with_its_synced_folder(project):
-    project.write('[machines.k]\nprovider = "kvm"\nmemory = "512M"\n')
-    project.env("up")
-    assert "Envfile" in project.ssh("k", "ls /vbox")  # the default synced folder
-    project.ssh("k", "echo before | sudo tee /root/file >/dev/null")
-    saved = project.env("snapshot", "save", "k", "s1")
-    assert "saved s1 (running)" in saved.stdout  # though QEMU cannot save a virtiofs machine's memory
-    project.ssh("k", "echo after | sudo tee /root/file >/dev/null; echo new | sudo tee /root/new >/dev/null")
-    before = boot_id(project, "k")
-    project.env("snapshot", "restore", "k", "s1")
-    assert boot_id(project, "k") != before
-    assert project.ssh("k", "sudo cat /root/file") == "before\n"
-    assert project.env("ssh", "k", "--", "sudo test -e /root/new", check_rc=None).returncode == 1
-    assert "Envfile" in project.ssh("k", "ls /vbox")  # its folder is served again
-    assert [(s["name"], s["taken_while"]) for s in listing(project)] == [("s1", "running")]
