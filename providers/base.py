@@ -93,6 +93,7 @@ class Capability(str, Enum):
     NETWORKS = "join networks besides the project network"
     STATS = "report what a machine uses"
     SNAPSHOTS = "save and restore snapshots of a machine's disk"
+    LIVE = "change cpus, memory and disk of a running machine"
 
 
 @runtime_checkable
@@ -160,6 +161,24 @@ class Snapshot:
     running: bool  # the machine was running when it was taken (file systems flushed first)
 
 
+@dataclass
+class LiveChange:
+    """What a provider did to a running machine's resources, and what is left to do."""
+
+    done: list[str]  # "memory 512M -> 768M"
+    later: list[str]  # what takes a restart (`env reload`), each with why
+    refused: list[str]  # what no restart applies either, each with what does
+    guest: list[str]  # commands to run in the machine as root to finish (online new CPUs, grow a file system)
+    applied: dict  # cpus / memory / disk -> the value the machine has now
+
+
+@runtime_checkable
+class SupportsLive(Protocol):
+    def change_live(self, spec: MachineSpec, was: dict) -> LiveChange:
+        """Give the running machine the spec's cpus, memory and disk where it can without
+        a restart; `was`: the values it has (those that differ from the spec)."""
+
+
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"  # a folder name (LXC), a libvirt snapshot name
 
 
@@ -198,6 +217,7 @@ _PROTOCOLS = {
     Capability.NETWORKS: SupportsNetworks,
     Capability.STATS: SupportsStats,
     Capability.SNAPSHOTS: SupportsSnapshots,
+    Capability.LIVE: SupportsLive,
 }
 
 

@@ -64,11 +64,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def limits(spec: MachineSpec, host: tuple[int, int]) -> tuple[int, int, bool]:
+    """(maximum memory in bytes, maximum vCPUs, balloon) of a machine on a host of
+    (memory bytes, CPUs): what `env up` can give a running machine without a restart.
+    Memory up to twice the Envfile's (at most the host's), through a virtio balloon; as
+    many vCPUs as the host has. A box that boots Xen has no balloon: Xen would not give
+    back what the balloon asks for, and would touch all of it at boot."""
+    memory = spec.machine.memory
+    if spec.box.meta.boot.hypervisor:
+        return memory, spec.machine.cpus, False
+    return max(memory, min(2 * memory, host[0])), max(spec.machine.cpus, host[1]), True
+
+
 def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str, credential: str,
-                  ssh_port: int | None = None, console_log: bool = True, seed: str | None = None) -> str:
+                  ssh_port: int | None = None, console_log: bool = True, seed: str | None = None,
+                  host: tuple[int, int] = (0, 0)) -> str:
     """The domain of a new machine; `credential` is the path of its identity file (fw_cfg),
     `seed` the volume of a cloud image's NoCloud seed (a second, read-only disk).
-    `console_log`: the console is logged to the project's .vbox/console/ (this host only)."""
+    `console_log`: the console is logged to the project's .vbox/console/ (this host only).
+    `host`: its host's memory (bytes) and CPUs, which bound what it may grow to live."""
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
@@ -99,17 +113,34 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
             # for given data") and will not start. As QEMU's own option: libvirt drops the
             # vendor of a custom CPU model.
             qemu_args += ["-cpu", "qemu64,vendor=GenuineIntel,svm=on"]
+    memory_max, cpus_max, balloon = limits(spec, host)
     return render(
         "domain.xml.j2",
         domain_type=domain_type, name=spec.object_name, uuid=domain_uuid(spec.object_name),
         project=spec.project_id, machine=spec.machine.name,
         memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
+        memory_max_kib=memory_max // 1024, cpus_max=cpus_max, balloon=balloon,
         credential=credential,
         kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,
         pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
         console_log=spec.console_log if console_log else "", ssh_port=ssh_port, seed=seed,
     )
 
+
+# In the machine, once its disk grew: the root file system (ext4 or XFS) grown with it;
+# first its partition, where it is on one and growpart is there (a cloud image's).
+GROW_ROOT = """set -e
+dev=$(findmnt -no SOURCE /)
+part=$(cat /sys/class/block/${dev#/dev/}/partition 2>/dev/null || true)
+if [ -n "$part" ]; then
+  disk=/dev/$(basename "$(readlink -f /sys/class/block/${dev#/dev/}/..)")
+  command -v growpart >/dev/null || { echo "growpart is missing: $dev not grown" >&2; exit 1; }
+  growpart "$disk" "$part" || [ $? = 1 ]
+fi
+case $(findmnt -no FSTYPE /) in
+  xfs) xfs_growfs / ;;
+  *) resize2fs "$dev" ;;
+esac"""
 
 NET_KEY = "vbox.net="  # the kernel command line's word for a static address of an extra network
 
@@ -303,6 +334,85 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
         return [] if self.remote else virtiofs.leftovers(self._shares_dir(), prefix)
 
+    # -- resources: at a start, and live ---------------------------------------------
+    def apply_resources(self, spec: MachineSpec) -> None:
+        """Before a start: memory (with its maximum and the balloon), vCPUs (with theirs),
+        as the spec says; a machine made by an earlier vbox gets its balloon here."""
+        import libvirt
+
+        dom = self._domain(spec.object_name)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        memory_max, cpus_max, balloon = limits(spec, self._host_size())
+        for tag, value in (("memory", memory_max), ("currentMemory", spec.machine.memory)):
+            element = root.find(tag)
+            if element is None:
+                element = ET.SubElement(root, tag)
+            element.text, element.attrib = str(value // 1024), {"unit": "KiB"}
+        vcpu = root.find("vcpu")
+        vcpu.text = str(cpus_max)
+        vcpu.set("current", str(spec.machine.cpus))
+        devices = root.find("devices")
+        for old in devices.findall("memballoon"):
+            devices.remove(old)
+        ET.SubElement(devices, "memballoon", model="virtio" if balloon else "none")
+        self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+
+    def change_live(self, spec: MachineSpec, was: dict):
+        """Memory through the balloon (up or down) up to the maximum it started with, vCPUs
+        plugged in up to the host's (taken out at a restart), the disk grown (never shrunk)
+        and its file system with it (in the machine, by the commands returned)."""
+        import libvirt
+
+        from providers.base import LiveChange
+        from vbox_cli.envfile.types import format_size
+
+        dom = self._existing(spec.object_name)
+        live = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        change = LiveChange([], [], [], [], {})
+        root = ET.fromstring(dom.XMLDesc(0))
+        if "memory" in was:
+            wanted, top = spec.machine.memory, dom.maxMemory() * 1024
+            step = f"memory {format_size(was['memory'])} -> {format_size(wanted)}"
+            if root.find("devices/memballoon[@model='virtio']") is None:
+                change.later.append(f"{step}: it has no memory balloon (made by an earlier vbox, or it boots Xen)")
+            elif wanted > top:
+                change.later.append(f"{step}: above the {format_size(top)} it can grow to until it starts again")
+            else:
+                dom.setMemoryFlags(wanted // 1024, live)
+                change.done.append(step)
+                change.applied["memory"] = wanted
+        if "cpus" in was:
+            wanted, top = spec.machine.cpus, dom.maxVcpus()
+            step = f"cpus {was['cpus']} -> {wanted}"
+            if wanted > top:
+                change.later.append(f"{step}: above the {top} it can have until it starts again")
+            elif wanted < was["cpus"]:  # the guest must let a vCPU go; under TCG longer than libvirt waits (5 s)
+                change.later.append(f"{step}: vCPUs are taken out of a {self.label} when it starts again")
+            else:
+                try:
+                    dom.setVcpusFlags(wanted, live)
+                    change.done.append(step)
+                    change.applied["cpus"] = wanted
+                    change.guest.append("for c in /sys/devices/system/cpu/cpu[0-9]*/online; do "
+                                        "[ \"$(cat $c)\" = 1 ] || echo 1 > $c; done")
+                except libvirt.libvirtError as exc:
+                    change.later.append(f"{step}: {exc.get_error_message()}")
+        if "disk" in was:
+            wanted = spec.machine.disk
+            step = f"disk {format_size(was['disk'])} -> {format_size(wanted)}"
+            if wanted < was["disk"]:
+                change.refused.append(f"{step}: a disk does not shrink (`env destroy` and `env up` make it anew)")
+            else:
+                target = root.find(f"devices/disk/source[@volume='{spec.object_name}.qcow2']/../target").get("dev")
+                try:
+                    dom.blockResize(target, wanted, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                    change.done.append(step)
+                    change.applied["disk"] = wanted
+                    change.guest.append(GROW_ROOT)
+                except libvirt.libvirtError as exc:  # an overlay made by an earlier vbox (qcow2 v2) with snapshots
+                    change.refused.append(f"{step}: {exc.get_error_message()}")
+        return change
+
     # -- snapshots (providers/disk_snapshots.py) ----------------------------------
     def _undefine_flags(self) -> int:
         import libvirt
@@ -351,4 +461,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             seed = upload_volume(self.conn, pool, f"{spec.object_name}{cloudinit.VOLUME_SUFFIX}",
                                  cloudinit.seed_image(spec, mac_address(spec.object_name)), mode=0o600).name()
         return render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, overlay.name(), credential.path(),
-                             ssh_port, console_log=not self.remote, seed=seed)
+                             ssh_port, console_log=not self.remote, seed=seed, host=self._host_size())
+
+    def _host_size(self) -> tuple[int, int]:
+        info = self.conn.getInfo()  # [model, memory MiB, CPUs, ...]
+        return info[1] * 1024**2, info[2]

@@ -210,6 +210,40 @@ class LxcProvider(LocalPorts, ProviderBase):
         self._write_network_files(spec)
         self._write_config(spec)
 
+    def change_live(self, spec: MachineSpec, was: dict):
+        """Memory and CPUs through the running container's cgroup (lxcfs shows them inside
+        at once), and in its config for the next start."""
+        from providers.base import LiveChange
+        from providers.lxc_config import cpuset
+        from providers.stats import cgroup_dirs
+        from vbox_cli.envfile.types import format_size
+
+        change = LiveChange([], [], [], [], {})
+        pid = self._init_pid(spec.object_name)
+        if pid is None:
+            raise VboxError(f"{spec.object_name} is not running")
+        dirs = cgroup_dirs(pid, spec.object_name)
+        if "memory" in was:
+            step = f"memory {format_size(was['memory'])} -> {format_size(spec.machine.memory)}"
+            limit = dirs["memory"] / "memory.limit_in_bytes" if "memory" in dirs else dirs["unified"] / "memory.max"
+            try:
+                limit.write_text(str(spec.machine.memory))
+                change.done.append(step)
+                change.applied["memory"] = spec.machine.memory
+            except OSError as exc:  # EBUSY: it uses more than that, and the kernel could not reclaim it
+                change.later.append(f"{step}: the kernel refused it ({exc.strerror}): it uses more than that now")
+        if "cpus" in was:
+            step = f"cpus {was['cpus']} -> {spec.machine.cpus}"
+            cpus = cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1)
+            (dirs["cpuset"] if "cpuset" in dirs else dirs["unified"]).joinpath("cpuset.cpus").write_text(cpus)
+            change.done.append(step + (f" (this host has {os.cpu_count()})"
+                                       if spec.machine.cpus > (os.cpu_count() or 1) else ""))
+            change.applied["cpus"] = spec.machine.cpus
+        if "disk" in was:
+            change.later.append("disk: a container's disk has no size of its own")
+        self._write_config(spec)
+        return change
+
     def update_folders(self, spec: MachineSpec) -> str | None:
         """A running container's synced folders made those of the spec, live: mounts that
         went are unmounted, new ones mounted (providers/livemount.py). What the config says

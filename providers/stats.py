@@ -141,8 +141,8 @@ def domain_stats(dom) -> MachineStats:
 
     import libvirt
 
-    _state, max_kib, _kib, _vcpus, cpu_ns = dom.info()
-    stats = MachineStats(cpu_seconds=cpu_ns / 1e9, memory_limit=max_kib * 1024)
+    _state, _max_kib, kib, _vcpus, cpu_ns = dom.info()  # the memory it has now, not what it may grow to
+    stats = MachineStats(cpu_seconds=cpu_ns / 1e9, memory_limit=kib * 1024)
     try:
         memory = dom.memoryStats()
     except libvirt.libvirtError:

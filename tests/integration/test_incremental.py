@@ -60,6 +60,12 @@ def test_lxc_edit_of_step_3_of_4_and_env_restore(project):
 @pytest.mark.slow
 def test_kvm_edit_of_step_3_of_4_and_a_snapshot_of_it_running_with_its_folder(project):
     check_edit_of_step_3(project, "kvm")
+    # a vCPU plugged in live (this host's CPUs are the most it can have)
+    before = boot_id(project)
+    two = STEPS.format(provider="kvm").replace('provider = "kvm"', 'provider = "kvm"\ncpus = 2')
+    project.write(two.replace("echo old > /root/old3", "echo new > /root/new3"))
+    assert "changed live (cpus)" in project.env("up").stdout
+    assert project.ssh("m", "nproc").strip() == "2" and boot_id(project) == before
     # env snapshot of the running machine, whose synced folder QEMU could not save the memory of
     assert "Envfile" in project.ssh("m", "ls /vbox")
     project.ssh("m", "echo before | sudo tee /root/file >/dev/null")

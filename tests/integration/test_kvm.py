@@ -105,12 +105,24 @@ def test_vm_life_cycle(project):
     project.env("up")
     assert project.ssh("vm", "cat /home/vbox/data") == "keep\n"
     assert project.ssh("vm", "sudo cat /root/once.log") == "provisioned\n"
-    # reload applies a memory change
+    # up applies memory and a bigger disk live (the balloon, up to twice the memory it started
+    # with; the disk and its file system grown): the same boot, the new sizes seen inside
+    boot = project.ssh("vm", "cat /proc/sys/kernel/random/boot_id")
     before = memory_mib(project, "vm")
-    project.write(VM.replace('memory = "768M"', 'memory = "1G"'))
+    project.write(VM.replace('memory = "768M"', 'memory = "1G"').replace('disk = "6G"', 'disk = "7G"'))
+    live = project.env("up")
+    assert "applied live (no restart): memory 768M -> 1G, disk 6G -> 7G" in live.stdout
+    assert project.ssh("vm", "cat /proc/sys/kernel/random/boot_id") == boot
+    assert memory_mib(project, "vm") - before > 200
+    assert 6.5 < int(project.ssh("vm", "df --output=size -B1 / | tail -1")) / 1024**3 <= 7.0
+    assert project.status()["vm"]["drift"] == []
+    # above that maximum: up says a reload applies it, and reload does
+    project.write(VM.replace('memory = "768M"', 'memory = "2G"').replace('disk = "6G"', 'disk = "7G"'))
+    above = project.env("up")
+    assert "memory 1G -> 2G: above the 1536M it can grow to until it starts again; `env reload vm`" in above.stdout
+    assert project.ssh("vm", "cat /proc/sys/kernel/random/boot_id") == boot
     project.env("reload", "vm")
-    after = memory_mib(project, "vm")
-    assert after - before > 200, (before, after)
+    assert memory_mib(project, "vm") > 1800
 
 
 def test_lxc_and_kvm_machines_reach_each_other_by_name(project):

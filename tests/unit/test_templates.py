@@ -136,6 +136,11 @@ def test_domain_xml_defines_on_the_test_driver(monkeypatch):
     assert root.find("devices/interface/mac").get("address") == mac_address("vbox-demo-abc123-web")
     kvm = ET.fromstring(render_domain(machine_spec, "kvm", paths, "v.qcow2", cred))
     assert kvm.get("type") == "kvm" and kvm.find("cpu").get("mode") == "host-passthrough"
+    # on a host of 1 GiB and 8 CPUs: memory may grow live to twice (at most the host's), vCPUs to the host's
+    grown = ET.fromstring(render_domain(machine_spec, "qemu", paths, "v.qcow2", cred, host=(1024**3, 8)))
+    assert (grown.findtext("memory"), grown.findtext("currentMemory")) == (str(1024**2), str(768 * 1024))
+    assert (grown.findtext("vcpu"), grown.find("vcpu").get("current")) == ("8", "2")
+    assert grown.find("devices/memballoon").get("model") == "virtio"
     conn = libvirt.open("test:///default")
     try:
         dom = conn.defineXML(xml)

@@ -58,7 +58,12 @@ def drift(name: str, settings: dict, record: dict) -> list[str]:
                 changed.append(f"{key} {_size(was.get(key))} -> {_size(settings.get(key))}"
                                if key in ("cpus", "memory") else key)
         if changed:
-            found.append(f"reload needed ({', '.join(changed)}): `env reload {name}`")
+            found.append(f"reload needed ({', '.join(changed)}): `env reload {name}`"
+                         + (", or `env up` live where its provider can"
+                            if any(was.get(k) != settings.get(k) for k in ("cpus", "memory")) else ""))
+    if isinstance(record.get("disk"), int) and settings.get("disk") not in (None, record["disk"]):
+        found.append(f"disk {_size(record['disk'])} -> {_size(settings.get('disk'))}: `env up {name}` grows it live "
+                     "where its provider can (a disk does not shrink)")
     done = set(record.get("provisioned") or [])
     seen: dict[str, int] = {}
     todo = 0

@@ -168,7 +168,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
             **keep, "host_key": public, "address": address, "user": box.meta.user,
             "provider": provider.name, "host": placement.where, "network": network.name if network else "",
             "box": box.name, "box_version": box.version, "box_digest": box.digest,
-            "created": _now(), "provisioned": [], "chain": [],
+            "created": _now(), "provisioned": [], "chain": [], "disk": session.machines[name].disk,
         }))
         session.store.add_user(box.name, obj, {"project": str(project.folder), "machine": name,
                                                "provider": provider.name, "version": box.version})
@@ -200,10 +200,13 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
         boot(session, name, box, address)
         if "restarted" not in actions:
             actions.append("started")
-    elif not actions:
+    live = _apply_live(session, name, provider, box, address)
+    tried_live = live is not None
+    if not actions:
         for line in drift.drift(name, settings, project.machine_state(name)):
-            if not line.startswith("provision needed"):  # up runs those steps itself
-                events.warning(f"{name}: the Envfile changed: {line}", name)
+            if line.startswith("provision needed") or (tried_live and line.startswith(("reload needed", "disk "))):
+                continue  # up runs those steps itself; what a restart would apply was said
+            events.warning(f"{name}: the Envfile changed: {line}", name)
     if forwards or record.get("ports"):  # made again at every up: a host restart loses them
         ports.apply(session, name, project.machine_state(name)["address"], forwards or [])
     todo = plan.todo
@@ -219,7 +222,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
     project.set_machine(name, last_up=_now())
     fire(session, name, "after", verb)
     events.phase(name, Phase.READY, address)
-    return ", ".join(actions) or "nothing to do"
+    return ", ".join(actions + ([live] if live else [])) or "nothing to do"
 
 
 def boot(session, name: str, box, address: str) -> None:
@@ -233,6 +236,55 @@ def boot(session, name: str, box, address: str) -> None:
     session.provider(name).start(spec)
     settings = session.machines[name].model_dump(mode="json", exclude={"name"})
     session.project.set_machine(name, applied=drift.applied(settings))
+
+
+def _apply_live(session, name: str, provider, box, address: str) -> str | None:
+    """A running machine whose cpus, memory or disk in the Envfile differ from what it has
+    gets them live where its provider can (providers/base.py LiveChange), finished by
+    commands in the machine; says what was applied and what takes a restart. None when
+    it did not try; else what it did for the summary ("" for nothing)."""
+    import shlex
+
+    from providers.base import RUNNING, Capability, supports
+
+    project = session.project
+    obj = project.object_name(name)
+    record = project.machine_state(name)
+    machine = session.machines[name]
+    has = {**{k: v for k, v in (record.get("applied") or {}).items() if k in ("cpus", "memory")},
+           **({"disk": record["disk"]} if isinstance(record.get("disk"), int) else {})}
+    was = {key: value for key, value in has.items() if value != getattr(machine, key)}
+    if not was or provider.state(obj) != RUNNING:
+        return None
+    spec = session.spec(name, box, address)
+    if not supports(provider, Capability.LIVE, spec):
+        return None  # the drift says what a restart applies
+    change = provider.change_live(spec, was)
+    if change.guest:
+        conn = session.connect(name)
+        try:
+            for command in change.guest:
+                lines: list[str] = []
+                if conn.run(f"sudo -n sh -c {shlex.quote(command)}", lines.append) != 0:
+                    session.events.warning(f"{name}: in the machine, finishing the change failed: "
+                                           f"{' '.join(lines[-3:]) or 'no output'}", name)
+        finally:
+            conn.close()
+
+    def keep(state: dict) -> None:
+        entry = state["machines"].setdefault(name, {})
+        entry.setdefault("applied", {}).update({k: v for k, v in change.applied.items() if k != "disk"})
+        if "disk" in change.applied:
+            entry["disk"] = change.applied["disk"]
+
+    project.update_state(keep)
+    if change.done:
+        session.events.note(f"{name}: applied live (no restart): {', '.join(change.done)}", name)
+    for item in change.later:
+        session.events.warning(f"{name}: not applied live: {item}; `env reload {name}` applies it", name)
+    for item in change.refused:
+        session.events.warning(f"{name}: not applied: {item}", name)
+    return f"changed live ({', '.join(k for k in was if k in change.applied)})" if change.applied else ""
 
 
 def _update_folders(session, name: str, provider, box, address: str, restart: bool) -> bool:
