@@ -39,6 +39,9 @@ from providers.lxc_config import (
 
 LXC_LOG = "lxc.log"
 SNAPSHOTS = "snapshots"  # <container>/snapshots/<name>/{upper/, info.json}
+DISK_IMAGE = "disk.img"  # a machine with `disk`: its own layer on a file system of that size
+LAYER = "delta"  # where that file system is mounted (the overlay's upper and work folders)
+FROZEN_MARK = "frozen"  # there while vbox holds the container frozen for a snapshot
 
 
 def lxc_path() -> Path:
@@ -70,6 +73,20 @@ def discard(path: Path) -> None:
     from boxes.store import discard as remove
 
     remove(path)
+
+
+def _same_mounts(pid: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
+
+
+def _fs_size(image: Path) -> int:
+    """The size of the ext4 file system in an image, from its superblock."""
+    fields = dict(line.split(":", 1) for line in proc.run(["dumpe2fs", "-h", str(image)]).stdout.splitlines()
+                  if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -108,7 +125,18 @@ class LxcProvider(LocalPorts, ProviderBase):
         if not (self._folder(object_name) / CONFIG).is_file():
             return NOT_CREATED
         result = self._tool("lxc-info", object_name, "-s", "-H", check=False, timeout=30)
-        return RUNNING if result.stdout.strip() in ("RUNNING", "STARTING") else STOPPED
+        running = result.stdout.strip() in ("RUNNING", "STARTING", "FROZEN", "FREEZING")
+        if running and (self._folder(object_name) / FROZEN_MARK).exists():
+            self._thaw(object_name)  # a snapshot's copy cut short (vbox was killed): it stayed frozen
+        return RUNNING if running else STOPPED
+
+    def _thaw(self, object_name: str) -> None:
+        from providers.stats import freeze
+
+        pid = self._init_pid(object_name)
+        if pid is not None:
+            freeze(pid, object_name, False)
+        (self._folder(object_name) / FROZEN_MARK).unlink(missing_ok=True)
 
     def stats(self, object_name: str):
         from providers.stats import container_stats
@@ -116,7 +144,12 @@ class LxcProvider(LocalPorts, ProviderBase):
         if self.state(object_name) != RUNNING:
             return None
         pid = int(self._tool("lxc-info", object_name, "-p", "-H").stdout.strip())
-        return container_stats(pid, object_name, veth_name(object_name), self._folder(object_name) / UPPER)
+        found = container_stats(pid, object_name, veth_name(object_name), self._folder(object_name) / UPPER)
+        layer = self._folder(object_name) / LAYER
+        if (self._folder(object_name) / DISK_IMAGE).is_file() and os.path.ismount(layer):
+            fs = os.statvfs(layer)  # its own disk: what its file system holds, and its size
+            found.disk_size, found.disk_used = fs.f_blocks * fs.f_frsize, (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+        return found
 
     def objects(self, prefix: str) -> list[str]:
         if not self.path.is_dir():
@@ -159,8 +192,11 @@ class LxcProvider(LocalPorts, ProviderBase):
             self.destroy(spec.object_name)
         lower = spec.box.artefact("rootfs")
         upper = folder / UPPER
-        upper.mkdir(parents=True)
+        folder.mkdir(parents=True)
         os.chmod(folder, 0o700)
+        if spec.machine.disk_set:
+            self._make_disk(folder, spec.machine.disk)
+        upper.mkdir(parents=True)
         for relative, (content, mode, owner) in guest_files(spec).items():
             target = upper / relative
             _make_parents(upper, lower, Path(relative))
@@ -177,6 +213,53 @@ class LxcProvider(LocalPorts, ProviderBase):
             add_dhcp_host(self.network_host.conn, spec.network, mac_address(spec.object_name), spec.address,
                           spec.machine.hostname.split(".")[0])
         self._write_config(spec)  # last: a folder with a config is a complete machine
+
+    # -- a disk of its own (`disk`): its layer on a file system of that size ---------
+    # `df /` inside shows the size (overlayfs reports its upper layer's file system), writing
+    # past it fails with ENOSPC inside, and this host's file system is not filled: the image
+    # is a sparse file. ext4 on a loop device, mounted at delta/ while the machine exists.
+    @staticmethod
+    def _make_disk(folder: Path, size: int) -> None:
+        image = folder / DISK_IMAGE
+        with open(image, "wb") as f:
+            f.truncate(size)
+        os.chmod(image, 0o600)
+        proc.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+                  "-L", "vbox-layer", str(image)], timeout=300)
+        (folder / LAYER).mkdir()
+        LxcProvider._mount_disk(folder)
+
+    @staticmethod
+    def _mount_disk(folder: Path) -> None:
+        """Its file system mounted at delta/, if it has one and it is not (a host restart)."""
+        image, layer = folder / DISK_IMAGE, folder / LAYER
+        if image.is_file() and not os.path.ismount(layer):
+            proc.run(["mount", "-o", "loop", str(image), str(layer)], timeout=60)
+
+    def _grow_disk(self, object_name: str, size: int) -> None:
+        """The image made bigger and its mounted file system grown into it, online (the
+        kernel asks for CAP_SYS_RESOURCE, which a host in a container may not give)."""
+        folder = self._folder(object_name)
+        image = folder / DISK_IMAGE
+        if image.stat().st_size < size:
+            with open(image, "r+b") as f:
+                f.truncate(size)
+        device = proc.run(["findmnt", "-no", "SOURCE", str(folder / LAYER)]).stdout.strip()
+        proc.run(["losetup", "-c", device])
+        proc.run(["resize2fs", device], timeout=300)
+
+    def _fit_disk(self, folder: Path, size: int) -> None:
+        """Before a start: an image smaller than `disk` grown, and its file system, offline."""
+        image, layer = folder / DISK_IMAGE, folder / LAYER
+        if not image.is_file() or _fs_size(image) >= size:
+            return
+        if os.path.ismount(layer):
+            proc.run(["umount", str(layer)], timeout=60)
+        if image.stat().st_size < size:
+            with open(image, "r+b") as f:
+                f.truncate(size)
+        proc.run(["e2fsck", "-f", "-p", str(image)], timeout=600)
+        proc.run(["resize2fs", str(image)], timeout=600)
 
     def _write_config(self, spec: MachineSpec) -> None:
         from vbox_cli.files import atomic_write
@@ -207,6 +290,7 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def apply_resources(self, spec: MachineSpec) -> None:
         """Before a start: the config (cpus, memory, folders, networks) as the spec says."""
+        self._mount_disk(self._folder(spec.object_name))
         self._write_network_files(spec)
         self._write_config(spec)
 
@@ -240,7 +324,21 @@ class LxcProvider(LocalPorts, ProviderBase):
                                        if spec.machine.cpus > (os.cpu_count() or 1) else ""))
             change.applied["cpus"] = spec.machine.cpus
         if "disk" in was:
-            change.later.append("disk: a container's disk has no size of its own")
+            step = f"disk {format_size(was['disk'])} -> {format_size(spec.machine.disk)}"
+            if not (self._folder(spec.object_name) / DISK_IMAGE).is_file():
+                change.refused.append(f"{step}: it was made without `disk`, so it has no disk of its own "
+                                      "(`env destroy` and `env up` give it one)")
+            elif spec.machine.disk < was["disk"]:
+                change.refused.append(f"{step}: a disk does not shrink (`env destroy` and `env up` make it anew)")
+            else:
+                try:
+                    self._grow_disk(spec.object_name, spec.machine.disk)
+                    change.done.append(step)
+                    change.applied["disk"] = spec.machine.disk
+                except VboxError as exc:
+                    change.later.append(f"{step}: its file system could not grow while mounted "
+                                        f"({(exc.details or exc.message).strip().splitlines()[-1]}); it grows "
+                                        "at its next start")
         self._write_config(spec)
         return change
 
@@ -281,6 +379,9 @@ class LxcProvider(LocalPorts, ProviderBase):
         from providers import idmap
 
         folder = self._folder(spec.object_name)
+        if spec.machine.disk_set:
+            self._fit_disk(folder, spec.machine.disk)  # a bigger disk that could not grow live
+        self._mount_disk(folder)  # a host restart unmounted it
         try:
             uid_map, gid_map = folder_maps(spec)
             if uid_map:  # for LXC to set the folders' mounts up; released once it has (finally)
@@ -299,6 +400,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             idmap.release(folder / IDMAP)
 
     def _lxc_start(self, object_name: str, folder: Path) -> None:
+        self._mount_disk(folder)
         self._settle(object_name)
         try:
             self._tool("lxc-start", object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
@@ -384,19 +486,21 @@ class LxcProvider(LocalPorts, ProviderBase):
         target = folder / SNAPSHOTS / name
         if target.exists():
             raise VboxError(f"{object_name} has a snapshot named {name} already")
+        self._mount_disk(folder)
         partial = folder / SNAPSHOTS / f".{name}.partial"
         discard(partial)
         partial.mkdir(parents=True)
         pid = self._init_pid(object_name)  # None: stopped
         try:
             if pid is not None:
+                (folder / FROZEN_MARK).touch()  # the next command thaws it if this one is killed
                 freeze(pid, object_name, True)
             try:
                 created = time.time()
                 _copy_tree(folder / UPPER, partial / "upper")
             finally:
                 if pid is not None:
-                    freeze(pid, object_name, False)
+                    self._thaw(object_name)
             import json
 
             atomic_write(partial / "info.json", json.dumps({"created": created, "running": pid is not None}) + "\n",
@@ -422,10 +526,15 @@ class LxcProvider(LocalPorts, ProviderBase):
             raise VboxError(f"{object_name} is running: a snapshot is restored into a stopped container")
         upper = folder / UPPER
         fresh, old = upper.with_name("upper.new"), upper.with_name("upper.old")
+        self._mount_disk(folder)
         self._settle(object_name)
         discard(fresh)
+        if (folder / DISK_IMAGE).is_file():  # its disk may not hold two layers: the old one goes first
+            upper.rename(old)
+            discard(old)
         _copy_tree(source, fresh)
-        upper.rename(old)
+        if upper.exists():
+            upper.rename(old)
         fresh.rename(upper)
         discard(old)
 
@@ -441,6 +550,9 @@ class LxcProvider(LocalPorts, ProviderBase):
         fresh, old = upper.with_name("upper.new"), upper.with_name("upper.old")
         if not upper.exists() and old.exists():
             (fresh if fresh.exists() else old).rename(upper)
+        if not upper.exists() and (self._folder(object_name) / CONFIG).is_file():
+            raise VboxError(f"{object_name}: its layer was being restored from a snapshot when vbox stopped",
+                            hint="`env snapshot restore MACHINE NAME` again")
         discard(old)
         discard(fresh)
 
@@ -449,7 +561,10 @@ class LxcProvider(LocalPorts, ProviderBase):
         from boxes.store import mounts_under
 
         found = [f"LXC container {name}" for name in self.objects(prefix)]
-        found += [f"mount {point}" for point in mounts_under(self.path) if f"/{prefix}" in point]
+        living = {str(self._folder(name) / LAYER) for name in self.objects("vbox-")
+                  if (self._folder(name) / CONFIG).is_file()}  # a machine's own disk
+        found += [f"mount {point}" for point in mounts_under(self.path) if f"/{prefix}" in point
+                  and point not in living]
         for link in os.listdir("/sys/class/net"):
             if link.startswith(VETH_PREFIX) and not self._veth_in_use(link):
                 found.append(f"veth {link} (of no vbox container)")
@@ -460,8 +575,9 @@ class LxcProvider(LocalPorts, ProviderBase):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            # a monitor of vbox's container path (not of another tool's containers named vbox-...)
-            if cmdline.startswith(f"[lxc monitor] {self.path} {prefix}"):
+            # a monitor of vbox's container path (not of another tool's containers named vbox-...),
+            # in this mount namespace (not a vbox in a container of this host: its path is its own)
+            if cmdline.startswith(f"[lxc monitor] {self.path} {prefix}") and _same_mounts(pid):
                 found.append(f"LXC monitor process {pid}: {cmdline.strip()}")
         return found
 

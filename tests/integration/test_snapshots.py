@@ -78,3 +78,23 @@ def test_container_snapshots_restore_files_and_the_steps_run(project):
     assert "not a snapshot name" in bad.stderr
     missing = project.env("snapshot", "restore", "c", "nope", check_rc=1)
     assert "no snapshot named 'nope'" in missing.stderr and "its snapshots: provisioned" in missing.stderr
+
+
+def test_a_container_left_frozen_by_a_killed_snapshot_is_thawed_by_the_next_command(project):
+    """A vbox killed while it holds a container frozen for a snapshot's copy (its mark
+    still there): the next command that looks at the machine thaws it."""
+    import subprocess
+
+    from providers.lxc import FROZEN_MARK, lxc_path
+    from providers.stats import freeze
+
+    project.write("[machines.c]\n")
+    project.env("up")
+    name = f"vbox-{project.id}-c"
+    pid = int(subprocess.run(["lxc-info", "-P", str(lxc_path()), "-n", name, "-p", "-H"], capture_output=True,
+                             text=True, check=True).stdout)
+    (lxc_path() / name / FROZEN_MARK).touch()
+    freeze(pid, name, True)
+    assert project.status()["c"]["state"] == "running"
+    assert project.ssh("c", "echo thawed") == "thawed\n"
+    assert not (lxc_path() / name / FROZEN_MARK).exists()

@@ -152,6 +152,7 @@ class Machine(Frozen):
     networks: tuple[Any, ...] = ()
     folders: tuple[Any, ...] = ()
     folders_set: bool = False  # the Envfile names folders (not only the default)
+    disk_set: bool = False  # the Envfile names its disk size (an LXC machine has one then)
     protect: bool = False
     depends_on: tuple[str, ...] = ()
     triggers: tuple[Any, ...] = ()
@@ -168,6 +169,7 @@ class Envfile(Frozen):
             values.update({key: value for key, value in spec if value is not None})
             values.setdefault("hostname", name)
             values["folders_set"] = spec.folders is not None or "folders" in self.defaults.model_fields_set
+            values["disk_set"] = spec.disk is not None or "disk" in self.defaults.model_fields_set
             resolved[name] = Machine(name=name, **values)
         return resolved
 
