@@ -55,15 +55,24 @@ def restart_libvirtd() -> None:
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists():
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while Path(f"/proc/{pid}").exists():
+            while alive(pid):
                 time.sleep(0.1)
         time.sleep(0.5)  # the moment it is away
     finally:
         ensure_libvirtd()
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie has ended (a host whose init does not reap, as a container with
+    `sleep infinity` as PID 1, keeps a daemon's zombie for ever)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def ensure_libvirtd() -> None:
