@@ -94,6 +94,7 @@ class Capability(str, Enum):
     STATS = "report what a machine uses"
     SNAPSHOTS = "save and restore snapshots of a machine's disk"
     LIVE = "change cpus, memory and disk of a running machine"
+    SUSPEND = "suspend a machine to disk and resume it"
 
 
 @runtime_checkable
@@ -179,6 +180,16 @@ class SupportsLive(Protocol):
         a restart; `was`: the values it has (those that differ from the spec)."""
 
 
+@runtime_checkable
+class SupportsSuspend(Protocol):
+    def suspend(self, object_name: str) -> None:
+        """Save the running machine's memory and processes to disk and stop it (its host's
+        memory freed); `start` resumes it from there. A clear error when it cannot."""
+
+    def suspended(self, object_name: str) -> bool:
+        """Whether the stopped machine was suspended (its next start resumes it)."""
+
+
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"  # a folder name (LXC), a libvirt snapshot name
 
 
@@ -218,6 +229,7 @@ _PROTOCOLS = {
     Capability.STATS: SupportsStats,
     Capability.SNAPSHOTS: SupportsSnapshots,
     Capability.LIVE: SupportsLive,
+    Capability.SUSPEND: SupportsSuspend,
 }
 
 

@@ -413,6 +413,26 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                     change.refused.append(f"{step}: {exc.get_error_message()}")
         return change
 
+    # -- suspend: libvirt's managed save ------------------------------------------------
+    def suspend(self, object_name: str) -> None:
+        """Its memory and device state saved by libvirt (managed save) and QEMU stopped:
+        the host's memory is freed; the next start resumes it. QEMU cannot save a machine
+        with a virtiofs folder (vhost-user-fs is not migratable)."""
+        import libvirt
+
+        dom = self._existing(object_name)
+        if ET.fromstring(dom.XMLDesc(0)).find("devices/filesystem/driver[@type='virtiofs']") is not None:
+            raise VboxError(f"{object_name} has synced folders (virtiofs), whose state QEMU cannot save: it cannot "
+                            "be suspended", hint="`env halt` it, or set folders = [] for it")
+        try:
+            dom.managedSave(0)
+        except libvirt.libvirtError as exc:
+            raise VboxError(f"libvirt could not suspend {object_name}: {exc.get_error_message()}") from None
+
+    def suspended(self, object_name: str) -> bool:
+        dom = self._domain(object_name)
+        return dom is not None and not dom.isActive() and bool(dom.hasManagedSaveImage(0))
+
     # -- snapshots (providers/disk_snapshots.py) ----------------------------------
     def _undefine_flags(self) -> int:
         import libvirt

@@ -42,6 +42,7 @@ SNAPSHOTS = "snapshots"  # <container>/snapshots/<name>/{upper/, info.json}
 DISK_IMAGE = "disk.img"  # a machine with `disk`: its own layer on a file system of that size
 LAYER = "delta"  # where that file system is mounted (the overlay's upper and work folders)
 FROZEN_MARK = "frozen"  # there while vbox holds the container frozen for a snapshot
+CHECKPOINT = "checkpoint"  # a suspended container's processes, saved by CRIU (lxc-checkpoint)
 
 
 def lxc_path() -> Path:
@@ -402,6 +403,14 @@ class LxcProvider(LocalPorts, ProviderBase):
     def _lxc_start(self, object_name: str, folder: Path) -> None:
         self._mount_disk(folder)
         self._settle(object_name)
+        if (folder / CHECKPOINT).is_dir():  # suspended: its processes restored by CRIU
+            result = self._tool("lxc-checkpoint", object_name, "-r", "-D", str(folder / CHECKPOINT), check=False,
+                                timeout=600)
+            discard(folder / CHECKPOINT)
+            if result.returncode == 0:
+                return
+            raise VboxError(f"{object_name}: CRIU could not restore it: {result.stderr.strip() or 'failed'}",
+                            hint="the saved processes are gone; `env up` starts it afresh")
         try:
             self._tool("lxc-start", object_name, "-o", str(folder / LXC_LOG), "-l", "WARN")
         except VboxError as exc:
@@ -456,6 +465,39 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def console_command(self, object_name: str) -> list[str]:
         return ["lxc-console", "-P", str(self.path), "-n", object_name]
+
+    # -- suspend: CRIU, through lxc-checkpoint -------------------------------------------
+    def suspend(self, object_name: str) -> None:
+        """Its processes saved by CRIU and the container stopped; the next start restores
+        them (same PIDs, same state). CRIU is asked first whether it can work here at all
+        (`criu check`), so that what blocks it is said."""
+        import shutil
+
+        if shutil.which("criu") is None:
+            raise VboxError(f"{object_name}: suspending a container needs CRIU, which is not installed",
+                            hint="apt-get install criu")
+        check = proc.run(["criu", "check"], check=False, timeout=60)
+        if check.returncode != 0:
+            words = [line.split(": ", 1)[-1] for line in (check.stderr + check.stdout).splitlines() if line.strip()]
+            version = proc.run(["criu", "--version"], check=False).stdout.split()[1:2]
+            raise VboxError(f"{object_name}: CRIU {' '.join(version)} cannot checkpoint on this host "
+                            f"(kernel {os.uname().release}): {'; '.join(words[:2]) or 'criu check failed'}",
+                            hint="`env halt` it instead (a newer CRIU may know this kernel)")
+        folder = self._folder(object_name)
+        discard(folder / CHECKPOINT)
+        (folder / CHECKPOINT).mkdir(mode=0o700)
+        result = self._tool("lxc-checkpoint", object_name, "-s", "-D", str(folder / CHECKPOINT), check=False,
+                            timeout=600)
+        if result.returncode != 0:
+            log = folder / CHECKPOINT / "dump.log"
+            errors = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+                      if "Error" in line]
+            discard(folder / CHECKPOINT)
+            raise VboxError(f"{object_name}: CRIU could not checkpoint it: "
+                            f"{(errors[-1] if errors else result.stderr.strip() or 'lxc-checkpoint failed')}")
+
+    def suspended(self, object_name: str) -> bool:
+        return (self._folder(object_name) / CHECKPOINT).is_dir() and self.state(object_name) != RUNNING
 
     # -- snapshots ---------------------------------------------------------------
     # A snapshot is a copy of the overlay's upper layer (the machine's own changes; the box

@@ -125,6 +125,8 @@ def make_app() -> typer.Typer:
     app.command("provision")(up.provision)
     app.command("restore")(up.restore)
     app.command("halt")(up.halt)
+    app.command("suspend")(up.suspend)
+    app.command("resume")(up.resume)
     app.command("reload")(up.reload)
     app.command("destroy")(up.destroy)
     app.add_typer(snapshot.app, name="snapshot")

@@ -12,7 +12,7 @@ import sys
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
 VERBS = frozenset({
     "init", "validate", "schema", "up", "lock", "diff", "status", "stats", "ssh", "ssh-config", "inventory", "console", "port",
-    "provision", "restore", "halt", "reload", "destroy", "snapshot", "box", "doctor",
+    "provision", "restore", "halt", "suspend", "resume", "reload", "destroy", "snapshot", "box", "doctor",
 })
 # Options that mean vbox too: `env --help`, `env --version`, shell completion.
 OWN_OPTIONS = frozenset({"--help", "--version", "--install-completion", "--show-completion"})

@@ -37,6 +37,8 @@ class Phase(str, Enum):
     RESTORED = "restored"  # of a stopped machine (a running one ends `ready`, started again)
     DELETING = "deleting"  # env snapshot delete
     DELETED = "deleted"
+    SUSPENDING = "suspending"  # env suspend: memory and processes to disk
+    SUSPENDED = "suspended"
     FAILED = "failed"
     # boxes
     WAITING = "waiting"  # for another command holding the same lock
@@ -58,7 +60,8 @@ class Phase(str, Enum):
         return self in _FINAL
 
 
-_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.SAVED, Phase.RESTORED, Phase.DELETED, Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
+_FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.SAVED, Phase.RESTORED, Phase.DELETED, Phase.SUSPENDED,
+          Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ class FakeProvider(ProviderBase):
     def start(self, spec):
         WORLD.calls.append(("start", spec.object_name))
         WORLD.hit("start", spec.machine.name)
-        WORLD.machines[spec.object_name].update(state=RUNNING, started_from=spec.box.version)
+        WORLD.machines[spec.object_name].update(state=RUNNING, started_from=spec.box.version,
+                                                resumed=WORLD.machines[spec.object_name].pop("suspended", False))
 
     def apply_resources(self, spec):
         WORLD.machines[spec.object_name]["memory"] = spec.machine.memory
@@ -232,3 +233,16 @@ class NoSnapshotsProvider(FakeProvider):
         from providers.base import Capability
 
         return "it keeps none" if capability == Capability.SNAPSHOTS else None
+
+
+def _suspend(self, object_name):
+    WORLD.calls.append(("suspend", object_name))
+    WORLD.machines[object_name].update(state=STOPPED, suspended=True)
+
+
+def _suspended(self, object_name):
+    return bool(WORLD.machines.get(object_name, {}).get("suspended")) and self.state(object_name) == STOPPED
+
+
+FakeProvider.suspend = _suspend
+FakeProvider.suspended = _suspended

@@ -148,6 +148,27 @@ def restore(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: 
     report(ctx, results, "restore")
 
 
+def suspend(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
+    """Suspend running machines: their memory and processes saved to disk, the machines
+    stopped and this host's memory freed; `env resume` (or `env up`) brings them back as
+    they were. KVM: libvirt's managed save (not with synced folders: QEMU cannot save
+    virtiofs); LXC: CRIU."""
+    from vbox_cli.machines.suspend import suspend as suspend_machines
+
+    with open_session(ctx, "suspend", names or [], events) as session:
+        results = suspend_machines(session, names or [], jobs=jobs)
+    report(ctx, results, "suspend")
+
+
+def resume(ctx: typer.Context, names: Names = None, jobs: Jobs = None, events: Events = False) -> None:
+    """Resume suspended machines where they were: same processes, same memory."""
+    from vbox_cli.machines.suspend import resume as resume_machines
+
+    with open_session(ctx, "resume", names or [], events) as session:
+        results = resume_machines(session, names or [], jobs=jobs)
+    report(ctx, results, "resume")
+
+
 def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None, yes: Yes = False,
          events: Events = False) -> None:
     """Shut machines down cleanly (powered off if they do not stop in 30 s)."""

@@ -18,7 +18,7 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
     for name, settings in machines.items():
         record = state.get(name, {})
         try:
-            machine_state = placements.provider(name).state(project.object_name(name))
+            machine_state = _state(placements.provider(name), project.object_name(name))
         except VboxError as exc:  # a provider this vbox does not have, or a hypervisor that does not answer
             machine_state = f"unknown: {exc.message}"
         rows.append({
@@ -32,6 +32,16 @@ def status(project, machines: dict[str, dict]) -> list[dict]:
                      "state": provider.state(obj) + " (not in the Envfile)", "address": _where(state.get(machine, {})),
                      "host": "", "box": "", "box_digest": "", "drift": []})
     return rows
+
+
+def _state(provider, obj: str) -> str:
+    """running, stopped, not created; or suspended (stopped, its next start resumes it)."""
+    from providers.base import STOPPED, Capability, supports
+
+    state = provider.state(obj)
+    if state == STOPPED and supports(provider, Capability.SUSPEND) and provider.suspended(obj):
+        return "suspended"
+    return state
 
 
 def _where(record: dict) -> str:
