@@ -6,6 +6,7 @@ where it does not (Debian 12's CRIU on a newer kernel), suspend says what blocks
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -48,6 +49,11 @@ def test_container_suspend_through_criu_or_what_blocks_it(project):  # noqa: F81
     project.write("[machines.c]\n")
     project.env("up")
     pid = project.ssh("c", COUNTER).strip()
+    if shutil.which("criu") is None:  # setup does not install it (it cannot run on this kernel)
+        result = project.env("suspend", "c", check_rc=1)
+        assert "needs CRIU, which is not installed" in result.stdout + result.stderr
+        assert project.status()["c"]["state"] == "running"
+        return
     criu = subprocess.run(["criu", "check"], capture_output=True, text=True)
     if criu.returncode != 0:
         result = project.env("suspend", "c", check_rc=1)
