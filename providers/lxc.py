@@ -11,6 +11,7 @@ authorized key, its address) goes into that upper layer before the first boot.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -131,12 +132,21 @@ class LxcProvider(LocalPorts, ProviderBase):
             self._thaw(object_name)  # a snapshot's copy cut short (vbox was killed): it stayed frozen
         return RUNNING if running else STOPPED
 
-    def _thaw(self, object_name: str) -> None:
+    def _freeze(self, object_name: str, pid: int, frozen: bool) -> None:
+        """Through the container's cgroup (a 2 ms poll); through LXC's own tools (which poll
+        every second) where this process cannot find that cgroup (a host whose cgroup
+        mount is not its own namespace's, as in a container)."""
         from providers.stats import freeze
 
+        try:
+            freeze(pid, object_name, frozen)
+        except (VboxError, OSError):
+            self._tool("lxc-freeze" if frozen else "lxc-unfreeze", object_name)
+
+    def _thaw(self, object_name: str) -> None:
         pid = self._init_pid(object_name)
         if pid is not None:
-            freeze(pid, object_name, False)
+            self._freeze(object_name, pid, False)
         (self._folder(object_name) / FROZEN_MARK).unlink(missing_ok=True)
 
     def stats(self, object_name: str):
@@ -299,28 +309,26 @@ class LxcProvider(LocalPorts, ProviderBase):
         """Memory and CPUs through the running container's cgroup (lxcfs shows them inside
         at once), and in its config for the next start."""
         from providers.base import LiveChange
-        from providers.lxc_config import cpuset
-        from providers.stats import cgroup_dirs
+        from providers.lxc_config import cgroup_keys, cpuset
         from vbox_cli.envfile.types import format_size
 
         change = LiveChange([], [], [], [], {})
-        pid = self._init_pid(spec.object_name)
-        if pid is None:
+        if self.state(spec.object_name) != RUNNING:
             raise VboxError(f"{spec.object_name} is not running")
-        dirs = cgroup_dirs(pid, spec.object_name)
+        memory_key, cpuset_key = (key.split(".", 1)[1] for key in cgroup_keys())  # memory.max, cpuset.cpus
         if "memory" in was:
             step = f"memory {format_size(was['memory'])} -> {format_size(spec.machine.memory)}"
-            limit = dirs["memory"] / "memory.limit_in_bytes" if "memory" in dirs else dirs["unified"] / "memory.max"
-            try:
-                limit.write_text(str(spec.machine.memory))
+            done = self._tool("lxc-cgroup", spec.object_name, memory_key, str(spec.machine.memory), check=False)
+            if done.returncode == 0:
                 change.done.append(step)
                 change.applied["memory"] = spec.machine.memory
-            except OSError as exc:  # EBUSY: it uses more than that, and the kernel could not reclaim it
-                change.later.append(f"{step}: the kernel refused it ({exc.strerror}): it uses more than that now")
+            else:  # EBUSY: it uses more than that, and the kernel could not reclaim it
+                said = re.sub(r"^.*? main: \d+ ", "", (done.stderr.strip().splitlines() or ["lxc-cgroup failed"])[-1])
+                change.later.append(f"{step}: the kernel refused it ({said}): it uses more than that now")
         if "cpus" in was:
             step = f"cpus {was['cpus']} -> {spec.machine.cpus}"
             cpus = cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1)
-            (dirs["cpuset"] if "cpuset" in dirs else dirs["unified"]).joinpath("cpuset.cpus").write_text(cpus)
+            self._tool("lxc-cgroup", spec.object_name, cpuset_key, cpus)
             change.done.append(step + (f" (this host has {os.cpu_count()})"
                                        if spec.machine.cpus > (os.cpu_count() or 1) else ""))
             change.applied["cpus"] = spec.machine.cpus
@@ -520,7 +528,6 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def snapshot_save(self, object_name: str, name: str):
         from providers.base import Snapshot, check_snapshot_name
-        from providers.stats import freeze
         from vbox_cli.files import atomic_write
 
         check_snapshot_name(name)
@@ -536,7 +543,7 @@ class LxcProvider(LocalPorts, ProviderBase):
         try:
             if pid is not None:
                 (folder / FROZEN_MARK).touch()  # the next command thaws it if this one is killed
-                freeze(pid, object_name, True)
+                self._freeze(object_name, pid, True)
             try:
                 created = time.time()
                 _copy_tree(folder / UPPER, partial / "upper")
