@@ -77,9 +77,9 @@ def discard(path: Path) -> None:
     remove(path)
 
 
-def _same_mounts(pid: str) -> bool:
+def _same_system(pid: str) -> bool:
     try:
-        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        return os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
     except OSError:
         return False
 
@@ -625,8 +625,8 @@ class LxcProvider(LocalPorts, ProviderBase):
             except OSError:
                 continue
             # a monitor of vbox's container path (not of another tool's containers named vbox-...),
-            # in this mount namespace (not a vbox in a container of this host: its path is its own)
-            if cmdline.startswith(f"[lxc monitor] {self.path} {prefix}") and _same_mounts(pid):
+            # in this PID namespace (not a vbox in a container of this host: its path is its own)
+            if cmdline.startswith(f"[lxc monitor] {self.path} {prefix}") and _same_system(pid):
                 found.append(f"LXC monitor process {pid}: {cmdline.strip()}")
         return found
 

@@ -9,6 +9,7 @@ machine volumes `vbox-PROJECT-MACHINE.qcow2`.
 from __future__ import annotations
 
 import os
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -59,8 +60,16 @@ def base_name(box, kind: str) -> str:
     return f"box-{folder_name(box.name)}-{box.version}-{box.digest.removeprefix('sha256:')[:12]}.{KINDS[kind]}"
 
 
+_BASES = threading.Lock()  # machines of one box made at once: one of them makes its base volumes
+
+
 def base_volumes(conn, pool, box) -> dict[str, str]:
     """Paths of the box's disk, kernel and initrd as volumes of the pool (made if missing)."""
+    with _BASES:
+        return _base_volumes(conn, pool, box)
+
+
+def _base_volumes(conn, pool, box) -> dict[str, str]:
     from providers.hosts import find
 
     if is_remote(conn):

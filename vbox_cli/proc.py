@@ -118,13 +118,22 @@ def spawn_daemon(argv: Sequence[str], log: str | os.PathLike) -> int:
 
 
 def processes():
-    """(pid, argv as bytes) of every process of this host whose command line can be read."""
+    """(pid, argv as bytes) of every process of this system whose command line can be read;
+    not those of a container on this host (seen in /proc too, in a PID namespace of their
+    own: a vbox in that container made them). Not by mount namespace: libvirt runs QEMU
+    and virtiofsd in mount namespaces of their own."""
+    try:
+        ours = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ours = None
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            if ours is not None and os.readlink(f"/proc/{entry}/ns/pid") != ours:
+                continue
         except OSError:
             continue
         yield int(entry), argv

@@ -75,16 +75,19 @@ class Loop:
 
 
 def _pids(match) -> list[int]:
+    """This system's processes that match, not those of a container on this host (its own
+    libvirtd and virtlogd are seen in /proc too, in a PID namespace of its own)."""
     found = []
+    ours = os.readlink("/proc/self/ns/pid")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if cmdline and match(cmdline) and os.readlink(entry / "ns/pid") == ours:
+                found.append(int(entry.name))
         except OSError:
             continue
-        if cmdline and match(cmdline):
-            found.append(int(entry.name))
     return found
 
 
@@ -103,7 +106,7 @@ def daemons() -> dict[str, tuple[int, int]]:
         "virtlogd": lambda c: os.path.basename(c[0]) == b"virtlogd",
         "dnsmasq (vbox networks)": lambda c: os.path.basename(c[0]) == b"dnsmasq"
                                              and any(b"/vbox-" in a for a in c),
-        "lxc monitors (vbox)": lambda c: c[0].startswith(b"[lxc monitor]") and b"/var/lib/vbox" in c[0],
+        "lxc monitors (vbox)": lambda c: c[0].startswith(b"[lxc monitor] /var/lib/vbox/lxc "),
     }
     from providers.hosts import close_all
 
