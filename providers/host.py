@@ -237,12 +237,24 @@ def check_ansible(needed: bool) -> Check:
     from provisioners.ansible import playbook_command
 
     command = playbook_command()
+    if command and not os.path.isdir("/dev/shm"):
+        # Ansible's multiprocessing needs it ("Unable to use multiprocessing ... /dev/shm"); a
+        # host that is a bare container may not have it
+        return Check("ansible", "missing", f"{command}, but /dev/shm is missing (Ansible's multiprocessing "
+                     "needs it)", hint="mount a tmpfs at /dev/shm", repair=_mount_shm)
     if command:
         return Check("ansible", "ok", command)
     if needed:
         return Check("ansible", "missing", "ansible-playbook not found; the Envfile here has ansible steps",
                      packages=("ansible-core",))
     return Check("ansible", "ok", "not installed (needed only by ansible steps)")
+
+
+def _mount_shm() -> None:
+    from vbox_cli import proc
+
+    os.makedirs("/dev/shm", mode=0o1777, exist_ok=True)
+    proc.run(["mount", "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/dev/shm"])
 
 
 def check_openvswitch(needed: bool) -> Check:

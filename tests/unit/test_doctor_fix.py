@@ -95,3 +95,23 @@ def test_a_unit_that_fails_is_explained_not_reported_as_started(monkeypatch, tmp
         host.start_daemon("virtlogd")
     assert info.value.message.startswith("virtlogd did not start")
     assert "systemctl status virtlogd" in info.value.hint and "Result: exit-code" in info.value.details
+
+
+def test_ansible_without_dev_shm_is_missing_and_mounts_a_tmpfs(monkeypatch):
+    """A host that is a bare container may have no /dev/shm, without which Ansible cannot
+    run ("Unable to use multiprocessing"): doctor says so and --fix mounts a tmpfs there."""
+    import os
+
+    calls = []
+    monkeypatch.setattr("provisioners.ansible.playbook_command", lambda: "/usr/bin/ansible-playbook")
+    monkeypatch.setattr(os.path, "isdir", lambda path: path != "/dev/shm")
+    monkeypatch.setattr(os, "makedirs", lambda *a, **kw: calls.append(("mkdir", a[0])))
+    monkeypatch.setattr("vbox_cli.proc.run", lambda argv, **kw: calls.append(tuple(argv)))
+    check = host.check_ansible(needed=True)
+    assert check.status == "missing" and "/dev/shm is missing" in check.detail
+    check.repair()
+    assert calls == [("mkdir", "/dev/shm"),
+                     ("mount", "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/dev/shm")]
+    monkeypatch.undo()
+    monkeypatch.setattr("provisioners.ansible.playbook_command", lambda: "/usr/bin/ansible-playbook")
+    assert host.check_ansible(needed=True).status == "ok"  # this host has one
