@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from boxes.guestfiles import FILES, ROOT_LABEL, SERVICES
+from boxes.guestfiles import FILES, LIBVIRT_HOST_FILES, LIBVIRT_HOST_SERVICES, ROOT_LABEL, SERVICES
 from boxes.meta import Boot, BoxMeta
 from boxes.reproducible import normalize, set_times
 from boxes.recipe import Recipe
@@ -156,7 +156,8 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
         name=recipe.name, version=recipe.version, description=recipe.description, digest=f"sha256:{digest}",
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
         boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
-        kernel_version=kernel.name.removeprefix("vmlinuz-"), features=["virtiofs", "static-addresses"],
+        kernel_version=kernel.name.removeprefix("vmlinuz-"),
+        features=["virtiofs", "static-addresses", *(["libvirt-host"] if recipe.libvirt_host else [])],
         packages=packages,
         built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),
@@ -210,7 +211,8 @@ def _chroot(rootfs: Path, *argv: str, env: dict[str, str] | None = None) -> str:
 
 
 def _configure(rootfs: Path, recipe: Recipe) -> None:
-    for relative, (content, mode) in FILES.items():
+    files = {**FILES, **(LIBVIRT_HOST_FILES if recipe.libvirt_host else {})}
+    for relative, (content, mode) in files.items():
         target = rootfs / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
@@ -227,7 +229,7 @@ def _configure(rootfs: Path, recipe: Recipe) -> None:
     for path in (ssh_dir, ssh_dir / "authorized_keys"):
         os.chown(path, int(uid_gid[0]), int(uid_gid[1]))
     _chroot(rootfs, "passwd", "--lock", "root")
-    _chroot(rootfs, "systemctl", "enable", *SERVICES)
+    _chroot(rootfs, "systemctl", "enable", *SERVICES, *(LIBVIRT_HOST_SERVICES if recipe.libvirt_host else ()))
     # Machines get their own identity: no machine-id, no SSH host keys in the box.
     (rootfs / "etc/machine-id").write_text("")
     (rootfs / "var/lib/dbus/machine-id").unlink(missing_ok=True)

@@ -127,4 +127,19 @@ FILES = {
     "etc/hostname": ("debian\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
 }
+# A libvirt host box (a recipe's `libvirt_host`): what libvirtd needs to run QEMU guests in
+# an LXC machine as well as in a VM.
+LIBVIRT_HOST_FILES = {
+    # LXC's device rules let a container use the TUN device (its guests' network ports)
+    # but make no node of it; in a VM the kernel's devtmpfs has it already
+    "etc/systemd/system/vbox-tun.service": (
+        "[Unit]\nDescription=vbox: /dev/net/tun for libvirt's guests (a container has no node of it)\n"
+        "ConditionPathExists=!/dev/net/tun\nDefaultDependencies=no\nBefore=sysinit.target libvirtd.service\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/mkdir -p /dev/net\n"
+        "ExecStart=/bin/mknod -m 0666 /dev/net/tun c 10 200\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+}
+LIBVIRT_HOST_SERVICES = ("vbox-tun",)
 SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-seed", "vbox-folders", "vbox-network")

@@ -57,6 +57,9 @@ class Recipe(BaseModel):
     # own `disk` at first boot), or a size
     disk_size: Annotated[str, AfterValidator(_size)] = "auto"
     hypervisor: bool = False  # Xen: the box also carries the hypervisor's multiboot image
+    # a libvirt host that may run as an LXC machine: /dev/net/tun made at boot (LXC lets a
+    # container use it but makes no node), and QEMU started without cgroups of its own
+    libvirt_host: bool = False
     # the box's clock (SOURCE_DATE_EPOCH): no file of the box is newer, and every time the
     # builder writes is this one, so the same packages give the same box on any machine
     date: str = Field("2024-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")

@@ -95,6 +95,7 @@ class Capability(str, Enum):
     SNAPSHOTS = "save and restore snapshots of a machine's disk"
     LIVE = "change cpus, memory and disk of a running machine"
     SUSPEND = "suspend a machine to disk and resume it"
+    MIGRATE = "move a machine to another host"
 
 
 @runtime_checkable
@@ -190,6 +191,17 @@ class SupportsSuspend(Protocol):
         """Whether the stopped machine was suspended (its next start resumes it)."""
 
 
+@runtime_checkable
+class SupportsMigrate(Protocol):
+    def migrate(self, spec: MachineSpec, target: Any, target_spec: MachineSpec, cold: bool,
+                progress: Any = None) -> Any:
+        """Move the machine to the host of `target` (a provider instance of the same kind),
+        where it joins the network of `target_spec`: live when it runs (unless `cold`: shut
+        down, moved, started there), else its stopped disk and definition. Returns a
+        providers.migration.Migration; nothing of it stays here once it succeeded, and it
+        is left as it was where it is when it failed."""
+
+
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"  # a folder name (LXC), a libvirt snapshot name
 
 
@@ -230,6 +242,7 @@ _PROTOCOLS = {
     Capability.SNAPSHOTS: SupportsSnapshots,
     Capability.LIVE: SupportsLive,
     Capability.SUSPEND: SupportsSuspend,
+    Capability.MIGRATE: SupportsMigrate,
 }
 
 

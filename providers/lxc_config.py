@@ -57,6 +57,22 @@ def cgroup_keys() -> tuple[str, str]:
     return memory, cpuset
 
 
+LIBVIRT_HOST_FEATURE = "libvirt-host"  # a box's feature: it runs libvirtd and QEMU guests
+TUN = "c 10:200 rwm"  # /dev/net/tun: the network ports of a libvirt host's guests
+
+
+def devices(spec: MachineSpec) -> list[str]:
+    """Devices the machine may use besides LXC's usual ones (common.conf): a libvirt host
+    box's guests need the TUN device. It makes interfaces in the machine's own network
+    namespace only. Not /dev/kvm: its guests run under TCG (where nested KVM works is a
+    question for the host that this tool does not ask)."""
+    return [TUN] if LIBVIRT_HOST_FEATURE in spec.box.meta.features else []
+
+
+def devices_key() -> str:
+    return "cgroup.devices.allow" if os.path.isdir("/sys/fs/cgroup/devices") else "cgroup2.devices.allow"
+
+
 def cpuset(cpus: int, index: int, host_cpus: int) -> str:
     """`cpus` host CPUs for the machine, starting at a place that spreads machines out."""
     count = min(cpus, host_cpus)
@@ -108,6 +124,8 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         cgroup_memory=memory_key,
         memory=spec.machine.memory,
         cgroup_cpuset=cpuset_key,
+        devices_key=devices_key(),
+        devices=devices(spec),
         cpuset=cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1),
         console_log=folder / CONSOLE_LOG,
         mounts=mount_entries(spec, folder, idmapped=bool(folder_maps(spec)[0])),

@@ -26,7 +26,9 @@ class ProviderInfo:
 
 
 REGISTRY: dict[str, ProviderInfo] = {
-    "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container"),
+    "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container",
+                        lacks=(("migrate", "vbox runs containers in this host's own LXC only: it has no other LXC "
+                                           "host to move one to"),)),
     "kvm": ProviderInfo("kvm", "providers.kvm:KvmProvider", "KVM machine", remote=True,
                         accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",)),
     "xen": ProviderInfo("xen", "providers.xen:XenProvider", "Xen guest", remote=True,
@@ -36,7 +38,8 @@ REGISTRY: dict[str, ProviderInfo] = {
                                ("networks", "a Xen guest's network is on its Xen host, not on this one"),
                                ("folders", "a Xen guest runs on its Xen host, which does not see this project "
                                            "folder"),
-                               ("snapshots", "libvirt's Xen driver (libxl) keeps no snapshots"))),
+                               ("snapshots", "libvirt's Xen driver (libxl) keeps no snapshots"),
+                               ("migrate", "vbox has not tried libxl's migration between two Xen hosts"))),
 }
 DEFAULT = "lxc"  # the provider of a machine that names none
 _instances: dict = {}

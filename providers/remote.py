@@ -85,14 +85,20 @@ def resolve(uri: str | None, default: str, project, machines: dict) -> HostAcces
                       ssh_user=parts.username, key_file=given.get("keyfile"), known_hosts=given.get("known_hosts"))
 
 
+MIGRATED = "migrated_to"  # a machine's record: the host `env migrate` moved it to (a URI, as `host` takes)
+
+
 def machine_access(project, machines: dict, name: str) -> HostAccess | None:
     """Where the libvirt of machine `name` is, for providers whose machines may be on
     another host; None: this host, the provider's own default (an LXC machine; a KVM
-    machine without `host`). `machines` holds Machine models or the cached settings
+    machine without `host`). A machine `env migrate` moved is where it moved it. `machines` holds Machine models or the cached settings
     dicts of `env status` and `env ssh`."""
     from providers.registry import info
 
     provider, host = setting(machines[name], "provider"), setting(machines[name], "host")
+    moved = project.machine_state(name).get(MIGRATED)
+    if isinstance(moved, str):  # `env migrate` put it elsewhere than the Envfile says: it is there
+        host = moved
     entry = info(provider)
     if not entry.remote or (not host and entry.default_uri is None):
         return None

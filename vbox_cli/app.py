@@ -127,6 +127,7 @@ def make_app() -> typer.Typer:
     app.command("halt")(up.halt)
     app.command("suspend")(up.suspend)
     app.command("resume")(up.resume)
+    app.command("migrate")(up.migrate)
     app.command("reload")(up.reload)
     app.command("destroy")(up.destroy)
     app.add_typer(snapshot.app, name="snapshot")

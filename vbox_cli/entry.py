@@ -12,14 +12,14 @@ import sys
 # The verbs vbox owns as `env VERB`. The CLI registers exactly these (a test checks).
 VERBS = frozenset({
     "init", "validate", "schema", "up", "lock", "diff", "status", "stats", "ssh", "ssh-config", "inventory", "console", "port",
-    "provision", "restore", "halt", "suspend", "resume", "reload", "destroy", "snapshot", "box", "doctor",
+    "provision", "restore", "halt", "suspend", "resume", "migrate", "reload", "destroy", "snapshot", "box", "doctor",
 })
 # Options that mean vbox too: `env --help`, `env --version`, shell completion.
 OWN_OPTIONS = frozenset({"--help", "--version", "--install-completion", "--show-completion"})
 # Set by the shell when it asks `env` for completions (with no arguments of vbox's).
 COMPLETION_VARIABLE = "_ENV_COMPLETE"
 # Verbs that are also common shell idioms (`env ssh host`): vbox's only inside a project.
-PROJECT_ONLY_VERBS = frozenset({"ssh", "restore"})  # restore: also dump's restore(8)
+PROJECT_ONLY_VERBS = frozenset({"ssh", "restore", "migrate"})  # restore(8) of dump; migrate: golang-migrate
 
 ENVFILE = "Envfile"
 FALLBACK_ENV = "/usr/bin/env"

@@ -39,6 +39,8 @@ class Phase(str, Enum):
     DELETED = "deleted"
     SUSPENDING = "suspending"  # env suspend: memory and processes to disk
     SUSPENDED = "suspended"
+    MIGRATING = "migrating"  # env migrate (detail: the target host, live or cold, and bytes sent)
+    MIGRATED = "migrated"  # a stopped machine moved (a running one ends `ready`, at its new address)
     FAILED = "failed"
     # boxes
     WAITING = "waiting"  # for another command holding the same lock
@@ -61,7 +63,7 @@ class Phase(str, Enum):
 
 
 _FINAL = {Phase.READY, Phase.HALTED, Phase.DESTROYED, Phase.SAVED, Phase.RESTORED, Phase.DELETED, Phase.SUSPENDED,
-          Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
+          Phase.MIGRATED, Phase.FAILED, Phase.BUILT, Phase.EXPORTED, Phase.IMPORTED}
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,7 @@ class Project:
 
 _RECORD_TYPES = {"address": str, "port": int, "user": str, "host_key": str, "address_index": int,
                  "provisioned": list, "provider": str, "box": str, "box_version": str, "box_digest": str,
-                 "host": str, "network": str, "snapshots": dict}
+                 "host": str, "network": str, "snapshots": dict, "migrated_to": str}
 
 
 def _state_problem(state) -> str | None:

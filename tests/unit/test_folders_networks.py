@@ -64,7 +64,10 @@ DOMAIN = """<domain type='qemu'>
 
 class _Box:
     def __init__(self, rootfs: Path):
+        from types import SimpleNamespace
+
         self.name, self.version, self._rootfs = "debian-12", "12.0.8", rootfs
+        self.meta = SimpleNamespace(features=["virtiofs", "static-addresses"])
 
     def artefact(self, kind):
         return self._rootfs
