@@ -455,7 +455,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
         from providers import migration
         from providers.network import add_dhcp_host, remove_dhcp_host
-        from providers.storage import POOL, base_volumes, create_overlay, delete_volume, ensure_pool
+        from providers.storage import (POOL, base_volumes, bases_lock, create_overlay, delete_volume, ensure_pool,
+                                       remove_unused_bases)
 
         obj = spec.object_name
         dom = self._existing(obj)
@@ -471,8 +472,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         running = dom.isActive()
         src_pool = self.conn.storagePoolLookupByName(POOL)
         pool = ensure_pool(target.conn)
-        paths = base_volumes(target.conn, pool, spec.box)
         disk = f"{obj}.qcow2"
+        capacity = src_pool.storageVolLookupByName(disk).info()[1]
         extra = [f"{obj}{suffix}" for suffix in self.extra_volumes
                  if self._find_volume(src_pool, f"{obj}{suffix}") is not None]
         made: list[str] = []  # volumes made on the target: gone again if the move fails
@@ -483,6 +484,10 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             remove_dhcp_host(target.conn, mac_address(obj))
 
         try:
+            with bases_lock():  # its disk on the box's disk there: made before that could go
+                paths = base_volumes(target.conn, pool, spec.box)
+                overlay = create_overlay(pool, disk, paths["disk"], capacity)
+                made.append(disk)
             for name in extra:  # the identity credential, a cloud image's seed: small, copied whole
                 migration.copy_volume(self.conn, src_pool.storageVolLookupByName(name), target.conn, pool, name)
                 made.append(name)
@@ -494,22 +499,17 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             if target_spec.network:
                 add_dhcp_host(target.conn, target_spec.network, mac_address(obj), target_spec.address,
                               target_spec.machine.hostname.split(".")[0])
-            if running and not cold:
-                vol = src_pool.storageVolLookupByName(disk)
-                create_overlay(pool, disk, paths["disk"], vol.info()[1])
-                made.append(disk)
-                volume_paths[disk] = pool.storageVolLookupByName(disk).path()
+            if running and not cold:  # QEMU fills the overlay made there with what its disk's own layer holds
+                volume_paths[disk] = overlay.path()
                 result = migration.live(dom, target.conn, migration.as_files(persist, volume_paths), persist,
                                         self._disk_targets(dom, disk), target.migration_address(self), progress)
-                migration.renew_address(target._existing(obj))
             else:
                 started = time.monotonic()
                 if running:
                     self.halt(obj, 60)
                 vol = src_pool.storageVolLookupByName(disk)
                 migration.check_backing(vol, paths["disk"])
-                copied = migration.copy_volume(self.conn, vol, target.conn, pool, disk, progress)
-                made.append(disk)
+                copied = migration.copy_volume(self.conn, vol, target.conn, pool, disk, progress, target=overlay)
                 snapshots = migration.snapshot_definitions(dom)
                 moved = target.conn.defineXML(persist)
                 try:
@@ -517,13 +517,21 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                 except libvirt.libvirtError:
                     moved.undefineFlags(self._undefine_flags())
                     raise
-                dom.undefineFlags(self._undefine_flags())
-                if running:
-                    moved.create()
+                dom.undefineFlags(self._undefine_flags())  # from here on it is there (stopped: the caller starts it)
                 result = migration.Migration("cold", time.monotonic() - started, None, copied)
         except BaseException:
             undo()
+            if running and self._domain(obj) is not None and not self._domain(obj).isActive():
+                try:  # a cold move that failed: it runs again where it was
+                    self._domain(obj).create()
+                except libvirt.libvirtError:
+                    pass
             raise
+        if result.kind == "live":
+            try:
+                migration.renew_address(target._existing(obj))
+            except libvirt.libvirtError:
+                pass  # it asks for its address there when its lease runs out (the caller waits for SSH)
         # gone from here: its definition went with the migration; its volumes and address go now
         remove_dhcp_host(self.conn, mac_address(obj))
         for name in (disk, *extra):
@@ -532,10 +540,7 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             from providers import virtiofs
 
             virtiofs.release(self._shares_dir(obj))
-        from providers.storage import unused_bases
-
-        for name in unused_bases(src_pool):
-            delete_volume(src_pool, name)
+        remove_unused_bases(src_pool)
         return result
 
     @staticmethod

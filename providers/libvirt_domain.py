@@ -149,13 +149,14 @@ class LibvirtDomainProvider(ProviderBase):
     # -- life cycle ------------------------------------------------------------
     def create(self, spec: MachineSpec) -> None:
         from providers.network import add_dhcp_host
-        from providers.storage import base_volumes, create_overlay, ensure_pool
+        from providers.storage import base_volumes, bases_lock, create_overlay, ensure_pool
 
         self.destroy(spec.object_name)  # whatever a creation cut short left
         pool = ensure_pool(self.conn)
-        paths = base_volumes(self.conn, pool, spec.box)
         check_disk_size(spec)
-        overlay = create_overlay(pool, f"{spec.object_name}.qcow2", paths["disk"], spec.machine.disk)
+        with bases_lock():
+            paths = base_volumes(self.conn, pool, spec.box)
+            overlay = create_overlay(pool, f"{spec.object_name}.qcow2", paths["disk"], spec.machine.disk)
         if spec.network:
             add_dhcp_host(self.conn, spec.network, mac_address(spec.object_name), spec.address,
                           spec.machine.hostname.split(".")[0])
@@ -221,7 +222,7 @@ class LibvirtDomainProvider(ProviderBase):
 
         from providers.hosts import find
         from providers.network import remove_dhcp_host
-        from providers.storage import POOL, delete_volume, unused_bases
+        from providers.storage import POOL, delete_volume, remove_unused_bases
 
         dom = self._domain(object_name)
         if dom is not None:
@@ -237,8 +238,7 @@ class LibvirtDomainProvider(ProviderBase):
             return
         for suffix in (".qcow2", *self.extra_volumes):
             delete_volume(pool, f"{object_name}{suffix}")
-        for name in unused_bases(pool):
-            delete_volume(pool, name)
+        remove_unused_bases(pool)
 
     def _undefine_flags(self) -> int:
         """What else goes with the domain's definition (its snapshots' metadata, ...)."""

@@ -58,20 +58,22 @@ def _download(conn, vol) -> bytes:
     return b"".join(chunks)
 
 
-def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None) -> int:
-    """A volume copied whole from one host's pool into another's (qcow2 as it is, holes
-    kept as holes); returns the bytes sent."""
+def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, target=None) -> int:
+    """A volume's file copied whole, byte for byte, from one host's pool into another's:
+    into `target` (a volume made beforehand: a qcow2 overlay on the same base, whose
+    backing the pool sees from the start), else into a new raw volume (libvirt finds a
+    qcow2 in it when the pool is refreshed). Returns the bytes sent."""
     from providers.storage import delete_volume
 
     info = ET.fromstring(vol.XMLDesc(0))
     size = int(info.findtext("physical") or 0) or vol.info()[1]  # the file's length (a qcow2's, not its disk's)
     mode = info.findtext("target/permissions/mode") or "0600"
-    delete_volume(dst_pool, name)
-    # the file as it is, byte for byte: libvirt finds a qcow2 in it when the pool is refreshed
-    xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
-           f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
-           f"<permissions><mode>{int(mode, 8):04o}</mode></permissions></target></volume>")
-    target = dst_pool.createXML(xml, 0)
+    if target is None:
+        delete_volume(dst_pool, name)
+        xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
+               f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
+               f"<permissions><mode>{int(mode, 8):04o}</mode></permissions></target></volume>")
+        target = dst_pool.createXML(xml, 0)
     down, up = src_conn.newStream(0), dst_conn.newStream(0)
     sent = 0
     try:

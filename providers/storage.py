@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -60,13 +61,47 @@ def base_name(box, kind: str) -> str:
     return f"box-{folder_name(box.name)}-{box.version}-{box.digest.removeprefix('sha256:')[:12]}.{KINDS[kind]}"
 
 
-_BASES = threading.Lock()  # machines of one box made at once: one of them makes its base volumes
+_BASES = threading.RLock()  # machines of one box made at once: one of them makes its base volumes
+_held = threading.local()
+
+
+@contextmanager
+def bases_lock():
+    """Base volumes are made, taken into use and removed by one command of this host at a
+    time (threads, and processes: a file lock). A machine's volume is made on its base
+    under it, and the bases no machine uses are removed under it, so that one project's
+    destroy never removes the base another project's new machine is about to use."""
+    import fcntl
+
+    from vbox_cli.paths import vbox_home
+
+    with _BASES:
+        depth = getattr(_held, "depth", 0)
+        if depth == 0:
+            home = vbox_home()
+            home.mkdir(parents=True, exist_ok=True)
+            _held.fd = os.open(home / "bases.lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+            fcntl.flock(_held.fd, fcntl.LOCK_EX)
+        _held.depth = depth + 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+            if _held.depth == 0:
+                os.close(_held.fd)  # and the file lock with it
 
 
 def base_volumes(conn, pool, box) -> dict[str, str]:
-    """Paths of the box's disk, kernel and initrd as volumes of the pool (made if missing)."""
-    with _BASES:
+    """Paths of the box's disk, kernel and initrd as volumes of the pool (made if missing).
+    The caller holds bases_lock() until its volumes on them are made."""
+    with bases_lock():
         return _base_volumes(conn, pool, box)
+
+
+def remove_unused_bases(pool) -> None:
+    with bases_lock():
+        for name in unused_bases(pool):
+            delete_volume(pool, name)
 
 
 def _base_volumes(conn, pool, box) -> dict[str, str]:

@@ -187,10 +187,12 @@ def migrate(
     snapshots. It joins the project's network there, and `status`, `ssh` and every other
     verb find it there afterwards."""
     from vbox_cli.machines.migrate import migrate as migrate_machine
+    from vbox_cli.machines.migrate import target_uri
     from vbox_cli.machines.runner import run_each
 
     with open_session(ctx, "migrate", [name], events) as session:
         session.select([name])
+        target_uri(session, name, to)  # a --to that names nothing: a usage error before anything is done
         results = run_each(session, [name], lambda n: migrate_machine(session, n, to, cold))
     report(ctx, results, "migrate")
 

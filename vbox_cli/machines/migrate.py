@@ -131,7 +131,11 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     project.update_state(moved)
     project.write_known_hosts()
     session.placements.refresh([name])
-    if provider.state(obj) == NOT_CREATED and target.state(obj) == RUNNING:
+    if running and result.kind == "cold":  # shut down for the move: started there
+        from vbox_cli.machines.up import boot
+
+        boot(session, name, box, address)
+    if target.state(obj) == RUNNING:
         session.connect(name).close()  # it answers there, with its own host key
     session.events.phase(name, Phase.READY if target.state(obj) == RUNNING else Phase.MIGRATED, address)
     what = (f"migrated live to {there} in {result.seconds:.1f} s"

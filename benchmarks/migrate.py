@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""How long `env migrate` takes and how long the machine is paused (the downtime), for a
+KVM machine moved between this host and a kvm-host machine of the same Envfile (an LXC
+machine running libvirt and QEMU); prints the figures, asserts nothing.
+
+    .venv/bin/python benchmarks/migrate.py [--memory 512M] [--rounds 2]
+
+Each round: live there and live back with the machine idle, live there and back while a
+process in it keeps writing to 128 MiB of its memory (pages dirtied during the copy must
+be sent again), and a cold move there and back (`--cold`: shut down, its own layer
+copied, booted there; the time includes the boot until SSH answers). `total` is the
+command's time (checks, the target's volumes, the wait for SSH at the new address);
+`copy` and `paused` are libvirt's own figures for the migration. Needs root, the
+debian-12 and kvm-host boxes (`env box build kvm-host`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VBOX = str(Path(sys.executable).parent / "vbox")
+DIRTY = ("nohup python3 -c 'b = bytearray(128 << 20)\n"
+         "while True:\n    for i in range(0, len(b), 4096): b[i] = (b[i] + 1) % 256' >/dev/null 2>&1 & echo $!")
+
+
+def env(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([VBOX, "--plain", *args], cwd=folder, check=True, capture_output=True, text=True)
+
+
+def migrate(folder: Path, *args: str) -> dict:
+    started = time.perf_counter()
+    result = subprocess.run([VBOX, "migrate", "app", *args, "--events"], cwd=folder, capture_output=True, text=True)
+    total = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"env migrate app {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    action = next(e["action"] for e in events if e.get("event") == "machine_result" and e.get("machine") == "app")
+    copy = re.search(r" in ([\d.]+) s", action)
+    paused = re.search(r"paused (\d+) ms", action)
+    return {"total": total, "copy": float(copy[1]) if copy else None, "paused": int(paused[1]) if paused else None}
+
+
+def show(label: str, runs: list[dict]) -> None:
+    def median(key: str) -> str:
+        values = [r[key] for r in runs if r[key] is not None]
+        return f"{statistics.median(values):.{0 if key == 'paused' else 1}f}" if values else "-"
+
+    print(f"{label:<34} total {median('total'):>6} s   copy {median('copy'):>6} s   paused {median('paused'):>5} ms"
+          f"   (median of {len(runs)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory", default="512M")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vbox-bench-migrate-") as tmp:
+        folder = Path(tmp)
+        (folder / "Envfile").write_text(
+            '[machines.kvmhost]\nbox = "kvm-host"\nmemory = "2G"\ncpus = 2\nfolders = []\n\n'
+            f'[machines.app]\nprovider = "kvm"\nmemory = "{args.memory}"\nfolders = []\n')
+        figures: dict[str, list[dict]] = {}
+        try:
+            env(folder, "up")
+            for _ in range(args.rounds):
+                figures.setdefault("live there, idle", []).append(migrate(folder, "--to", "kvmhost"))
+                figures.setdefault("live back, idle", []).append(migrate(folder, "--to", "qemu:///system"))
+                pid = env(folder, "ssh", "app", "--", DIRTY).stdout.strip()
+                time.sleep(2)
+                figures.setdefault("live there, writing 128 MiB", []).append(migrate(folder, "--to", "kvmhost"))
+                figures.setdefault("live back, writing 128 MiB", []).append(migrate(folder, "--to", "qemu:///system"))
+                env(folder, "ssh", "app", "--", f"kill {pid}")
+                figures.setdefault("cold there (running: boot incl.)", []).append(
+                    migrate(folder, "--to", "kvmhost", "--cold"))
+                figures.setdefault("cold back (running: boot incl.)", []).append(
+                    migrate(folder, "--to", "qemu:///system", "--cold"))
+        finally:
+            subprocess.run([VBOX, "--plain", "destroy", "-f"], cwd=folder, capture_output=True)
+        print(f"a {args.memory} KVM machine (TCG where KVM does not work) between this host and an LXC kvm-host")
+        for label, runs in figures.items():
+            show(label, runs)
+
+
+if __name__ == "__main__":
+    main()

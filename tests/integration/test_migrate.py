@@ -1,0 +1,126 @@
+"""`env migrate` of a KVM machine to a second libvirt host that vbox brings up itself: the
+kvm-host box (libvirt 9.0, QEMU 7.2) as an LXC machine of the same Envfile, whose QEMU
+runs the guest under TCG as this host's does. Live there (the same boot, a process keeps
+its PID, a file written and flushed before the move read back from the disk after it, the
+machine on that host's project network, SSH through the host), then a snapshot taken
+there, a live move back refused because of it, and a cold move back with the snapshot.
+Nothing of the machine stays on the host it left. Slow: it builds the kvm-host box the
+first time (about 2 minutes), and boots a VM under TCG twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from providers.leaks import find as find_leaks
+from tests.integration.conftest import vbox
+from tests.integration.test_lxc import Project
+
+pytestmark = pytest.mark.slow
+
+ENVFILE = """\
+[machines.kvmhost]
+box = "kvm-host"
+memory = "2G"
+cpus = 2
+folders = []
+
+[machines.app]
+provider = "kvm"
+memory = "512M"
+folders = []
+provision = [{ shell = "echo one | sudo tee /root/step1" }]
+"""
+
+
+@pytest.fixture(scope="module")
+def kvm_host_box(host, debian12):
+    from boxes.store import BoxStore
+
+    vbox("box", "build", "kvm-host", timeout=1800, check_rc=0)
+    return BoxStore().get("kvm-host")
+
+
+@pytest.fixture
+def project(kvm_host_box, tmp_path):
+    folder = tmp_path / "mig"
+    folder.mkdir()
+    p = Project(folder)
+    yield p
+    p.env("destroy", "-f", check_rc=None)
+    assert find_leaks(p.id) == []
+
+
+def boot_id(project: Project) -> str:
+    return project.ssh("app", "cat /proc/sys/kernel/random/boot_id").strip()
+
+
+def here(project: Project) -> tuple[list[str], list[str]]:
+    """The machine's domains and volumes in this host's libvirt."""
+    domains = subprocess.run(["virsh", "list", "--all", "--name"], capture_output=True, text=True).stdout.split()
+    volumes = subprocess.run(["virsh", "vol-list", "vbox"], capture_output=True, text=True).stdout
+    obj = f"vbox-{project.id}-app"
+    return [d for d in domains if d == obj], [line.split()[0] for line in volumes.splitlines() if obj in line]
+
+
+def on_kvmhost(project: Project) -> tuple[list[str], list[str]]:
+    obj = f"vbox-{project.id}-app"
+    domains = project.ssh("kvmhost", "sudo virsh list --all --name").split()
+    volumes = project.ssh("kvmhost", "sudo virsh vol-list vbox || true")
+    return [d for d in domains if d == obj], [line.split()[0] for line in volumes.splitlines() if obj in line]
+
+
+def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
+    project.write(ENVFILE)
+    project.env("up")
+    kvmhost = project.status()["kvmhost"]["address"]
+    before = boot_id(project)
+    pid = project.ssh("app", "nohup sleep 100000 >/dev/null 2>&1 & echo $!").strip()
+    project.ssh("app", "echo written-before | sudo tee /root/data >/dev/null; sync")
+    assert json.loads(project.env("snapshot", "list", "--all", "--json").stdout)["snapshots"]  # the step snapshots
+
+    moved = project.env("migrate", "app", "--to", "kvmhost")
+    assert "migrated live to qemu+ssh://kvmhost/system" in moved.stdout
+    assert "step snapshots stay behind" in moved.stdout + moved.stderr
+    status = project.status()["app"]
+    assert status["state"] == "running" and status["host"] == "qemu+ssh://kvmhost/system"
+    # on kvmhost's project network (not this host's), reached through kvmhost
+    assert status["address"].rsplit(".", 1)[0] != kvmhost.rsplit(".", 1)[0]
+    assert project.ssh("app", "ip -4 -o addr show eth0").split()[3].split("/")[0] == status["address"]
+    assert boot_id(project) == before  # the same boot: it was not restarted
+    assert project.ssh("app", f"cat /proc/{pid}/comm").strip() == "sleep"
+    project.ssh("app", "echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null")  # read back from its disk
+    assert project.ssh("app", "sudo cat /root/data /root/step1") == "written-before\none\n"
+    assert here(project) == ([], [])  # nothing of it left on this host
+    domains, volumes = on_kvmhost(project)
+    assert domains and f"vbox-{project.id}-app.qcow2" in volumes
+    assert "nothing to do" in project.env("up").stdout  # every verb finds it there
+
+    # a snapshot there; a live move back is refused because of it, and it runs on
+    project.ssh("app", "echo after | sudo tee /root/after >/dev/null")
+    assert "saved s1 (running)" in project.env("snapshot", "save", "app", "s1").stdout
+    refused = project.env("migrate", "app", "--to", "qemu:///system", check_rc=1)
+    assert "app has snapshots (s1), which a live migration cannot take along" in refused.stdout + refused.stderr
+    assert "--cold" in refused.stdout + refused.stderr
+    assert project.status()["app"]["state"] == "running"
+
+    # cold back to this host, with its snapshot, and started here
+    back = project.env("migrate", "app", "--to", "qemu:///system", "--cold")
+    assert "moved cold to this host" in back.stdout and "started there" in back.stdout
+    status = project.status()["app"]
+    assert status["state"] == "running" and status["host"] == ""
+    assert status["address"].rsplit(".", 1)[0] == kvmhost.rsplit(".", 1)[0]
+    assert boot_id(project) != before
+    assert project.ssh("app", "sudo cat /root/data /root/after") == "written-before\nafter\n"
+    listed = json.loads(project.env("snapshot", "list", "--json").stdout)["snapshots"]
+    assert [s["name"] for s in listed] == ["s1"]
+    assert on_kvmhost(project) == ([], [])  # nothing of it left there
+    domains, volumes = here(project)
+    assert domains and f"vbox-{project.id}-app.qcow2" in volumes
+    # it is on this host already; a name that is neither machine nor URI
+    again = project.env("migrate", "app", "--to", "qemu:///system", check_rc=1)
+    assert "app is on this host already" in again.stderr
+    wrong = project.env("migrate", "app", "--to", "nowhere", check_rc=2)
+    assert "neither a machine of Envfile nor a libvirt URI" in wrong.stderr

@@ -1,0 +1,117 @@
+"""`env migrate` without a second host: what `--to` may name, the domain definition the
+target gets, where a migrated machine is found afterwards, and the kvm-host box's
+container. The moves themselves: tests/integration/test_migrate.py."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from providers import migration
+from providers.remote import MIGRATED, machine_access
+from tests.unit.test_xen import _Project
+from vbox_cli.errors import UsageError
+from vbox_cli.machines.migrate import target_uri
+
+
+def _session(machines: dict):
+    models = {name: SimpleNamespace(provider=provider) for name, provider in machines.items()}
+    return SimpleNamespace(machines=models, loaded=SimpleNamespace(path=Path("/p/Envfile")))
+
+
+def test_to_names_a_machine_of_the_envfile_or_a_uri_of_the_machines_kind():
+    session = _session({"app": "kvm", "kvmhost": "lxc", "guest": "xen"})
+    assert target_uri(session, "app", "kvmhost") == "qemu+ssh://kvmhost/system"
+    assert target_uri(session, "guest", "kvmhost") == "xen+ssh://kvmhost/system"
+    assert target_uri(session, "app", "qemu:///system") == "qemu:///system"
+    assert target_uri(session, "app", "qemu+ssh://root@server/system?keyfile=k/id") == \
+        "qemu+ssh://root@server/system?keyfile=k/id"
+    for wrong, words in (("app", "cannot be moved onto itself"),
+                         ("nowhere", "neither a machine of Envfile nor a libvirt URI"),
+                         ("xen+ssh://server/system", "a KVM machine needs a qemu host"),
+                         ("qemu+ssh://server/system?command=/bin/sh", "command")):
+        with pytest.raises(UsageError) as raised:
+            target_uri(session, "app", wrong)
+        assert words in raised.value.message, raised.value.message
+
+
+def test_a_migrated_machine_is_found_where_it_went_not_where_the_envfile_says(tmp_path):
+    machines = {"app": {"provider": "kvm"}, "kvmhost": {"provider": "lxc"}}
+    records = {"kvmhost": {"address": "10.100.3.5", "host_key": "ssh-ed25519 AAAA", "user": "vbox"}}
+    assert machine_access(_Project(tmp_path, records), machines, "app") is None  # this host, as the Envfile says
+    records["app"] = {MIGRATED: "qemu+ssh://kvmhost/system"}
+    access = machine_access(_Project(tmp_path, records), machines, "app")
+    assert access.machine == "kvmhost" and access.remote and access.ssh_host == "10.100.3.5"
+    assert access.uri.startswith("qemu+libssh2://vbox@10.100.3.5:22/system?")
+    # a record the project folder could have been given is checked as the Envfile's `host` is
+    records["app"] = {MIGRATED: "qemu+ssh://server/system?command=/bin/sh"}
+    from vbox_cli.errors import VboxError
+
+    with pytest.raises(VboxError):
+        machine_access(_Project(tmp_path, records), machines, "app")
+
+
+def _domain(monkeypatch) -> str:
+    from providers.kvm import render_domain
+    from tests.unit.test_templates import spec
+
+    paths = {"kernel": "/here/box.vmlinuz", "initrd": "/here/box.initrd", "disk": "/here/box.qcow2"}
+    return render_domain(spec(monkeypatch), "qemu", paths, "vbox-demo-abc123-web.qcow2",
+                         "/here/vbox-demo-abc123-web.cred")
+
+
+def test_the_target_gets_its_own_paths_and_a_file_disk_for_the_copy(monkeypatch):
+    there = {"kernel": "/there/box.vmlinuz", "initrd": "/there/box.initrd", "disk": "/there/box.qcow2"}
+    volumes = {"vbox-demo-abc123-web.cred": "/there/vbox-demo-abc123-web.cred"}
+    persist = ET.fromstring(migration.target_xml(_domain(monkeypatch), there, volumes, ""))
+    assert persist.findtext("os/kernel") == "/there/box.vmlinuz" and persist.findtext("os/initrd") == "/there/box.initrd"
+    assert persist.find("sysinfo/entry").get("file") == "/there/vbox-demo-abc123-web.cred"
+    assert persist.find("devices/serial/log") is None  # another host: no console log of this project's
+    disk = persist.find("devices/disk/source")
+    assert (disk.get("pool"), disk.get("volume")) == ("vbox", "vbox-demo-abc123-web.qcow2")
+    # what libvirt copies into: the same volume as the file it is there
+    live = ET.fromstring(migration.as_files(ET.tostring(persist, encoding="unicode"),
+                                            {"vbox-demo-abc123-web.qcow2": "/there/vbox-demo-abc123-web.qcow2"}))
+    disk = live.find("devices/disk")
+    assert disk.get("type") == "file" and disk.find("source").attrib == {"file": "/there/vbox-demo-abc123-web.qcow2"}
+    # the machine's own disk is found either way (a live change of its disk, a snapshot)
+    for root in (persist, live):
+        assert [d.find("target").get("dev") for d in migration.own_disks(root, "vbox-demo-abc123-web.qcow2")] == ["vda"]
+    # back on this host: its console logged into the project again
+    home = ET.fromstring(migration.target_xml(_domain(monkeypatch), there, volumes, "/p/.vbox/console/web.log"))
+    assert home.find("devices/serial/log").get("file") == "/p/.vbox/console/web.log"
+
+
+def test_a_libvirt_host_box_may_use_the_tun_device_and_no_other_box_may(monkeypatch):
+    from dataclasses import replace
+
+    from providers.lxc_config import render_config
+    from tests.unit.test_templates import spec
+
+    plain = spec(monkeypatch)
+    assert "10:200" not in render_config(plain, Path("/c"))
+    box = SimpleNamespace(name="kvm-host", version="12.0.1", meta=SimpleNamespace(features=["libvirt-host"]),
+                          artefact=lambda kind: Path("/var/lib/vbox/boxes/kvm-host/12.0.1/rootfs"))
+    text = render_config(replace(plain, box=box), Path("/c"))
+    assert "lxc.cgroup.devices.allow = c 10:200 rwm" in text
+
+
+def test_the_kvm_host_recipe_is_a_libvirt_host():
+    from boxes.guestfiles import LIBVIRT_HOST_FILES
+    from boxes.recipe import load
+
+    recipe = load("kvm-host")
+    assert recipe.libvirt_host and {"libvirt-daemon-system", "qemu-system-x86"} <= set(recipe.packages)
+    assert "mknod -m 0666 /dev/net/tun c 10 200" in LIBVIRT_HOST_FILES["etc/systemd/system/vbox-tun.service"][0]
+    assert not load("debian-12").libvirt_host
+
+
+def test_containers_and_xen_guests_say_why_they_do_not_move():
+    from providers.base import Capability
+    from providers.registry import lacks
+
+    assert "no other LXC host" in lacks("lxc", Capability.MIGRATE.name.lower())
+    assert "libxl" in lacks("xen", Capability.MIGRATE.name.lower())
