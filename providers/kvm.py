@@ -207,8 +207,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         if capability == Capability.PORTS and self.session_mode:
             return "a user's libvirt session has no project network to forward into (run as root, or ask for " \
                    "the libvirt group)"
-        if capability == Capability.PORTS and self.remote:
-            return f"it runs on {self.host.shown}, where its network is"
+        if capability == Capability.PORTS and self.remote and not (self.access and self.access.machine):
+            return f"it runs on {self.host.shown}, where its network is"  # (on a machine of the Envfile: through it)
         if capability == Capability.FOLDERS:
             return self._no_folders(spec)
         if capability == Capability.NETWORKS and self.session_mode:

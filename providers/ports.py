@@ -241,6 +241,34 @@ def _program_on(forward: Forward) -> str | None:
     return f"{match[1]} (pid {match[2]})" if match else None
 
 
+def through_host_script(project_id: str, machine: str, host_address: str, target: str,
+                        forwards: list[Forward]) -> str:
+    """A shell script for root in a libvirt host that is a machine of the Envfile: its
+    forwards of `machine` (a guest of its own at `target`) made exactly `forwards`. This
+    host forwards port P to that host's port P (`host_address`), which forwards it to the
+    guest's port. Every value is validated before it gets here (ports are numbers,
+    addresses IPv4, the comment is names of letters, digits and '-')."""
+    import ipaddress
+
+    for address in (host_address, target):
+        ipaddress.IPv4Address(address)  # raises on anything else
+    comment = COMMENT.format(project=project_id, machine=machine)
+    lines = ["set -e", f"c={shlex.quote(comment)}",
+             "for t in nat filter; do",
+             # `iptables -S` quotes the comment (a ':' in it); ours has no space: its quotes can go
+             "  iptables -w 10 -t $t -S | grep -F -e \"--comment $c \" -e \"--comment \\\"$c\\\" \" |"
+             " sed 's/^-A /-D /; s/\"//g' | while read -r rule; do iptables -w 10 -t $t $rule; done",
+             "done"]
+    for f in forwards:
+        proto, port, guest = f.protocol, int(f.host), int(f.guest)
+        assert proto in ("tcp", "udp")
+        lines.append(f"iptables -w 10 -t nat -I PREROUTING -d {host_address}/32 -p {proto} --dport {port} "
+                     f"-m comment --comment \"$c\" -j DNAT --to-destination {target}:{guest}")
+        lines.append(f"iptables -w 10 -t filter -I FORWARD -d {target}/32 -p {proto} --dport {guest} "
+                     f"-m conntrack --ctstate DNAT -m comment --comment \"$c\" -j ACCEPT")
+    return "\n".join(lines) + "\n"
+
+
 class LocalPorts:
     """Forwarded ports for machines on this host's project network."""
 

@@ -2,15 +2,19 @@
 kvm-host box (libvirt 9.0, QEMU 7.2) as an LXC machine of the same Envfile, whose QEMU
 runs the guest under TCG as this host's does. Live there (the same boot, a process keeps
 its PID, a file written and flushed before the move read back from the disk after it, the
-machine on that host's project network, SSH through the host), then a snapshot taken
-there, a live move back refused because of it, and a cold move back with the snapshot.
-Nothing of the machine stays on the host it left. Slow: it builds the kvm-host box the
-first time (about 2 minutes), and boots a VM under TCG twice."""
+machine on that host's project network, SSH and its forwarded port through the host),
+then a snapshot taken there, a live move back refused because of it, and a cold move
+back of the halted machine with the snapshot, its disk byte for byte, booted here. Nothing
+of the machine stays on the host it left. Slow: it builds the kvm-host box the first time
+(about 2 minutes), and boots a VM under TCG twice."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
+import urllib.request
 
 import pytest
 
@@ -32,7 +36,28 @@ provider = "kvm"
 memory = "512M"
 folders = []
 provision = [{ shell = "echo one | sudo tee /root/step1" }]
+ports = [{ host = PORT, guest = 8080, auto = true }]
 """
+SERVE = ("mkdir -p /tmp/www && echo served-by-app > /tmp/www/index.html && cd /tmp/www && "
+         "(nohup python3 -m http.server 8080 </dev/null >/dev/null 2>&1 &)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served(project: Project) -> str:
+    """What the machine's web server answers through its forwarded port (it may take a moment to start)."""
+    port = json.loads(project.env("port", "--json").stdout)["ports"][0]["host"]
+    for _ in range(20):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:
+            time.sleep(0.5)
+    return ""
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +98,10 @@ def on_kvmhost(project: Project) -> tuple[list[str], list[str]]:
 
 
 def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
-    project.write(ENVFILE)
+    project.write(ENVFILE.replace("PORT", str(free_port())))
     project.env("up")
+    project.ssh("app", SERVE)
+    assert served(project) == "served-by-app\n"
     kvmhost = project.status()["kvmhost"]["address"]
     before = boot_id(project)
     pid = project.ssh("app", "nohup sleep 100000 >/dev/null 2>&1 & echo $!").strip()
@@ -90,6 +117,7 @@ def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
     assert status["address"].rsplit(".", 1)[0] != kvmhost.rsplit(".", 1)[0]
     assert project.ssh("app", "ip -4 -o addr show eth0").split()[3].split("/")[0] == status["address"]
     assert boot_id(project) == before  # the same boot: it was not restarted
+    assert served(project) == "served-by-app\n"  # its forward follows it, through kvmhost
     assert project.ssh("app", f"cat /proc/{pid}/comm").strip() == "sleep"
     project.ssh("app", "echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null")  # read back from its disk
     assert project.ssh("app", "sudo cat /root/data /root/step1") == "written-before\none\n"
@@ -106,19 +134,30 @@ def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
     assert "--cold" in refused.stdout + refused.stderr
     assert project.status()["app"]["state"] == "running"
 
-    # cold back to this host, with its snapshot, and started here
-    back = project.env("migrate", "app", "--to", "qemu:///system", "--cold")
-    assert "moved cold to this host" in back.stdout and "started there" in back.stdout
+    # halted there (its forward in kvmhost goes), then moved cold to this host with its snapshot
+    project.env("halt", "app")
+    assert "vbox:" not in project.ssh("kvmhost", "sudo iptables-save")
+    obj = f"vbox-{project.id}-app"
+    there = project.ssh("kvmhost", f"sudo sha256sum /var/lib/vbox/images/{obj}.qcow2").split()[0]
+    back = project.env("migrate", "app", "--to", "qemu:///system")
+    assert "moved cold to this host" in back.stdout and "started there" not in back.stdout
     status = project.status()["app"]
-    assert status["state"] == "running" and status["host"] == ""
-    assert status["address"].rsplit(".", 1)[0] == kvmhost.rsplit(".", 1)[0]
-    assert boot_id(project) != before
-    assert project.ssh("app", "sudo cat /root/data /root/after") == "written-before\nafter\n"
+    assert status["state"] == "stopped" and status["host"] == ""
+    assert subprocess.run(["sha256sum", f"/var/lib/vbox/images/{obj}.qcow2"], capture_output=True,
+                          text=True).stdout.split()[0] == there  # its disk, byte for byte, its snapshot in it
     listed = json.loads(project.env("snapshot", "list", "--json").stdout)["snapshots"]
     assert [s["name"] for s in listed] == ["s1"]
     assert on_kvmhost(project) == ([], [])  # nothing of it left there
     domains, volumes = here(project)
-    assert domains and f"vbox-{project.id}-app.qcow2" in volumes
+    assert domains and f"{obj}.qcow2" in volumes
+    # it boots here, from its disk as it was there, on this host's network, its forward made here
+    project.env("up", "app")
+    status = project.status()["app"]
+    assert status["address"].rsplit(".", 1)[0] == kvmhost.rsplit(".", 1)[0]
+    assert boot_id(project) != before
+    assert project.ssh("app", "sudo cat /root/data /root/after") == "written-before\nafter\n"
+    project.ssh("app", SERVE)
+    assert served(project) == "served-by-app\n"
     # it is on this host already; a name that is neither machine nor URI
     again = project.env("migrate", "app", "--to", "qemu:///system", check_rc=1)
     assert "app is on this host already" in again.stderr

@@ -115,3 +115,30 @@ def test_containers_and_xen_guests_say_why_they_do_not_move():
 
     assert "no other LXC host" in lacks("lxc", Capability.MIGRATE.name.lower())
     assert "libxl" in lacks("xen", Capability.MIGRATE.name.lower())
+
+
+def test_a_forward_through_a_host_machine_is_its_own_rules_there_and_nothing_else():
+    from providers.ports import Forward, through_host_script
+
+    script = through_host_script("mig-abc123", "app", "10.1.2.3", "10.9.8.7", [Forward("tcp", "127.0.0.1", 8080, 80)])
+    assert "-I PREROUTING -d 10.1.2.3/32 -p tcp --dport 8080 -m comment --comment \"$c\" -j DNAT " \
+           "--to-destination 10.9.8.7:80" in script
+    assert "-I FORWARD -d 10.9.8.7/32 -p tcp --dport 80 -m conntrack --ctstate DNAT" in script
+    assert script.startswith("set -e\nc=vbox:mig-abc123:app\n")  # its old rules (that comment only) go first
+    assert "PREROUTING" not in through_host_script("mig-abc123", "app", "10.1.2.3", "10.1.2.3", [])
+    for address in ("10.1.2.3; reboot", "host.example", "::1"):
+        with pytest.raises(ValueError):
+            through_host_script("mig-abc123", "app", address, "10.9.8.7", [])
+
+
+def test_a_guest_of_a_host_machine_may_forward_ports_and_one_of_another_host_may_not(tmp_path):
+    from providers.base import Capability
+    from providers.kvm import KvmProvider
+    from providers.remote import HostAccess
+
+    machine_host = HostAccess(uri="qemu+libssh2://vbox@10.1.2.3:22/system", shown="qemu+ssh://kvmhost/system",
+                              machine="kvmhost", ssh_host="10.1.2.3", ssh_user="vbox")
+    other = HostAccess(uri="qemu+ssh://root@server/system", shown="qemu+ssh://root@server/system",
+                       ssh_host="server", ssh_user="root")
+    assert KvmProvider(machine_host).unsupported(Capability.PORTS) is None
+    assert "where its network is" in KvmProvider(other).unsupported(Capability.PORTS)

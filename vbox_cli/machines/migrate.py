@@ -92,6 +92,9 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
                             hint={"synced folders": "set folders = [] for it and `env reload` it",
                                   "extra networks": "remove its `networks`",
                                   "forwarded ports": "remove its `ports`"}[what])
+    if access is not None and access.machine and any(f.host == 22 for f in machine.ports):
+        raise VboxError(f"{name}: its ports would be forwarded through {access.machine}, whose port 22 is its own SSH",
+                        hint="forward another host port")
     running = state == RUNNING
     if running and not cold:
         _clear_snapshots(session, name, provider, obj)
@@ -137,6 +140,8 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
         boot(session, name, box, address)
     if target.state(obj) == RUNNING:
         session.connect(name).close()  # it answers there, with its own host key
+        if machine.ports:  # its forwards follow it (through the host machine it went to)
+            ports.apply(session, name, address, ports.plan(session, [name]).get(name, []))
     session.events.phase(name, Phase.READY if target.state(obj) == RUNNING else Phase.MIGRATED, address)
     what = (f"migrated live to {there} in {result.seconds:.1f} s"
             + (f" (paused {result.downtime_ms} ms)" if result.downtime_ms is not None else "")

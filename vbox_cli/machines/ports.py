@@ -23,6 +23,10 @@ def plan(session, names: list[str]) -> dict[str, list]:
         if not machine.ports:
             continue
         require(session.provider(name), Capability.PORTS, name)
+        hop = session.placements[name].host_machine
+        if hop and any(asked.host == 22 for asked in machine.ports):  # the host machine's port 22 is its sshd
+            raise VboxError(f"{name}: it runs on {hop}, through which its ports are forwarded, and port 22 there is "
+                            f"{hop}'s own SSH", hint="forward another host port")
         recorded = {(f["protocol"], f["address"], f["guest"]): f["host"]
                     for f in session.project.machine_state(name).get("ports", [])}
         forwards = []
@@ -54,13 +58,25 @@ def plan(session, names: list[str]) -> dict[str, list]:
 
 
 def apply(session, name: str, address: str, forwards: list) -> None:
-    """The machine's forwards in the kernel, and in its record (what `env port` shows)."""
+    """The machine's forwards in the kernel, and in its record (what `env port` shows). A
+    guest of a libvirt host that is a machine of the Envfile (moved there by `env
+    migrate`) is reached through that host: this host forwards each port to the same port
+    of the host machine, whose own rules forward it to the guest."""
     provider = session.provider(name)
-    bridge = session.placements.network(name).bridge
     # recorded first: an up killed while it makes the rules leaves a record destroy acts on
     session.project.set_machine(name, ports=[
         {"protocol": f.protocol, "address": f.address, "host": f.host, "guest": f.guest} for f in forwards])
-    provider.forward_ports(session.project.id, name, address, bridge, forwards)
+    hop = session.placements[name].host_machine
+    if hop:
+        from providers.ports import Forward
+
+        hop_address = session.project.machine_state(hop)["address"]
+        _in_host(session, name, hop, hop_address, address, forwards)
+        provider.forward_ports(session.project.id, name, hop_address, session.placements.network(hop).bridge,
+                               [Forward(f.protocol, f.address, f.host, f.host) for f in forwards])
+    else:
+        provider.forward_ports(session.project.id, name, address, session.placements.network(name).bridge,
+                               forwards)
     for forward in forwards:
         session.events.note(f"{name}: forwarding {forward.address}:{forward.host}/{forward.protocol} to port "
                             f"{forward.guest}", name)
@@ -74,6 +90,30 @@ def remove(session, name: str, provider=None) -> None:
     provider = provider or session.provider(name)
     if "ports" in session.project.machine_state(name) and supports(provider, Capability.PORTS):
         provider.unforward_ports(session.project.id, name)
+        hop = session.placements[name].host_machine
+        if hop and session.project.machine_state(name).get("ports"):
+            try:
+                _in_host(session, name, hop, session.project.machine_state(hop)["address"], "", [])
+            except VboxError:
+                pass  # the host machine is down or gone: its rules with it
+
+
+def _in_host(session, name: str, hop: str, hop_address: str, address: str, forwards: list) -> None:
+    """The host machine `hop`'s rules that forward its ports to its guest `name`."""
+    import shlex
+
+    from providers.ports import through_host_script
+
+    script = through_host_script(session.project.id, name, hop_address, address or hop_address, forwards)
+    lines: list[str] = []
+    connection = session.connect(hop)
+    try:
+        status = connection.run(f"sudo sh -c {shlex.quote(script)}", lines.append)
+    finally:
+        connection.close()
+    if status != 0:
+        raise VboxError(f"{name}: its forwarded ports could not be made in {hop}, its host: "
+                        + (" / ".join(lines[-3:]) or f"exit status {status}"))
 
 
 def remove_all(session) -> None:

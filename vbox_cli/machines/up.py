@@ -80,7 +80,8 @@ def _up(session, names: list[str], jobs: int | None, provision: bool, restart: b
         if host and host not in selected:
             selected.insert(0, host)
     preflight(session, selected)
-    forwards = ports.plan(session, [n for n in selected if not placements[n].remote])  # before anything is made
+    # before anything is made; a guest of a machine of the Envfile has its forwards through it (env migrate)
+    forwards = ports.plan(session, [n for n in selected if not placements[n].remote or placements[n].host_machine])
     from vbox_cli.machines.boxes import boxes_for
 
     pinned = lockfile.pins(lockfile.path_of(session.loaded.path), session.machines) if locked else {}
