@@ -27,24 +27,35 @@ import time
 from pathlib import Path
 
 VBOX = str(Path(sys.executable).parent / "vbox")
-DIRTY = ("nohup python3 -c 'b = bytearray(128 << 20)\n"
-         "while True:\n    for i in range(0, len(b), 4096): b[i] = (b[i] + 1) % 256' >/dev/null 2>&1 & echo $!")
+DIRTY = ("nohup sh -c 'head -c 64M /dev/urandom > /dev/shm/src; while :; do cp /dev/shm/src /dev/shm/dst; done' "
+         "</dev/null >/dev/null 2>&1 & echo $!")
 
 
 def env(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([VBOX, "--plain", *args], cwd=folder, check=True, capture_output=True, text=True)
 
 
+class Failed(Exception):
+    pass
+
+
 def migrate(folder: Path, *args: str) -> dict:
+    print(f"env migrate app {' '.join(args)}", end=" ... ", flush=True)
     started = time.perf_counter()
     result = subprocess.run([VBOX, "migrate", "app", *args, "--events"], cwd=folder, capture_output=True, text=True)
     total = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"env migrate app {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        log = folder / ".vbox" / "console" / "app.log"
+        panic = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
+                 if "Kernel panic" in line]
+        print(f"FAILED: {result.stderr.strip().splitlines()[0] if result.stderr.strip() else result.returncode}"
+              + (f"; its console: {panic[0].strip()}" if panic else ""), flush=True)
+        raise Failed()
     events = [json.loads(line) for line in result.stdout.splitlines()]
     action = next(e["action"] for e in events if e.get("event") == "machine_result" and e.get("machine") == "app")
     copy = re.search(r" in ([\d.]+) s", action)
     paused = re.search(r"paused (\d+) ms", action)
+    print(action, flush=True)
     return {"total": total, "copy": float(copy[1]) if copy else None, "paused": int(paused[1]) if paused else None}
 
 
@@ -68,6 +79,7 @@ def main() -> None:
             '[machines.kvmhost]\nbox = "kvm-host"\nmemory = "2G"\ncpus = 2\nfolders = []\n\n'
             f'[machines.app]\nprovider = "kvm"\nmemory = "{args.memory}"\nfolders = []\n')
         figures: dict[str, list[dict]] = {}
+        failed = 0
         try:
             env(folder, "up")
             for _ in range(args.rounds):
@@ -75,18 +87,22 @@ def main() -> None:
                 figures.setdefault("live back, idle", []).append(migrate(folder, "--to", "qemu:///system"))
                 pid = env(folder, "ssh", "app", "--", DIRTY).stdout.strip()
                 time.sleep(2)
-                figures.setdefault("live there, writing 128 MiB", []).append(migrate(folder, "--to", "kvmhost"))
-                figures.setdefault("live back, writing 128 MiB", []).append(migrate(folder, "--to", "qemu:///system"))
-                env(folder, "ssh", "app", "--", f"kill {pid}")
+                figures.setdefault("live there, rewriting 64 MiB", []).append(migrate(folder, "--to", "kvmhost"))
+                figures.setdefault("live back, rewriting 64 MiB", []).append(migrate(folder, "--to", "qemu:///system"))
+                env(folder, "ssh", "app", "--", f"kill {pid}; rm -f /dev/shm/src /dev/shm/dst")
                 figures.setdefault("cold there (running: boot incl.)", []).append(
                     migrate(folder, "--to", "kvmhost", "--cold"))
                 figures.setdefault("cold back (running: boot incl.)", []).append(
                     migrate(folder, "--to", "qemu:///system", "--cold"))
+        except Failed:
+            failed = 1  # the machine is lost (a guest that panicked): the rounds end here
         finally:
             subprocess.run([VBOX, "--plain", "destroy", "-f"], cwd=folder, capture_output=True)
         print(f"a {args.memory} KVM machine (TCG where KVM does not work) between this host and an LXC kvm-host")
         for label, runs in figures.items():
             show(label, runs)
+        moves = sum(len(runs) for runs in figures.values())
+        print(f"{moves} moves done, {failed} failed" + (" (the rounds stopped there)" if failed else ""))
 
 
 if __name__ == "__main__":

@@ -527,9 +527,10 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                 except libvirt.libvirtError:
                     pass
             raise
-        if result.kind == "live":
+        if result.kind == "live" and target_spec.network:
             try:
-                migration.renew_address(target._existing(obj))
+                migration.renew_address(target._existing(obj), target.conn.networkLookupByName(target_spec.network),
+                                        mac_address(obj), target_spec.address)
             except libvirt.libvirtError:
                 pass  # it asks for its address there when its lease runs out (the caller waits for SSH)
         # gone from here: its definition went with the migration; its volumes and address go now

@@ -200,14 +200,27 @@ def _uri_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def renew_address(dom) -> None:
+def renew_address(dom, network, mac: str, address: str, attempts: int = 3) -> bool:
     """The guest's link goes down and up again: its DHCP client (networkd) asks the new
-    host's network for its address at once, instead of keeping the old lease."""
+    host's network (`network`, a libvirt network) for its address at once, instead of
+    keeping the old lease until it runs out. Checked: the network's DHCP server must have
+    given `address` to `mac` since; tried again with the link down longer (a guest under
+    emulation, busy just after the move, may miss a short drop). Whether it was given."""
     libvirt = _libvirt()
     root = ET.fromstring(dom.XMLDesc(0))
-    for interface in root.findall("devices/interface"):
-        if interface.get("type") != "network":
-            continue
+    interface = next((i for i in root.findall("devices/interface") if i.get("type") == "network"), None)
+    if interface is None:
+        return False
+
+    def lease() -> int:
+        try:
+            found = [entry for entry in network.DHCPLeases(mac) if entry.get("ipaddr") == address]
+        except libvirt.libvirtError:
+            return 0
+        return max((int(entry.get("expirytime") or 0) for entry in found), default=0)
+
+    for attempt in range(attempts):
+        before = lease()
         for state in ("down", "up"):
             link = interface.find("link")
             if link is None:
@@ -215,7 +228,13 @@ def renew_address(dom) -> None:
             link.set("state", state)
             dom.updateDeviceFlags(ET.tostring(interface, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
             if state == "down":
-                time.sleep(1.0)  # long enough for networkd to see the carrier go
+                time.sleep(1.0 + 2.0 * attempt)  # long enough for networkd to see the carrier go
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if lease() > before:
+                return True
+            time.sleep(0.5)
+    return False
 
 
 def snapshot_definitions(dom) -> list[str]:

@@ -117,6 +117,7 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
 
     folderwatch.stop(project, name)
     ports.remove(session, name, provider)
+    source_host, source_plan = provider.network_host, session.placements.network(name)
     result = provider.migrate(spec, target, target_spec, cold, progress)
     ssh_host, ssh_port = target.ssh_endpoint(obj, address)
     own = machine.host or None  # where the Envfile puts it: no record needed when it is back there
@@ -134,6 +135,8 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     project.update_state(moved)
     project.write_known_hosts()
     session.placements.refresh([name])
+    if source_host is not None and source_plan is not None:  # its name on the network it left goes
+        source_host.ensure_network(source_plan, _addresses_on(session, source_host.key))
     if running and result.kind == "cold":  # shut down for the move: started there
         from vbox_cli.machines.up import boot
 
