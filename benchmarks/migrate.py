@@ -6,8 +6,8 @@ machine running libvirt and QEMU); prints the figures, asserts nothing.
     .venv/bin/python benchmarks/migrate.py [--memory 512M] [--rounds 2]
 
 Each round: live there and live back with the machine idle, live there and back while a
-process in it keeps writing to 128 MiB of its memory (pages dirtied during the copy must
-be sent again), and a cold move there and back (`--cold`: shut down, its own layer
+process in it keeps rewriting 64 MiB of its memory, a tmpfs file (pages dirtied during
+the copy must be sent again), and a cold move there and back (`--cold`: shut down, its own layer
 copied, booted there; the time includes the boot until SSH answers). `total` is the
 command's time (checks, the target's volumes, the wait for SSH at the new address);
 `copy` and `paused` are libvirt's own figures for the migration. Needs root, the
