@@ -136,7 +136,10 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     project.write_known_hosts()
     session.placements.refresh([name])
     if source_host is not None and source_plan is not None:  # its name on the network it left goes
-        source_host.ensure_network(source_plan, _addresses_on(session, source_host.key))
+        try:
+            source_host.ensure_network(source_plan, _addresses_on(session, source_host.key))
+        except Exception as exc:  # it moved all the same: a stale name there is all that is left
+            session.events.warning(f"{name}: its name stays in the DNS of the network it left: {exc}", name)
     if running and result.kind == "cold":  # shut down for the move: started there
         from vbox_cli.machines.up import boot
 
