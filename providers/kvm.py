@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,15 +27,6 @@ from vbox_cli.errors import VboxError
 
 __all__ = ["KvmProvider", "render_domain", "mac_address"]
 _HOSTFWD = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22")
-
-
-def _same_subnet(address: str | None, netmask: str | None, other: str) -> bool:
-    import ipaddress
-
-    if not address:
-        return False
-    network = ipaddress.ip_network(f"{address}/{netmask or '255.255.255.0'}", strict=False)
-    return ipaddress.ip_address(other) in network
 
 
 def choose_uri() -> str:
@@ -448,135 +438,11 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
     # -- migration (providers/migration.py) ---------------------------------------------
     def migrate(self, spec: MachineSpec, target: "KvmProvider", target_spec: MachineSpec, cold: bool,
                 progress=None):
-        """To `target`'s host: live while it runs (its disk's own layer copied with its
-        memory), cold when it is stopped or `cold` (shut down, its volumes and snapshots
-        copied whole, started there if it ran)."""
-        import libvirt
+        """To `target`'s host: live while it runs, cold when it is stopped or `cold`
+        (providers/migration.py)."""
+        from providers.migration import move
 
-        from providers import migration
-        from providers.network import add_dhcp_host, remove_dhcp_host
-        from providers.storage import (POOL, base_volumes, bases_lock, create_overlay, delete_volume, ensure_pool,
-                                       remove_unused_bases)
-
-        obj = spec.object_name
-        dom = self._existing(obj)
-        if self.session_mode or target.session_mode:
-            raise VboxError(f"{obj}: a user's libvirt session has no project network to move a machine in or out of")
-        if spec.box.meta.boot.hypervisor:
-            raise VboxError(f"{obj} boots Xen: a Xen host machine is not moved (its guests would be left behind)")
-        if self.suspended(obj):
-            raise VboxError(f"{obj} is suspended: its saved memory does not move", hint="`env resume` it first")
-        if ET.fromstring(dom.XMLDesc(0)).find("devices/filesystem/driver[@type='virtiofs']") is not None:
-            raise VboxError(f"{obj} has synced folders (virtiofs), whose state QEMU cannot move",
-                            hint="set folders = [] for it and `env reload` it")
-        running = dom.isActive()
-        src_pool = self.conn.storagePoolLookupByName(POOL)
-        pool = ensure_pool(target.conn)
-        disk = f"{obj}.qcow2"
-        capacity = src_pool.storageVolLookupByName(disk).info()[1]
-        extra = [f"{obj}{suffix}" for suffix in self.extra_volumes
-                 if self._find_volume(src_pool, f"{obj}{suffix}") is not None]
-        made: list[str] = []  # volumes made on the target: gone again if the move fails
-
-        def undo() -> None:
-            for name in made:
-                delete_volume(pool, name)
-            remove_dhcp_host(target.conn, mac_address(obj))
-
-        try:
-            with bases_lock():  # its disk on the box's disk there: made before that could go
-                paths = base_volumes(target.conn, pool, spec.box)
-                overlay = create_overlay(pool, disk, paths["disk"], capacity)
-                made.append(disk)
-            for name in extra:  # the identity credential, a cloud image's seed: small, copied whole
-                migration.copy_volume(self.conn, src_pool.storageVolLookupByName(name), target.conn, pool, name)
-                made.append(name)
-            volume_paths = {name: pool.storageVolLookupByName(name).path() for name in extra}
-            source_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
-                                     | (0 if running else libvirt.VIR_DOMAIN_XML_INACTIVE))
-            console = "" if target.remote else str(target_spec.console_log)
-            persist = migration.target_xml(source_xml, paths, volume_paths, console)
-            if target_spec.network:
-                add_dhcp_host(target.conn, target_spec.network, mac_address(obj), target_spec.address,
-                              target_spec.machine.hostname.split(".")[0])
-            if running and not cold:  # QEMU fills the overlay made there with what its disk's own layer holds
-                volume_paths[disk] = overlay.path()
-                result = migration.live(dom, target.conn, migration.as_files(persist, volume_paths), persist,
-                                        self._disk_targets(dom, disk), target.migration_address(self), progress)
-            else:
-                started = time.monotonic()
-                if running:
-                    self.halt(obj, 60)
-                vol = src_pool.storageVolLookupByName(disk)
-                migration.check_backing(vol, paths["disk"])
-                copied = migration.copy_volume(self.conn, vol, target.conn, pool, disk, progress, target=overlay)
-                snapshots = migration.snapshot_definitions(dom)
-                moved = target.conn.defineXML(persist)
-                try:
-                    migration.define_snapshots(moved, snapshots)
-                except libvirt.libvirtError:
-                    moved.undefineFlags(self._undefine_flags())
-                    raise
-                dom.undefineFlags(self._undefine_flags())  # from here on it is there (stopped: the caller starts it)
-                result = migration.Migration("cold", time.monotonic() - started, None, copied)
-        except BaseException:
-            undo()
-            if running and self._domain(obj) is not None and not self._domain(obj).isActive():
-                try:  # a cold move that failed: it runs again where it was
-                    self._domain(obj).create()
-                except libvirt.libvirtError:
-                    pass
-            raise
-        if result.kind == "live" and target_spec.network:
-            try:
-                migration.renew_address(target._existing(obj), target.conn.networkLookupByName(target_spec.network),
-                                        mac_address(obj), target_spec.address)
-            except libvirt.libvirtError:
-                pass  # it asks for its address there when its lease runs out (the caller waits for SSH)
-        # gone from here: its definition went with the migration; its volumes and address go now
-        remove_dhcp_host(self.conn, mac_address(obj))
-        for name in (disk, *extra):
-            delete_volume(src_pool, name)
-        if not self.remote:
-            from providers import virtiofs
-
-            virtiofs.release(self._shares_dir(obj))
-        remove_unused_bases(src_pool)
-        return result
-
-    @staticmethod
-    def _find_volume(pool, name: str):
-        from providers.hosts import find
-
-        return find(pool.storageVolLookupByName, name)
-
-    @staticmethod
-    def _disk_targets(dom, volume: str) -> list[str]:
-        """The target devices (vda) of the disks that are the machine's own volume."""
-        from providers.migration import own_disks
-
-        return [d.find("target").get("dev") for d in own_disks(ET.fromstring(dom.XMLDesc(0)), volume)]
-
-    def migration_address(self, source: "KvmProvider") -> str | None:
-        """This host's address as the QEMU of `source`'s host reaches it: a machine of the
-        Envfile by its address; this host, from a guest of such a machine, by the project
-        network's gateway; otherwise the host's name in the URI (None: libvirt asks it)."""
-        if self.access is not None and self.access.remote:
-            return self.access.ssh_host
-        if not self.remote and source.access is not None and source.access.machine:
-            return self._gateway_seen_by(source)
-        return None
-
-    def _gateway_seen_by(self, source: "KvmProvider") -> str | None:
-        """This host's address on the vbox network where the machine that hosts `source`'s
-        guests is."""
-        for net in self.conn.listAllNetworks():
-            if not net.name().startswith("vbox-") or not net.isActive():
-                continue
-            ip = ET.fromstring(net.XMLDesc(0)).find("ip")
-            if ip is not None and _same_subnet(ip.get("address"), ip.get("netmask"), source.access.ssh_host):
-                return ip.get("address")
-        return None
+        return move(self, spec, target, target_spec, cold, progress)
 
     # -- snapshots (providers/disk_snapshots.py) ----------------------------------
     def _undefine_flags(self) -> int:

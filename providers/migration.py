@@ -38,26 +38,6 @@ def _libvirt():
     return libvirt
 
 
-def _download(conn, vol) -> bytes:
-    """A (small) volume's content."""
-    stream = conn.newStream(0)
-    vol.download(stream, 0, 0, 0)
-    chunks = []
-    try:
-        while data := stream.recv(CHUNK):
-            if isinstance(data, int):  # -2: would block (not on a blocking stream)
-                continue
-            chunks.append(data)
-        stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except Exception:
-            pass
-        raise
-    return b"".join(chunks)
-
-
 def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, target=None) -> int:
     """A volume's file copied whole, byte for byte, from one host's pool into another's:
     into `target` (a volume made beforehand: a qcow2 overlay on the same base, whose
@@ -145,10 +125,6 @@ def as_files(xml: str, volume_paths: dict[str, str]) -> str:
             source.attrib.clear()
             source.set("file", path)
     return ET.tostring(root, encoding="unicode")
-
-
-def user_snapshots(dom, own_prefix: str) -> list[str]:
-    return [s.getName() for s in dom.listAllSnapshots(0) if not s.getName().startswith(own_prefix)]
 
 
 def live(dom, dst_conn, dest_xml: str, persist_xml: str, disks: list[str], address: str | None,
@@ -256,3 +232,144 @@ def check_backing(vol, expected: str) -> None:
     if backing and backing != expected:
         raise VboxError(f"its disk's base is {backing} here and would be {expected} on the target",
                         hint="migrate it while it runs (live), or between hosts whose vbox pools are at one path")
+
+
+def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migration:
+    """A KVM machine of `provider` to `target`'s host: live while it runs (its disk's own
+    layer copied with its memory), cold when it is stopped or `cold` (shut down, its
+    volumes and snapshots copied whole; the caller starts it there)."""
+    import libvirt
+
+    from providers.libvirt_domain import mac_address
+    from providers.network import add_dhcp_host, remove_dhcp_host
+    from providers.storage import (POOL, base_volumes, bases_lock, create_overlay, delete_volume, ensure_pool,
+                                   remove_unused_bases)
+
+    obj = spec.object_name
+    dom = provider._existing(obj)
+    if provider.session_mode or target.session_mode:
+        raise VboxError(f"{obj}: a user's libvirt session has no project network to move a machine in or out of")
+    if spec.box.meta.boot.hypervisor:
+        raise VboxError(f"{obj} boots Xen: a Xen host machine is not moved (its guests would be left behind)")
+    if provider.suspended(obj):
+        raise VboxError(f"{obj} is suspended: its saved memory does not move", hint="`env resume` it first")
+    if ET.fromstring(dom.XMLDesc(0)).find("devices/filesystem/driver[@type='virtiofs']") is not None:
+        raise VboxError(f"{obj} has synced folders (virtiofs), whose state QEMU cannot move",
+                        hint="set folders = [] for it and `env reload` it")
+    running = dom.isActive()
+    src_pool = provider.conn.storagePoolLookupByName(POOL)
+    pool = ensure_pool(target.conn)
+    disk = f"{obj}.qcow2"
+    capacity = src_pool.storageVolLookupByName(disk).info()[1]
+    extra = [f"{obj}{suffix}" for suffix in provider.extra_volumes
+             if _find_volume(src_pool, f"{obj}{suffix}") is not None]
+    made: list[str] = []  # volumes made on the target: gone again if the move fails
+
+    def undo() -> None:
+        for name in made:
+            delete_volume(pool, name)
+        remove_dhcp_host(target.conn, mac_address(obj))
+
+    try:
+        with bases_lock():  # its disk on the box's disk there: made before that could go
+            paths = base_volumes(target.conn, pool, spec.box)
+            overlay = create_overlay(pool, disk, paths["disk"], capacity)
+            made.append(disk)
+        for name in extra:  # the identity credential, a cloud image's seed: small, copied whole
+            copy_volume(provider.conn, src_pool.storageVolLookupByName(name), target.conn, pool, name)
+            made.append(name)
+        volume_paths = {name: pool.storageVolLookupByName(name).path() for name in extra}
+        source_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+                                 | (0 if running else libvirt.VIR_DOMAIN_XML_INACTIVE))
+        console = "" if target.remote else str(target_spec.console_log)
+        persist = target_xml(source_xml, paths, volume_paths, console)
+        if target_spec.network:
+            add_dhcp_host(target.conn, target_spec.network, mac_address(obj), target_spec.address,
+                          target_spec.machine.hostname.split(".")[0])
+        if running and not cold:  # QEMU fills the overlay made there with what its disk's own layer holds
+            volume_paths[disk] = overlay.path()
+            result = live(dom, target.conn, as_files(persist, volume_paths), persist,
+                                    _disk_targets(dom, disk), migration_address(target, provider), progress)
+        else:
+            started = time.monotonic()
+            if running:
+                provider.halt(obj, 60)
+            vol = src_pool.storageVolLookupByName(disk)
+            check_backing(vol, paths["disk"])
+            copied = copy_volume(provider.conn, vol, target.conn, pool, disk, progress, target=overlay)
+            snapshots = snapshot_definitions(dom)
+            moved = target.conn.defineXML(persist)
+            try:
+                define_snapshots(moved, snapshots)
+            except libvirt.libvirtError:
+                moved.undefineFlags(provider._undefine_flags())
+                raise
+            dom.undefineFlags(provider._undefine_flags())  # from here on it is there (stopped: the caller starts it)
+            result = Migration("cold", time.monotonic() - started, None, copied)
+    except BaseException:
+        undo()
+        if running and provider._domain(obj) is not None and not provider._domain(obj).isActive():
+            try:  # a cold move that failed: it runs again where it was
+                provider._domain(obj).create()
+            except libvirt.libvirtError:
+                pass
+        raise
+    if result.kind == "live" and target_spec.network:
+        try:
+            renew_address(target._existing(obj), target.conn.networkLookupByName(target_spec.network),
+                                    mac_address(obj), target_spec.address)
+        except libvirt.libvirtError:
+            pass  # it asks for its address there when its lease runs out (the caller waits for SSH)
+    # gone from here: its definition went with the migration; its volumes and address go now
+    remove_dhcp_host(provider.conn, mac_address(obj))
+    for name in (disk, *extra):
+        delete_volume(src_pool, name)
+    if not provider.remote:
+        from providers import virtiofs
+
+        virtiofs.release(provider._shares_dir(obj))
+    remove_unused_bases(src_pool)
+    return result
+
+
+def _find_volume(pool, name: str):
+    from providers.hosts import find
+
+    return find(pool.storageVolLookupByName, name)
+
+
+def _disk_targets(dom, volume: str) -> list[str]:
+    """The target devices (vda) of the disks that are the machine's own volume."""
+    return [d.find("target").get("dev") for d in own_disks(ET.fromstring(dom.XMLDesc(0)), volume)]
+
+
+def migration_address(target, source) -> str | None:
+    """The target host's address as the QEMU of `source`'s host reaches it: a machine of the
+    Envfile by its address; this host, from a guest of such a machine, by the project
+    network's gateway; otherwise the host's name in the URI (None: libvirt asks it)."""
+    if target.access is not None and target.access.remote:
+        return target.access.ssh_host
+    if not target.remote and source.access is not None and source.access.machine:
+        return _gateway_seen_by(target, source)
+    return None
+
+
+def _gateway_seen_by(target, source) -> str | None:
+    """This host's address on the vbox network where the machine that hosts `source`'s
+    guests is."""
+    for net in target.conn.listAllNetworks():
+        if not net.name().startswith("vbox-") or not net.isActive():
+            continue
+        ip = ET.fromstring(net.XMLDesc(0)).find("ip")
+        if ip is not None and _same_subnet(ip.get("address"), ip.get("netmask"), source.access.ssh_host):
+            return ip.get("address")
+    return None
+
+
+def _same_subnet(address: str | None, netmask: str | None, other: str) -> bool:
+    import ipaddress
+
+    if not address:
+        return False
+    network = ipaddress.ip_network(f"{address}/{netmask or '255.255.255.0'}", strict=False)
+    return ipaddress.ip_address(other) in network
