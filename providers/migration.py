@@ -43,7 +43,7 @@ def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, tar
     into `target` (a volume made beforehand: a qcow2 overlay on the same base, whose
     backing the pool sees from the start), else into a new raw volume (libvirt finds a
     qcow2 in it when the pool is refreshed). Returns the bytes sent."""
-    from providers.storage import delete_volume
+    from providers.storage import delete_volume, send_all
 
     info = ET.fromstring(vol.XMLDesc(0))
     size = int(info.findtext("physical") or 0) or vol.info()[1]  # the file's length (a qcow2's, not its disk's)
@@ -62,10 +62,7 @@ def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, tar
         while data := down.recv(CHUNK):
             if isinstance(data, int):
                 continue
-            view = memoryview(data)
-            while view:
-                n = up.send(view.tobytes())
-                view = view[n:]
+            send_all(up, data)
             sent += len(data)
             if progress is not None:
                 progress(sent, size)

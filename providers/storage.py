@@ -166,11 +166,11 @@ def upload_volume(conn, pool, name: str, content: bytes | Path, mode: int = 0o64
         vol.upload(stream, 0, size, 0)
         if isinstance(content, bytes):
             for offset in range(0, size, CHUNK):
-                _send(stream, content[offset:offset + CHUNK])
+                send_all(stream, content[offset:offset + CHUNK])
         else:
             with open(content, "rb") as f:
                 while chunk := f.read(CHUNK):
-                    _send(stream, chunk)
+                    send_all(stream, chunk)
         stream.finish()
     except BaseException:
         try:
@@ -182,7 +182,7 @@ def upload_volume(conn, pool, name: str, content: bytes | Path, mode: int = 0o64
     return vol
 
 
-def _send(stream, data: bytes) -> None:
+def send_all(stream, data: bytes) -> None:
     view = memoryview(data)
     while view:
         sent = stream.send(view.tobytes())
