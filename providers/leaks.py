@@ -30,6 +30,9 @@ def find(project_id: str | None = None) -> list[str]:
     from vbox_cli.folderwatch import leaks as watcher_leaks
 
     found += watcher_leaks(project_id)
+    from vbox_cli.sshmux import leaks as master_leaks
+
+    found += master_leaks(project_id)
     if project_id is None:  # a bridge may serve several projects: no project's own leftover
         from providers.ovs import leaks as bridge_leaks
 

@@ -104,20 +104,20 @@ class Endpoint:
             pairs.append(("ProxyCommand", checked(self.proxy, "proxy command")))
         return pairs
 
-    def argv(self, command: list[str] | None = None, tty: bool = False) -> list[str]:
-        """The ssh command line: options, `--`, then the address and the command."""
-        argv = ["ssh", "-o", "LogLevel=ERROR"]
+    def option_args(self) -> list[str]:
+        """The options as ssh arguments (the address goes after `--`)."""
+        args = ["-o", "LogLevel=ERROR"]
         for keyword, value in self.options():
             if keyword != "HostName":
-                argv += ["-o", f"{keyword}={value}"]
-        if tty:
-            argv.append("-t")
-        argv += ["--", address(self.address)]
-        if command:
-            # One argument is a shell command line (`-- 'ls | wc -l'`); several are argv,
-            # quoted so that each reaches the machine as it was given.
-            argv.append(command[0] if len(command) == 1 else shlex.join(command))
-        return argv
+                args += ["-o", f"{keyword}={value}"]
+        return args
+
+    def argv(self, command: list[str] | None = None, tty: bool = False, socket: str | None = None) -> list[str]:
+        """The ssh command line, through the machine's master at `socket` when one runs
+        there (vbox_cli.sshmux)."""
+        from vbox_cli.sshmux import client_argv
+
+        return client_argv(self.option_args(), address(self.address), socket, command, tty)
 
     def config_block(self) -> str:
         return "\n".join([f"Host {host_name(self.alias, 'alias')} {host_name(self.name, 'name')}",

@@ -102,12 +102,23 @@ def env_main() -> int:
     args = sys.argv[1:]
     if not (is_ours(args) or COMPLETION_VARIABLE in os.environ):
         passthrough(args)
+    _fast_ssh(args)
     from vbox_cli.app import run
 
     return run(args, prog_name="env")
 
 
+def _fast_ssh(args: list[str]) -> None:
+    """`env ssh NAME` to a machine whose shared connection runs: ssh at once, without
+    loading the rest of vbox (vbox_cli.sshmux). Returns when it cannot."""
+    if "ssh" in args[:3]:
+        from vbox_cli.sshmux import fast_exec
+
+        fast_exec(args)
+
+
 def vbox_main() -> int:
+    _fast_ssh(sys.argv[1:])
     from vbox_cli.app import run
 
     return run(sys.argv[1:], prog_name="vbox")

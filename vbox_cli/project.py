@@ -14,10 +14,8 @@ understand stops the command, since acting on a wrong state could destroy machin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import stat
 import threading
 import time
@@ -27,6 +25,7 @@ from typing import Callable
 
 from vbox_cli.errors import VboxError
 from vbox_cli.paths import STATE_DIR
+from vbox_cli.projectid import project_id  # noqa: F401 - the project's id, here for its users
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -34,13 +33,6 @@ CLIENT_KEY = "id_ed25519"
 KNOWN_HOSTS = "known_hosts"
 CONSOLE_DIR = "console"
 MAX_STATE = 16 * 1024**2
-
-
-def project_id(folder: Path) -> str:
-    """`<slug>-<hash>`: the folder's name, cut to [a-z0-9], and 6 hex of its real path."""
-    real = os.path.realpath(folder)
-    slug = re.sub(r"[^a-z0-9]+", "-", Path(real).name.lower()).strip("-")[:12].strip("-") or "project"
-    return f"{slug}-{hashlib.sha256(real.encode()).hexdigest()[:6]}"
 
 
 class StateError(VboxError):

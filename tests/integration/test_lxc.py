@@ -112,6 +112,39 @@ def test_up_provisions_two_machines_reachable_by_ssh_and_by_name(project):
     assert project.env("ssh", "web", "--", "sh", "-c", "exit 7", check_rc=None).returncode == 7
 
 
+def test_env_ssh_shares_one_connection_per_machine_until_it_halts(project):
+    """The first `env ssh` starts a master connection; the next ones go through it (the
+    same TCP connection: the same client port seen by sshd) by the fast path, which
+    loads no more of vbox than vbox_cli.sshmux; halt and destroy end the master."""
+    import sys
+
+    from vbox_cli import sshmux
+
+    project.env("up", "web")
+    first = project.ssh("web", "echo $SSH_CONNECTION")
+    socket = sshmux.control_path(project.id, "web")
+    assert socket and os.path.exists(socket)
+    fast = subprocess.run([sys.executable, "-X", "importtime", str(VBOX), "--plain", "ssh", "web", "--",
+                           "echo $SSH_CONNECTION"], cwd=project.folder, capture_output=True, text=True, timeout=60)
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stdout == first  # one connection: the same client address and port
+    loaded = {line.split("|")[-1].strip() for line in fast.stderr.splitlines() if line.startswith("import time:")}
+    assert "vbox_cli.sshmux" in loaded and not {"typer", "pydantic", "libvirt", "vbox_cli.app"} & loaded
+    # a changed Envfile: the whole way again (it checks the machine), the same connection
+    project.write(TWO_MACHINES + "\n")
+    assert project.ssh("web", "echo $SSH_CONNECTION") == first
+    # the command's exit status comes through the master
+    assert project.env("ssh", "web", "--", "exit 3", check_rc=None).returncode == 3
+    project.env("halt", "web")
+    assert not os.path.exists(socket) and sshmux.leaks(project.id) == []
+    assert "is not running" in project.env("ssh", "web", "--", "true", check_rc=1).stderr
+    project.env("up", "web")
+    assert project.ssh("web", "echo $SSH_CONNECTION") != first  # a new machine boot, a new connection
+    assert os.path.exists(socket)
+    project.env("destroy", "-f")
+    assert not os.path.exists(socket) and sshmux.leaks(project.id) == []
+
+
 def test_ssh_config_works_with_openssh_and_checks_the_host_key(project, tmp_path):
     project.env("up", "web")
     config = tmp_path / "ssh_config"

@@ -81,6 +81,9 @@ def open_session(ctx: typer.Context, command: str, names: list[str], events: boo
     session = Session(project, loaded)
     shown = session.select(names, autostart_only=autostart_only)
     with event_stream(ctx, command, shown, events) as stream:
+        from vbox_cli.sshmux import Closer
+
+        stream.sinks.append(Closer(project.id))  # a machine that halts, moves, ...: its ssh master ends
         session.events = stream
         with project.lock(on_wait=lambda: stream.note("another env command is running in this project; waiting")):
             yield session
