@@ -20,7 +20,7 @@ from providers.leaks import find as find_leaks
 from tests.integration.conftest import VBOX
 from tests.integration.test_lxc import Project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 PIDFILE = Path("/run/libvirtd.pid")
 STOP_TIMEOUT = 90.0

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.parallel_projects import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # counts libvirtd's open files before and after
 
 
 def test_eight_projects_loop_up_and_destroy_in_parallel(debian12, tmp_path):

@@ -1,8 +1,8 @@
 """Validated Envfiles, remembered by content.
 
 Validation costs a pydantic import and model build (~70 ms). Commands that only read
-the Envfile look here first: an entry is keyed by vbox's version, the Envfile's path
-and its exact bytes, and holds the resolved machines and the files the steps name,
+the Envfile look here first: an entry is keyed by vbox's version (and its model file's
+size and time), the Envfile's path and its exact bytes, and holds the resolved machines and the files the steps name,
 whose existence is checked again on every use. Entries live in vbox's cache folder
 (not in the project), so `env validate` writes nothing into a project. This module
 must not import pydantic.
@@ -23,7 +23,10 @@ KEEP = 200  # entries; the oldest go first
 def _entry(path: Path, data: bytes) -> Path:
     from vbox_cli.paths import vbox_cache
 
-    digest = hashlib.sha256(f"{__version__}\0{path.resolve()}\0".encode() + data).hexdigest()
+    # the model's file too: a default that changed between two commits of one version
+    model = Path(__file__).with_name("model.py").stat()
+    digest = hashlib.sha256(f"{__version__}\0{model.st_size}\0{model.st_mtime_ns}\0{path.resolve()}\0".encode()
+                            + data).hexdigest()
     return vbox_cache() / "envfiles" / f"{digest}.json"
 
 

@@ -89,7 +89,7 @@ class Defaults(Frozen):
     memory: Memory = Field(512 * MIB, description='memory limit, like "512M" or "1G"')
     disk: Disk = Field(10 * GIB, description='disk size (kvm, xen), like "10G"')
     autostart: bool = Field(True, description="`env up` without names starts this machine")
-    boot_timeout: BootTimeout = Field(120, description="seconds to wait for SSH after start")
+    boot_timeout: BootTimeout = Field(300, description="seconds to wait for SSH after start")
     accel: Accel = Field("auto", description="kvm machines: auto (KVM if it really works, else TCG), kvm or tcg")
     host: HostURI | None = Field(None, description="kvm, xen: the libvirt URI of the host that runs the machine; "
                                  "default this host")
