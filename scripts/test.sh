@@ -4,9 +4,10 @@
 #
 # With no arguments, in two passes: every test but the `exclusive` ones on
 # $VBOX_TEST_WORKERS pytest-xdist workers (2 by default; a file's tests stay on one
-# worker), then the `exclusive` ones (they restart libvirtd) alone. Most integration
-# tests wait on a guest's boot or the mirror, so two at once use the host's two cores
-# better than one; more would make TCG guests compete for them.
+# worker), then the `exclusive` ones (they restart libvirtd, or count what every
+# machine of the host has) alone. Most integration tests wait on a guest's boot or the
+# mirror, so two at once use the host's two cores better than one; more would make TCG
+# guests compete for them.
 #
 # Extra arguments go to one plain pytest run instead, e.g.
 # `scripts/test.sh -m "not integration"` for the quick unit tests only, or

@@ -23,7 +23,7 @@ import pytest
 from providers.leaks import find as find_leaks
 from tests.integration.test_lxc import Project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # its "other host" is this one: it checks every volume
 
 SSHD = "/usr/sbin/sshd"
 
