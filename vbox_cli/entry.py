@@ -132,6 +132,8 @@ def _exit(code: int) -> "NoReturn":  # noqa: F821
     import atexit
     import threading
 
+    if sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or debugger: it writes at exit
+        sys.exit(code)
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
