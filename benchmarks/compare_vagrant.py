@@ -56,17 +56,10 @@ def timed(argv: list[str], cwd: Path, env: dict | None = None) -> float:
 
 def vagrant_tree(box, target: Path) -> Path:
     """The box's root tree, set up as a Vagrant box's publisher does."""
-    from tests.integration.foreign_boxes import INSECURE_KEY
+    from tests.integration.foreign_boxes import vagrant_user
 
     run(["cp", "-a", "--reflink=auto", str(box.artefact("rootfs")), str(target)])
-    run(["chroot", str(target), "useradd", "--create-home", "--shell", "/bin/bash", "vagrant"])
-    (target / "etc/sudoers.d/vagrant").write_text("vagrant ALL=(ALL) NOPASSWD: ALL\n")
-    os.chmod(target / "etc/sudoers.d/vagrant", 0o440)
-    ssh = target / "home/vagrant/.ssh"
-    ssh.mkdir(mode=0o700)
-    (ssh / "authorized_keys").write_text(INSECURE_KEY + "\n")
-    os.chmod(ssh / "authorized_keys", 0o600)
-    run(["chroot", str(target), "chown", "-R", "vagrant:vagrant", "/home/vagrant/.ssh"])
+    vagrant_user(target)
     run(["chroot", str(target), "ssh-keygen", "-A"])  # a published box has its host keys
     return target
 

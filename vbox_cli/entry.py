@@ -21,19 +21,13 @@ COMPLETION_VARIABLE = "_ENV_COMPLETE"
 # Verbs that are also common shell idioms (`env ssh host`): vbox's only inside a project.
 PROJECT_ONLY_VERBS = frozenset({"ssh", "restore", "migrate"})  # restore(8) of dump; migrate: golang-migrate
 
-ENVFILE = "Envfile"
 FALLBACK_ENV = "/usr/bin/env"
 
 
 def _in_project() -> bool:
-    folder = os.getcwd()
-    while True:
-        if os.path.isfile(os.path.join(folder, ENVFILE)):
-            return True
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return False
-        folder = parent
+    from vbox_cli.projectid import project_folder  # os and hashlib only
+
+    return project_folder() is not None
 
 
 def is_ours(args: list[str]) -> bool:

@@ -1,5 +1,5 @@
-"""A project's id, from its folder. Only os and hashlib: `env ssh`'s fast path needs it
-before anything else of vbox is loaded."""
+"""A project's folder and id. Only os and hashlib: `env`'s first decision and `env ssh`'s
+fast path need them before anything else of vbox is loaded."""
 
 import hashlib
 import os
@@ -21,3 +21,16 @@ def project_id(folder) -> str:
             dash = True
     name = "".join(slug).strip("-")[:12].strip("-") or "project"
     return f"{name}-{hashlib.sha256(real.encode()).hexdigest()[:6]}"
+
+
+def project_folder(start: str | None = None) -> str | None:
+    """The nearest folder from `start` (default: the current one) upwards that has an
+    Envfile, as a real path; None outside a project."""
+    folder = os.path.realpath(start or os.getcwd())
+    while True:
+        if os.path.isfile(os.path.join(folder, "Envfile")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent

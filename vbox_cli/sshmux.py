@@ -24,7 +24,7 @@ import os
 import stat
 import sys
 
-from vbox_cli.projectid import project_id
+from vbox_cli.projectid import project_folder, project_id
 
 PERSIST = 600  # seconds a master stays with no session
 RECORD_FORMAT = 1
@@ -138,17 +138,6 @@ def _record(folder: str, machine: str) -> dict | None:
     return record
 
 
-def _project_folder() -> str | None:
-    folder = os.path.realpath(os.getcwd())
-    while True:
-        if os.path.isfile(os.path.join(folder, ENVFILE)):
-            return folder
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
-
-
 # `env ssh` options that change nothing for ssh itself
 _NEUTRAL = frozenset({"--plain", "--verbose", "-v"})
 
@@ -164,7 +153,7 @@ def fast_argv(args: list[str]) -> list[str] | None:
     if rest and rest[0] != "--":
         return None
     command = rest[1:]
-    folder = _project_folder()
+    folder = project_folder()
     if folder is None:
         return None
     record = _record(folder, machine)

@@ -37,11 +37,8 @@ def run(*argv, **kwargs) -> str:
     return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True, **kwargs).stdout
 
 
-def debian_tree(target: Path) -> Path:
-    """A Debian 12 tree set up as a Vagrant box's publisher does."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--cache-dir={CACHE}",
-        "bookworm", target, MIRROR, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+def vagrant_user(target: Path) -> None:
+    """The user `vagrant` (password vagrant), with sudo and Vagrant's insecure key."""
     run("chroot", target, "useradd", "--create-home", "--shell", "/bin/bash", "vagrant")
     run("chroot", target, "sh", "-c", "echo vagrant:vagrant | chpasswd")
     (target / "etc/sudoers.d/vagrant").write_text("vagrant ALL=(ALL) NOPASSWD: ALL\n")
@@ -51,6 +48,14 @@ def debian_tree(target: Path) -> Path:
     (ssh / "authorized_keys").write_text(INSECURE_KEY + "\n")
     os.chmod(ssh / "authorized_keys", 0o600)
     run("chroot", target, "chown", "-R", "vagrant:vagrant", "/home/vagrant/.ssh")
+
+
+def debian_tree(target: Path) -> Path:
+    """A Debian 12 tree set up as a Vagrant box's publisher does."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--cache-dir={CACHE}",
+        "bookworm", target, MIRROR, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    vagrant_user(target)
     (target / "etc/network/interfaces").write_text(
         "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
     (target / "etc/hostname").write_text(HOSTNAME + "\n")
@@ -77,7 +82,7 @@ def vagrant_lxc_box(tree: Path, work: Path, out: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     run("tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability", "-czf",
         work / "rootfs.tar.gz", "--exclude=./boot/*", "--exclude=./usr/lib/modules/*",
-        f"--transform=s,^\\.,./rootfs,S", "-C", tree, ".")
+        "--transform=s,^\\.,./rootfs,S", "-C", tree, ".")
     (work / "metadata.json").write_text(json.dumps({"provider": "lxc", "version": "1.0.0",
                                                     "built-on": "2026-11-23",
                                                     "template-opts": {"--arch": "amd64", "--release": "bookworm"}}))
