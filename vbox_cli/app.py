@@ -77,7 +77,37 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def make_app() -> typer.Typer:
+# verb -> (its module in vbox_cli.commands, its function there; None: the module's own
+# typer app of sub-verbs), in the order --help lists them
+COMMANDS = {
+    "init": ("init", "init"), "validate": ("validate", "validate"), "schema": ("schema", "schema"),
+    "up": ("up", "up"), "lock": ("up", "lock"), "diff": ("up", "diff"), "status": ("status", "status"),
+    "stats": ("stats", "stats"), "ssh": ("ssh", "ssh"), "ssh-config": ("ssh", "ssh_config"),
+    "inventory": ("ssh", "inventory"), "console": ("ssh", "console"), "port": ("port", "port"),
+    "provision": ("up", "provision"), "restore": ("up", "restore"), "halt": ("up", "halt"),
+    "suspend": ("up", "suspend"), "resume": ("up", "resume"), "migrate": ("up", "migrate"),
+    "reload": ("up", "reload"), "destroy": ("up", "destroy"), "snapshot": ("snapshot", None),
+    "box": ("box", None), "doctor": ("doctor", "doctor"),
+}
+# global options that take a value (the verb comes after it)
+_VALUED = frozenset({"--file", "-f"})
+
+
+def verb_of(args: list[str]) -> str | None:
+    """The verb of a command line, when it is one of vbox's: the first word that is not a
+    global option or its value."""
+    words = iter(args)
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif word == "--" or not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def make_app(only: str | None = None) -> typer.Typer:
+    """The CLI; with `only`, that verb alone (the others are neither imported nor
+    inspected: typer reads every command's signature, 20 to 100 ms for all of them)."""
     app = typer.Typer(
         help=HELP,
         no_args_is_help=True,
@@ -107,32 +137,16 @@ def make_app() -> typer.Typer:
         context.envfile = file
         context.verbose = verbose
 
-    from vbox_cli.commands import box, doctor, init, port, schema, snapshot, ssh, stats, status, up, validate
+    import importlib
 
-    app.command("init")(init.init)
-    app.command("validate")(validate.validate)
-    app.command("schema")(schema.schema)
-    app.command("up")(up.up)
-    app.command("lock")(up.lock)
-    app.command("diff")(up.diff)
-    app.command("status")(status.status)
-    app.command("stats")(stats.stats)
-    app.command("ssh")(ssh.ssh)
-    app.command("ssh-config")(ssh.ssh_config)
-    app.command("inventory")(ssh.inventory)
-    app.command("console")(ssh.console)
-    app.command("port")(port.port)
-    app.command("provision")(up.provision)
-    app.command("restore")(up.restore)
-    app.command("halt")(up.halt)
-    app.command("suspend")(up.suspend)
-    app.command("resume")(up.resume)
-    app.command("migrate")(up.migrate)
-    app.command("reload")(up.reload)
-    app.command("destroy")(up.destroy)
-    app.add_typer(snapshot.app, name="snapshot")
-    app.add_typer(box.app, name="box")
-    app.command("doctor")(doctor.doctor)
+    for verb, (module, function) in COMMANDS.items():
+        if only is not None and verb != only:
+            continue
+        commands = importlib.import_module(f"vbox_cli.commands.{module}")
+        if function is None:
+            app.add_typer(commands.app, name=verb)
+        else:
+            app.command(verb)(getattr(commands, function))
     return app
 
 
@@ -147,7 +161,8 @@ def run(args: list[str], prog_name: str) -> int:
 
     # SIGTERM unwinds like Ctrl-C, so that cleanup (a half-built box) runs.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    app = make_app()
+    completing = any(key.endswith("_COMPLETE") for key in os.environ)
+    app = make_app(None if completing else verb_of(args))
     out = Output()
     context = Context(out=out)
     code, error = _invoke(app, args, prog_name, context)

@@ -140,11 +140,29 @@ def test_verbs_are_exactly_the_registered_commands():
     assert set(command.commands) == set(entry.VERBS)
 
 
-@pytest.mark.parametrize(
-    "args,ours",
-    [([], False), (["-i"], False), (["FOO=bar", "cmd"], False), (["python3", "x.py"], False),
-     (["validate"], True), (["box", "list"], True), (["--help"], True), (["--version"], True),
-     (["-u", "HOME", "init"], False)],
-)
-def test_decision(args, ours):
-    assert entry.is_ours(args) is ours
+@pytest.mark.parametrize("args,verb", [(["status"], "status"), (["--plain", "-f", "x/Envfile", "box", "list"], "box"),
+                                       (["--file", "status", "up"], "up"), (["-v", "ssh-config", "web"], "ssh-config"),
+                                       (["--help"], None), (["stauts"], None), ([], None), (["--", "up"], None)])
+def test_a_command_line_registers_its_verb_alone(args, verb):
+    """A verb's own command line builds a CLI of that verb only (and the same command as
+    in the whole CLI); anything else, the whole CLI, which explains itself."""
+    import typer
+
+    from vbox_cli.app import make_app, verb_of
+
+    assert verb_of(args) == verb
+    if verb is not None:
+        alone = typer.main.get_command(make_app(verb))
+        whole = typer.main.get_command(make_app())
+        assert list(alone.commands) == [verb]
+        assert alone.commands[verb].params == whole.commands[verb].params or \
+            [p.name for p in alone.commands[verb].params] == [p.name for p in whole.commands[verb].params]
+
+
+def test_status_imports_no_other_verb(tmp_path):
+    (tmp_path / "Envfile").write_text('[machines.web]\nprovider = "lxc"\n')
+    probe = ("import sys\nfrom vbox_cli.app import run\nrun(['status', '--help'], prog_name='vbox')\n"
+             "print(sorted(m for m in sys.modules if m.startswith('vbox_cli.commands.')))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Usage: vbox status" in result.stdout, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['vbox_cli.commands.status']"
