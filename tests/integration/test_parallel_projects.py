@@ -19,5 +19,7 @@ def test_eight_projects_loop_up_and_destroy_in_parallel(debian12, tmp_path):
     assert all(left == [] for left in report["leaks"].values()), report["leaks"]
     for name, (processes, fds) in report["before"].items():
         after_processes, after_fds = report["after"][name]
-        assert after_processes == processes, f"{name}: {processes} processes before, {after_processes} after"
-        assert after_fds == fds, f"{name}: {fds} open files before, {after_fds} after"
+        # no more than before: a daemon may close a file of its own meanwhile (libvirtd just
+        # restarted by the test before this one did), which is no leak
+        assert after_processes <= processes, f"{name}: {processes} processes before, {after_processes} after"
+        assert after_fds <= fds, f"{name}: {fds} open files before, {after_fds} after"
