@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 VBOX = str(Path(sys.executable).parent / "vbox")
 VERBS = ("up (create, provisioned)", "status", "ssh -- true", "ssh -- true (again)", "provision (one step)", "halt",
          "up (from halted)", "destroy")
-BOX_NAME = "vbox-bench/debian-12"
+BOX_NAME = "bench/debian-12"  # not vbox-...: vagrant-libvirt names its volume after it, and vbox-* is vbox's
 
 
 def run(argv: list[str], cwd: Path | None = None, env: dict | None = None, check: bool = True) -> str:
