@@ -14,7 +14,7 @@ file and Envfile are unchanged since it was written (any `env up`, `halt` or edi
 the next `env ssh` the whole way again). vbox closes a machine's master when the machine
 halts, is destroyed, suspended, migrated or restored.
 
-Only os, sys, hashlib and json are imported at module level: `entry` imports this module
+Only os, stat, hashlib and json are imported at module level: `entry` imports this module
 before anything else of vbox.
 """
 
@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import stat
-import sys
 
 from vbox_cli.projectid import project_folder, project_id
 
@@ -277,6 +276,5 @@ def fast_exec(args: list[str]) -> None:
         return
     try:
         os.execvp("ssh", argv)
-    except OSError:
+    except OSError:  # no ssh on PATH: the whole way says so
         return
-    sys.exit(255)  # not reached
