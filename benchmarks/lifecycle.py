@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Machine life-cycle timings from a cached box; prints figures, asserts nothing.
 
-    .venv/bin/python benchmarks/lifecycle.py [--runs N] [--provider lxc|kvm]
+    .venv/bin/python benchmarks/lifecycle.py [--runs N] [--provider lxc|kvm] [--unprivileged]
+
+--unprivileged (lxc): a privileged and an unprivileged machine (`unprivileged = true`) in
+turn, each verb's medians side by side with their ratio.
 
 `ssh -- true` is the first `env ssh` after `up` (it opens the machine's shared
 connection); `ssh again` the median of the five after it (the fast path, through it).
@@ -27,8 +30,9 @@ VBOX = str(Path(sys.executable).parent / "vbox")
 TEN = "".join(f"[machines.m{i}]\n" for i in range(10))
 
 
-def one(provider: str) -> str:
-    return f'[machines.web]\nprovider = "{provider}"\nprovision = [{{ shell = "true" }}]\n'
+def one(provider: str, unprivileged: bool = False) -> str:
+    return (f'[machines.web]\nprovider = "{provider}"\nprovision = [{{ shell = "true" }}]\n'
+            + ("unprivileged = true\n" if unprivileged else ""))
 
 
 def machine_disk(provider: str, object_name: str) -> Path:
@@ -50,33 +54,43 @@ def disk_used(folder: Path) -> int:
     return int(subprocess.run(["du", "-sk", str(folder)], capture_output=True, text=True).stdout.split()[0]) * 1024
 
 
+LABELS = ("up (create)", "status", "ssh -- true", "ssh again", "provision", "halt", "up (from halted)", "destroy")
+
+
+def cycle(folder: Path, container: Path, figures: dict[str, list[float]], disk: list[int]) -> None:
+    """One machine's life once, each verb timed."""
+    figures["up (create)"].append(timed(folder, "up"))
+    disk.append(disk_used(container))
+    figures["status"].append(timed(folder, "status"))
+    figures["ssh -- true"].append(timed(folder, "ssh", "web", "--", "true"))  # opens the shared connection
+    figures["ssh again"].append(statistics.median(timed(folder, "ssh", "web", "--", "true") for _ in range(5)))
+    figures["provision"].append(timed(folder, "provision", "--force"))
+    figures["halt"].append(timed(folder, "halt"))
+    figures["up (from halted)"].append(timed(folder, "up"))
+    figures["destroy"].append(timed(folder, "destroy", "-f"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--provider", choices=("lxc", "kvm"), default="lxc")
+    parser.add_argument("--unprivileged", action="store_true",
+                        help="lxc: privileged and unprivileged machines in turn, side by side with their ratio")
     args = parser.parse_args()
-    figures: dict[str, list[float]] = {k: [] for k in
-                                       ("up (create)", "status", "ssh -- true", "ssh again", "provision", "halt",
-                                        "up (from halted)", "destroy")}
-    disk = []
+    variants = (False, True) if args.unprivileged and args.provider == "lxc" else (False,)
+    figures = {v: {k: [] for k in LABELS} for v in variants}
+    disk: dict[bool, list[int]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="vbox-bench-") as tmp:
         folder = Path(tmp)
-        (folder / "Envfile").write_text(one(args.provider))
         from vbox_cli.project import project_id
 
         container = machine_disk(args.provider, f"vbox-{project_id(folder)}-web")
         for _ in range(args.runs):
-            figures["up (create)"].append(timed(folder, "up"))
-            disk.append(disk_used(container))
-            figures["status"].append(timed(folder, "status"))
-            figures["ssh -- true"].append(timed(folder, "ssh", "web", "--", "true"))  # opens the shared connection
-            figures["ssh again"].append(statistics.median(timed(folder, "ssh", "web", "--", "true") for _ in range(5)))
-            figures["provision"].append(timed(folder, "provision", "--force"))
-            figures["halt"].append(timed(folder, "halt"))
-            figures["up (from halted)"].append(timed(folder, "up"))
-            figures["destroy"].append(timed(folder, "destroy", "-f"))
+            for unprivileged in variants:  # in turn, so that both see the same noise
+                (folder / "Envfile").write_text(one(args.provider, unprivileged))
+                cycle(folder, container, figures[unprivileged], disk[unprivileged])
         ten = None
-        if args.provider == "lxc":
+        if args.provider == "lxc" and len(variants) == 1:
             (folder / "Envfile").write_text(TEN)
             ten = timed(folder, "up")
             timed(folder, "destroy", "-f")
@@ -86,9 +100,17 @@ def main() -> None:
         from vbox_cli.paths import vbox_home
 
         print(f"  accel: {detect(vbox_home(), None).accel} ({detect(vbox_home(), None).reason})")
-    for label, values in figures.items():
+    if len(variants) == 2:
+        print(f"  {'':20s} {'privileged':>10s} {'unprivileged':>12s} {'ratio':>6s}")
+        for label in LABELS:
+            a, b = (statistics.median(figures[v][label]) for v in variants)
+            print(f"  {label:20s} {a:8.2f} s {b:10.2f} s {b / a:6.2f}")
+        a, b = (statistics.median(disk[v]) / 1024**2 for v in variants)
+        print(f"  {'fresh machine disk':20s} {a:7.1f} MB {b:9.1f} MB")
+        return
+    for label, values in figures[False].items():
         print(f"  {label:20s} {statistics.median(values):6.2f} s")
-    print(f"  {'fresh machine disk':20s} {statistics.median(disk) / 1024**2:6.1f} MB")
+    print(f"  {'fresh machine disk':20s} {statistics.median(disk[False]) / 1024**2:6.1f} MB")
     if ten is not None:
         print(f"  {'up of 10 machines':20s} {ten:6.2f} s")
 

@@ -322,6 +322,11 @@ class ProviderBase:
         folders has (the machine's own changes come through them: not sent back)."""
         return None
 
+    def refuses(self, object_name: str, machine) -> VboxError | None:
+        """Why the machine that exists cannot start with these settings (`machine`: the
+        resolved Envfile settings), before anything stops it; None when it can."""
+        return None
+
     def unsupported(self, capability: Capability, spec: MachineSpec | None = None) -> str | None:
         if not isinstance(self, _PROTOCOLS[capability]):
             from providers.registry import lacks

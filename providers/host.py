@@ -250,6 +250,26 @@ def check_ansible(needed: bool) -> Check:
     return Check("ansible", "ok", "not installed (needed only by ansible steps)")
 
 
+def check_subids() -> Check:
+    """Subordinate ids of this user, for unprivileged LXC machines (providers/subids.py):
+    root is given a range by --fix."""
+    import pwd
+
+    from providers.subids import COUNT, SUBGID, SUBUID, allocate, of_user
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    found = of_user()
+    if found is not None:
+        return Check("subids", "ok", f"{user}: uids {found.uid}-{found.uid + COUNT - 1}, "
+                     f"gids {found.gid}-{found.gid + COUNT - 1} for unprivileged machines")
+    if os.geteuid() == 0:
+        return Check("subids", "missing", f"root has no range of {COUNT} ids in {SUBUID} and {SUBGID} "
+                     "(unprivileged LXC machines map their ids into it)",
+                     hint=f"give root {COUNT} ids above every range there", repair=lambda: allocate("root"))
+    return Check("subids", "warn", f"{user} has no range of {COUNT} ids in {SUBUID} and {SUBGID}: "
+                 "no unprivileged LXC machines", hint=f"as root: usermod --add-subuids and --add-subgids for {user}")
+
+
 def _mount_shm() -> None:
     from vbox_cli import proc
 
@@ -291,6 +311,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
         _tool("lxc", "lxc-start", "lxc"),
         check_lxcfs(),
         check_cgroup_view(),
+        check_subids(),
         check_openvswitch(needs_ovs),
         check_ansible(needs_ansible),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),

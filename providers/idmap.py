@@ -24,30 +24,33 @@ CLONE_NEWUSER = 0x10000000
 NOBODY = 65534
 
 
-def maps(owner: int, machine_user: int) -> str:
+def maps(owner: int, machine_user: int, base: int = 0) -> str:
     """uid_map (or gid_map) lines, "ON-DISK SEEN 1": the project folder's owner is the
-    machine's user; the machine's root writes as root, or as nobody where the owner is root."""
-    if owner == machine_user:
+    machine's user; the machine's root writes as root, or as nobody where the owner is root.
+    SEEN is a host id: the machine's own id plus `base`, the first host id of an
+    unprivileged machine's range (0 for a privileged one)."""
+    if owner == machine_user and base == 0:
         return ""
-    lines = [f"{owner} {machine_user} 1"]
+    lines = [f"{owner} {base + machine_user} 1"]
     if machine_user != 0:
-        lines.append(f"{NOBODY if owner == 0 else 0} 0 1")
+        lines.append(f"{NOBODY if owner == 0 else 0} {base} 1")
     return "\n".join(lines) + "\n"
 
 
-def folder_maps(spec) -> tuple[str, str]:
+def folder_maps(spec, base: tuple[int, int] = (0, 0)) -> tuple[str, str]:
     """(uid_map, gid_map) of a machine's synced folders' idmapped mounts; ("", "") when
-    none is needed (no folder, or the project folder's owner is the box's user)."""
+    none is needed (no folder, or the project folder's owner is the box's user in a
+    privileged machine). `base`: the first host (uid, gid) of an unprivileged machine."""
     from providers.guest import user_ids
 
     if not spec.folders:
         return "", ""
     user_uid, user_gid = user_ids(spec.box, spec.user)
     owner_uid, owner_gid = spec.folder_owner
-    if (owner_uid, owner_gid) == (user_uid, user_gid):
+    if (owner_uid, owner_gid) == (user_uid, user_gid) and base == (0, 0):
         return "", ""
     identity = "0 0 4294967295\n"
-    return maps(owner_uid, user_uid) or identity, maps(owner_gid, user_gid) or identity
+    return maps(owner_uid, user_uid, base[0]) or identity, maps(owner_gid, user_gid, base[1]) or identity
 
 
 def is_namespace_file(path: Path) -> bool:
@@ -137,3 +140,31 @@ def can_idmap(source: Path, namespace: Path) -> str | None:
     finally:
         os.close(tree)
     return None
+
+
+_SYS_MOVE_MOUNT, _MOVE_MOUNT_F_EMPTY_PATH, _MOUNT_ATTR_RDONLY = 429, 0x4, 0x1
+
+
+def mount_idmapped(source: Path, target: Path, namespace: Path, readonly: bool = True) -> None:
+    """`source` mounted again at `target`, its owners seen through the user namespace kept
+    at `namespace` (an unprivileged machine's box tree: the box's root, 0 on disk, seen as
+    the machine's first host id). The mount stays after the namespace file is released."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    tree = libc.syscall(_SYS_OPEN_TREE, -100, str(source).encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if tree < 0:
+        raise VboxError(f"cannot mount {source} with its owners mapped: {os.strerror(ctypes.get_errno())}")
+    try:
+        userns = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            attr = _MountAttr(_MOUNT_ATTR_IDMAP | (_MOUNT_ATTR_RDONLY if readonly else 0), 0, 0, userns)
+            if libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
+                            ctypes.sizeof(attr)) < 0:
+                raise VboxError(f"cannot mount {source} with its owners mapped: {os.strerror(ctypes.get_errno())}",
+                                hint="its file system must take idmapped mounts (ext4, xfs, btrfs; Linux 5.19+)")
+        finally:
+            os.close(userns)
+        if libc.syscall(_SYS_MOVE_MOUNT, tree, b"", -100, str(target).encode(), _MOVE_MOUNT_F_EMPTY_PATH) < 0:
+            raise VboxError(f"cannot mount {source} at {target}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(tree)

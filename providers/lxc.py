@@ -18,7 +18,6 @@ from pathlib import Path
 
 from providers.base import MAX_NETWORKS, NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
 from providers.guest import user_ids
-from providers.idmap import folder_maps
 from providers.ports import LocalPorts
 from vbox_cli import proc
 from vbox_cli.errors import VboxError
@@ -27,11 +26,17 @@ from providers.lxc_config import (
     CONFIG,
     CONSOLE_LOG,
     IDMAP,
+    IDS,
+    LOWER,
+    ROOTFS,
+    SHARES,
     UPPER,
     VETH_PREFIX,
+    folder_ids_maps,
     fstab_unescape,
     guest_files,
     mac_address,
+    machine_ids,
     mount_entries,
     network_files,
     render_config,
@@ -44,6 +49,7 @@ DISK_IMAGE = "disk.img"  # a machine with `disk`: its own layer on a file system
 LAYER = "delta"  # where that file system is mounted (the overlay's upper and work folders)
 FROZEN_MARK = "frozen"  # there while vbox holds the container frozen for a snapshot
 CHECKPOINT = "checkpoint"  # a suspended container's processes, saved by CRIU (lxc-checkpoint)
+ROOT_IDMAP = "idmap-root"  # the user namespace that maps an unprivileged machine's box tree (while it starts)
 
 
 def lxc_path() -> Path:
@@ -52,8 +58,9 @@ def lxc_path() -> Path:
     return vbox_home() / "lxc"
 
 
-def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
-    # A folder in the upper layer hides the attributes of the lower one: copy them.
+def _make_parents(upper: Path, lower: Path, relative: Path, ids=None) -> None:
+    # A folder in the upper layer hides the attributes of the lower one: copy them (its
+    # owners shifted into an unprivileged machine's range, `ids`).
     current_upper, current_lower = upper, lower
     for part in relative.parent.parts:
         current_upper = current_upper / part
@@ -65,10 +72,16 @@ def _make_parents(upper: Path, lower: Path, relative: Path) -> None:
         current_upper.mkdir()
         if current_lower is not None and not current_lower.is_symlink() and current_lower.is_dir():
             st = current_lower.stat()
-            os.chown(current_upper, st.st_uid, st.st_gid)
+            os.chown(current_upper, *_shift(ids, st.st_uid, st.st_gid))
             os.chmod(current_upper, st.st_mode & 0o7777)
         else:
+            os.chown(current_upper, *_shift(ids, 0, 0))
             os.chmod(current_upper, 0o755)
+
+
+def _shift(ids, uid: int, gid: int) -> tuple[int, int]:
+    """The host's ids of a machine's (uid, gid): the same in a privileged machine."""
+    return ids.shift(uid, gid) if ids else (uid, gid)
 
 
 def discard(path: Path) -> None:
@@ -203,17 +216,34 @@ class LxcProvider(LocalPorts, ProviderBase):
             self.destroy(spec.object_name)
         lower = spec.box.artefact("rootfs")
         upper = folder / UPPER
+        ids = None
+        if spec.machine.unprivileged:
+            from providers.subids import required
+
+            ids = required()
         folder.mkdir(parents=True)
-        os.chmod(folder, 0o700)
+        # an unprivileged machine's root (a host id of its range) passes through its folder
+        # to its root tree; nothing else of the folder is readable by it
+        os.chmod(folder, 0o711 if ids else 0o700)
         if spec.machine.disk_set:
             self._make_disk(folder, spec.machine.disk)
         upper.mkdir(parents=True)
+        if ids:
+            os.chown(upper, *ids.shift(0, 0))
         for relative, (content, mode, owner) in guest_files(spec).items():
             target = upper / relative
-            _make_parents(upper, lower, Path(relative))
+            _make_parents(upper, lower, Path(relative), ids)
             target.write_text(content)
-            os.chown(target, *user_ids(spec.box, owner))
+            os.chown(target, *_shift(ids, *user_ids(spec.box, owner)))
             os.chmod(target, mode)
+        if ids:
+            # debugfs cannot be mounted in a user namespace: its unit would fail at every boot
+            units = upper / "etc/systemd/system"
+            _make_parents(upper, lower, Path("etc/systemd/system/x"), ids)
+            (units / "sys-kernel-debug.mount").symlink_to("/dev/null")
+            os.lchown(units / "sys-kernel-debug.mount", *ids.shift(0, 0))
+            # last but the config: what makes the machine unprivileged, for its whole life
+            (folder / IDS).write_text(ids.lines())
         self._write_network_files(spec)
         if spec.network and not spec.box.meta.recipe:
             # its address is set by LXC; a box vbox did not build may ask DHCP as well (a Vagrant
@@ -291,13 +321,15 @@ class LxcProvider(LocalPorts, ProviderBase):
         (never under a running one's overlay)."""
         from vbox_cli.files import atomic_write
 
-        upper = self._folder(spec.object_name) / UPPER
+        folder = self._folder(spec.object_name)
+        upper, ids = folder / UPPER, machine_ids(folder)
         network_dir = upper / "etc/systemd/network"
         for old in network_dir.glob("11-vbox-net*.network") if network_dir.is_dir() else ():
             old.unlink()
         for relative, (content, mode, owner) in network_files(spec).items():
-            _make_parents(upper, spec.box.artefact("rootfs"), Path(relative))
+            _make_parents(upper, spec.box.artefact("rootfs"), Path(relative), ids)
             atomic_write(upper / relative, content, mode)
+            os.chown(upper / relative, *_shift(ids, 0, 0))
 
     def apply_resources(self, spec: MachineSpec) -> None:
         """Before a start: the config (cpus, memory, folders, networks) as the spec says."""
@@ -362,8 +394,9 @@ class LxcProvider(LocalPorts, ProviderBase):
             config = (folder / CONFIG).read_text()
         except OSError:
             return None
-        uid_map, gid_map = folder_maps(spec)
-        wanted = dict(zip(mount_entries(spec, folder, idmapped=bool(uid_map)), spec.folders))
+        uid_map, gid_map = folder_ids_maps(spec, folder)
+        wanted = dict(zip(mount_entries(spec, folder, idmapped=bool(uid_map), stage=machine_ids(folder) is not None),
+                          spec.folders))
         current = [line.split("=", 1)[1].strip() for line in config.splitlines()
                    if line.startswith("lxc.mount.entry")]
         gone = [entry for entry in current if entry not in wanted]
@@ -388,11 +421,14 @@ class LxcProvider(LocalPorts, ProviderBase):
         from providers import idmap
 
         folder = self._folder(spec.object_name)
+        if refused := self.refuses(spec.object_name, spec.machine):
+            raise refused
+        ids = machine_ids(folder)
         if spec.machine.disk_set:
             self._fit_disk(folder, spec.machine.disk)  # a bigger disk that could not grow live
         self._mount_disk(folder)  # a host restart unmounted it
         try:
-            uid_map, gid_map = folder_maps(spec)
+            uid_map, gid_map = folder_ids_maps(spec, folder)
             if uid_map:  # for LXC to set the folders' mounts up; released once it has (finally)
                 idmap.ensure(folder / IDMAP, uid_map, gid_map)
                 for share in spec.folders:
@@ -404,9 +440,74 @@ class LxcProvider(LocalPorts, ProviderBase):
             self._write_network_files(spec)  # stopped: nothing mounts its upper layer yet
             self._write_config(spec)
             (folder / CONSOLE_LOG).unlink(missing_ok=True)
+            if ids:
+                self._mount_root(folder, spec.box.artefact("rootfs"), ids)
+                self._stage_folders(folder, spec)
             self._lxc_start(spec.object_name, folder)
         finally:
             idmap.release(folder / IDMAP)
+            if ids:  # the container holds its own copy of the mounts: none stays on this host
+                self._unmount_root(folder)
+
+    # -- an unprivileged machine's root: an overlay on its box tree seen in its ids ----------
+    # LXC's own overlay driver cannot map a box tree's owners (its idmapped root takes a
+    # plain folder only), so vbox mounts the overlay and gives LXC that folder. The box tree
+    # is mounted idmapped (its root, 0 on disk, seen as the machine's first host id): the box
+    # is shared by every machine, copied for none. The mounts are made for the start and
+    # detached from this host right after it: the container keeps its copy (they are
+    # private, so the detaching does not reach it), and a machine that stops by itself
+    # leaves nothing mounted here.
+    @staticmethod
+    def _mount_root(folder: Path, box_tree: Path, ids) -> None:
+        from providers import idmap
+
+        LxcProvider._unmount_root(folder)  # a start cut short
+        lower, rootfs, upper, work = folder / LOWER, folder / ROOTFS, folder / UPPER, folder / LAYER / "work"
+        for path in (lower, rootfs, work):
+            path.mkdir(exist_ok=True)
+        if any(c in str(p) for p in (lower, upper, work) for c in ",:"):
+            raise VboxError(f"{folder}: an unprivileged machine's path cannot hold ',' or ':' (overlayfs options)")
+        namespace = folder / ROOT_IDMAP
+        try:
+            idmap.ensure(namespace, f"0 {ids.uid} {ids.count}\n", f"0 {ids.gid} {ids.count}\n")
+            idmap.mount_idmapped(box_tree, lower, namespace)
+        finally:
+            idmap.release(namespace)
+        proc.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}",
+                  str(rootfs)], timeout=60)
+        proc.run(["mount", "--make-private", str(rootfs)], timeout=60)
+
+    @staticmethod
+    def _stage_folders(folder: Path, spec: MachineSpec) -> None:
+        from providers.lxc_config import staged
+
+        for share in spec.folders:
+            stage = staged(folder, share.source)
+            stage.mkdir(parents=True, exist_ok=True)
+            proc.run(["mount", "--bind", str(share.source), str(stage)], timeout=60)
+            proc.run(["mount", "--make-private", str(stage)], timeout=60)
+
+    @staticmethod
+    def _unmount_root(folder: Path) -> None:
+        # from mountinfo: os.path.ismount cannot tell a bind mount on the same file system
+        from boxes.store import mounts_under
+
+        for path in (folder / ROOTFS, folder / LOWER):
+            for _ in mounts_under(path):
+                proc.run(["umount", "-l", str(path)], timeout=60)
+        for point in mounts_under(folder / SHARES):  # the staged synced folders
+            proc.run(["umount", "-l", point], timeout=60)
+        discard(folder / SHARES)
+
+    def refuses(self, object_name: str, machine) -> VboxError | None:
+        """A machine is privileged or not for its whole life (its layer's owners are ids of
+        one or the other)."""
+        ids = machine_ids(self._folder(object_name))
+        if bool(ids) == machine.unprivileged:
+            return None
+        return VboxError(f"{machine.name} was made {'unprivileged' if ids else 'privileged'}; unprivileged = "
+                         f"{str(machine.unprivileged).lower()} takes effect when it is made anew",
+                         hint=f"`env destroy {machine.name}` and `env up {machine.name}`")
 
     def _lxc_start(self, object_name: str, folder: Path) -> None:
         self._mount_disk(folder)
@@ -425,7 +526,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             log = (folder / LXC_LOG).read_text(errors="replace").strip().splitlines() \
                 if (folder / LXC_LOG).exists() else []
             errors = [line.split(" - ", 1)[-1].strip() for line in log if " ERROR " in line]
-            reason = errors[-1] if errors else exc.message
+            reason = errors[0] if errors else exc.message  # the first: the cause; the last is lxc-start's summary
             raise VboxError(f"LXC could not start the container: {reason}", hint=f"the full log: {folder / LXC_LOG}",
                             details="\n".join(log[-20:]) or None) from None
 

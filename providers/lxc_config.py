@@ -17,6 +17,24 @@ UPPER = "delta/upper"
 CONSOLE_LOG = "console.log"
 IDMAP = "idmap"  # the user namespace of the synced folders' idmapped mounts (providers/idmap.py)
 VETH_PREFIX = "vbv-"
+IDS = "ids"  # an unprivileged machine's id range (providers/subids.py), chosen when it is made
+ROOTFS = "rootfs"  # an unprivileged machine's overlay, mounted there by vbox only while LXC starts it
+LOWER = "lower"  # the box's tree under it, its owners mapped into the machine's range
+SHARES = "shares"  # an unprivileged machine's synced folders, there while LXC starts it (staged())
+
+
+def machine_ids(folder: Path):
+    """The id range of the machine in `folder` if it is unprivileged (an IdRange), else None."""
+    from providers.subids import IdRange
+
+    try:
+        return IdRange.parse((folder / IDS).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        from vbox_cli.errors import VboxError
+
+        raise VboxError(f"{folder / IDS}: {exc}", hint="`env destroy` and `env up` make the machine anew") from None
 
 
 def veth_name(object_name: str, index: int = 0) -> str:
@@ -92,16 +110,32 @@ def fstab_unescape(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), text)
 
 
-def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool) -> list[str]:
+def staged(folder: Path, source: Path) -> Path:
+    """Where an unprivileged machine's synced folder is bind-mounted while LXC starts it:
+    LXC makes the folders' mounts as the machine's root, which may not pass through the
+    folders above the project (a home folder of mode 0700); through the machine's folder
+    it can. Named by the source, so that a changed folder is a changed mount entry."""
+    return folder / SHARES / hashlib.sha256(str(source).encode()).hexdigest()[:16]
+
+
+def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool, stage: bool = False) -> list[str]:
     """The synced folders as LXC mount entries: bind mounts, idmapped where the project
-    folder's owner is not the machine's user."""
+    folder's owner is not the machine's user; from their staged places (`stage`) for an
+    unprivileged machine."""
     entries = []
     for share in spec.folders:
         options = "bind,create=dir" + (",ro" if share.readonly else "")
         if idmapped:
             options += f",idmap={fstab_escape(str(folder / IDMAP))}"
-        entries.append(f"{fstab_escape(str(share.source))} {fstab_escape(share.target.lstrip('/'))} none {options} 0 0")
+        source = staged(folder, share.source) if stage else share.source
+        entries.append(f"{fstab_escape(str(source))} {fstab_escape(share.target.lstrip('/'))} none {options} 0 0")
     return entries
+
+
+def folder_ids_maps(spec: MachineSpec, folder: Path) -> tuple[str, str]:
+    """The synced folders' maps of the machine in `folder`, for its own id range."""
+    ids = machine_ids(folder)
+    return folder_maps(spec, (ids.uid, ids.gid) if ids else (0, 0))
 
 
 def render_config(spec: MachineSpec, folder: Path) -> str:
@@ -116,6 +150,8 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         hostname=spec.machine.hostname.split(".")[0],
         lower=spec.box.artefact("rootfs"),
         upper=folder / UPPER,
+        ids=machine_ids(folder),
+        rootfs=folder / ROOTFS,
         bridge=spec.bridge,
         mac=mac_address(spec.object_name),
         veth=veth_name(spec.object_name),
@@ -128,7 +164,8 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         devices=devices(spec),
         cpuset=cpuset(spec.machine.cpus, spec.index, os.cpu_count() or 1),
         console_log=folder / CONSOLE_LOG,
-        mounts=mount_entries(spec, folder, idmapped=bool(folder_maps(spec)[0])),
+        mounts=mount_entries(spec, folder, idmapped=bool(folder_ids_maps(spec, folder)[0]),
+                             stage=machine_ids(folder) is not None),
         networks=network_entries(spec, folder),
     )
 

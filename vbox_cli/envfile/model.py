@@ -98,6 +98,8 @@ class Defaults(Frozen):
     folders: Annotated[tuple[SyncedFolder, ...], BeforeValidator(_as_tuple)] = Field(
         DEFAULT_FOLDERS, description="project folders the machine sees live; [] turns the default off")
     protect: bool = Field(False, description="`env destroy` refuses the machine unless --force-protected")
+    unprivileged: bool = Field(False, description="lxc machines: an unprivileged container, its root a host id "
+                               "of root's subordinate range (/etc/subuid), not this host's root; set when it is made")
 
 
 class MachineSpec(Frozen):
@@ -124,6 +126,7 @@ class MachineSpec(Frozen):
     networks: Annotated[tuple[ExtraNetwork, ...], BeforeValidator(_as_tuple)] = Field(
         (), description="networks it joins besides the project network: host bridges, Open vSwitch bridges")
     protect: bool | None = None
+    unprivileged: bool | None = None
     depends_on: Annotated[tuple[MachineName, ...], BeforeValidator(_as_tuple)] = Field(
         (), description="machines of the Envfile this one provisions after (`env up NAME` brings them up too)")
     triggers: Annotated[tuple[Trigger, ...], BeforeValidator(_as_tuple)] = Field(
@@ -154,6 +157,7 @@ class Machine(Frozen):
     folders_set: bool = False  # the Envfile names folders (not only the default)
     disk_set: bool = False  # the Envfile names its disk size (an LXC machine has one then)
     protect: bool = False
+    unprivileged: bool = False
     depends_on: tuple[str, ...] = ()
     triggers: tuple[Any, ...] = ()
 

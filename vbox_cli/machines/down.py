@@ -22,6 +22,8 @@ def halt(session, names: list[str], jobs: int | None = None, verb: str = "halt")
     def stop(name: str) -> str:
         provider = session.provider(name)
         obj = session.project.object_name(name)
+        if verb == "reload" and (refused := provider.refuses(obj, session.machines[name])):
+            raise refused  # it would stop and not start again
         fire(session, name, "before", verb)
         if provider.state(obj) != RUNNING:
             session.events.phase(name, Phase.HALTED, "not running")

@@ -61,6 +61,10 @@ def drift(name: str, settings: dict, record: dict) -> list[str]:
             found.append(f"reload needed ({', '.join(changed)}): `env reload {name}`"
                          + (", or `env up` live where its provider can"
                             if any(was.get(k) != settings.get(k) for k in ("cpus", "memory")) else ""))
+    if record.get("provider") == "lxc" and "unprivileged" in record \
+            and bool(settings.get("unprivileged")) != record["unprivileged"]:
+        found.append(f"unprivileged {str(record['unprivileged']).lower()} -> "
+                     f"{str(bool(settings.get('unprivileged'))).lower()}: `env destroy {name}` and `env up {name}`")
     if isinstance(record.get("disk"), int) and settings.get("disk") not in (None, record["disk"]):
         found.append(f"disk {_size(record['disk'])} -> {_size(settings.get('disk'))}: `env up {name}` grows it live "
                      "where its provider can (a disk does not shrink)")

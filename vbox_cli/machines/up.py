@@ -170,6 +170,7 @@ def up_one(session, name: str, box, address: str, provision: bool, forwards: lis
             "provider": provider.name, "host": placement.where, "network": network.name if network else "",
             "box": box.name, "box_version": box.version, "box_digest": box.digest,
             "created": _now(), "provisioned": [], "chain": [], "disk": session.machines[name].disk,
+            "unprivileged": session.machines[name].unprivileged,
         }))
         session.store.add_user(box.name, obj, {"project": str(project.folder), "machine": name,
                                                "provider": provider.name, "version": box.version})
