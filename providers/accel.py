@@ -48,19 +48,34 @@ def _qemu_identity() -> str:
     return f"{path}:{os.stat(path).st_mtime_ns}"
 
 
-def detect(cache_dir: Path | None, kernel: Path | None = None) -> Accel:
-    """The accelerator to use, from the cache when this boot and QEMU were probed already."""
+def _cached(cache: Path, key: dict) -> Accel | None:
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return Accel(**data["result"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def known(cache_dir: Path) -> Accel | None:
+    """What the probe of this boot and this QEMU found, if one cached it in `cache_dir`."""
+    return _cached(cache_dir / CACHE_FILE, {"boot_id": _boot_id(), "qemu": _qemu_identity()})
+
+
+def detect(cache_dir: Path | None, kernel: Path | None = None, prober=None,
+           trusted: Path | None = None) -> Accel:
+    """The accelerator to use, from the cache when this boot and QEMU were probed already.
+    `prober(kernel)` asks the question (default: a QEMU of this process's own);
+    `trusted`: another cache to believe first (a user of the system libvirt reads root's,
+    whose QEMU is the one that runs her machines)."""
     # whether KVM works is the host's property: the kernel used to find out does not matter
     key = {"boot_id": _boot_id(), "qemu": _qemu_identity()}
     cache = cache_dir / CACHE_FILE if cache_dir else None
-    if cache:
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("key") == key:
-                return Accel(**data["result"])
-        except (OSError, ValueError, TypeError, KeyError):
-            pass
-    result = probe(kernel)
+    for known in (trusted / CACHE_FILE if trusted else None, cache):
+        if known and (found := _cached(known, key)) is not None:
+            return found
+    result = (prober or probe)(kernel)
     if cache and kernel:  # a boot sector alone can run where a kernel hangs: not final
         from vbox_cli.files import atomic_write
 

@@ -57,8 +57,13 @@ def _version(argv: list[str]) -> str:
     return out.strip().splitlines()[0] if out.strip() else ""
 
 
+def which(program: str) -> str | None:
+    """A program on PATH, or in the system's sbin folders (not on a normal user's PATH)."""
+    return shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+
+
 def _tool(name: str, program: str, package: str, version_args: tuple[str, ...] = ("--version",)) -> Check:
-    path = shutil.which(program)
+    path = which(program)
     if not path:
         return Check(name, "missing", f"{program} not found", packages=(package,))
     return Check(name, "ok", _version([path, *version_args]) or path)
@@ -295,7 +300,12 @@ def check_openvswitch(needed: bool) -> Check:
 
 
 def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ovs: bool = False,
-               needs_ansible: bool = False) -> HostReport:
+               needs_ansible: bool = False, user: str | None = None) -> HostReport:
+    """Root's checks (and, with `user`, what that user needs); a normal user's own."""
+    from providers import users
+
+    if os.geteuid() != 0:
+        return HostReport(user_checks(store, cache_dir, kernel, needs_ansible))
     checks = [
         _tool("debootstrap", "debootstrap", "debootstrap"),
         _tool("e2fsprogs", "mke2fs", "e2fsprogs", ("-V",)),
@@ -318,12 +328,40 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
         check_disk(store),
     ]
     # `ssh -V` and `mke2fs -V` print to stderr; an empty version is fine, the path is shown.
-    return HostReport(checks)
+    return HostReport(checks + (users.for_user(user) if user else []))
+
+
+def user_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ansible: bool) -> list[Check]:
+    """What a normal user can use of this host: the system libvirt (through the libvirt
+    group), root's boxes; what needs root is said as such."""
+    from providers import users
+    from providers.accel import known
+    from vbox_cli.paths import SYSTEM_HOME
+
+    me = users.user_name()
+    checks = [_tool("qemu-img", "qemu-img", "qemu-utils"), _tool("qemu", "qemu-system-x86_64", "qemu-system-x86"),
+              *users.for_user(me)]
+    if users.in_group(me):  # the system libvirt's QEMU runs the machines: root's finding, or one at the first up
+        result = known(SYSTEM_HOME)
+        checks.append(Check("kvm", "ok" if result and result.accel == "kvm" else "warn",
+                            f"{'KVM' if result and result.accel == 'kvm' else 'TCG'}: {result.reason}" if result else
+                            "found out through libvirt at the first KVM machine's up"))
+    else:
+        checks.append(check_accel(cache_dir, kernel))
+    checks += [
+        Check("lxc", "warn", "LXC machines need root (LXC machines of a normal user are not built yet)"),
+        Check("box build", "warn", f"building a box needs root; root's boxes ({SYSTEM_HOME / 'boxes'}) are yours "
+              "to use"),
+        check_ansible(needs_ansible),
+        _tool("ssh client", "ssh", "openssh-client", ("-V",)),
+        check_disk(store),
+    ]
+    return checks
 
 
 # -- fixing -------------------------------------------------------------------------
 
-DAEMON_ORDER = ("virtlogd", "libvirtd", "lxcfs", "openvswitch")
+DAEMON_ORDER = ("dbus", "virtlogd", "libvirtd", "lxcfs", "openvswitch")
 
 
 def fix(report: HostReport, say: Callable[[str], None], recheck: Callable[[], HostReport]) -> HostReport:
@@ -345,12 +383,21 @@ def fix(report: HostReport, say: Callable[[str], None], recheck: Callable[[], Ho
             check.repair()
     wanted = {d for c in report.checks if not c.ok for d in c.daemons}
     for daemon in DAEMON_ORDER:
-        if daemon in wanted:
+        # a check may name a daemon that runs already (libvirt's names virtlogd and libvirtd):
+        # starting it again fails on its pid file
+        if daemon in wanted and not ready(daemon):
             say(start_daemon(daemon))
-    return recheck()
+    report = recheck()
+    for check in report.checks:  # what a started daemon showed (libvirtd started before the system bus)
+        if not check.ok and check.repair is not None:
+            say(f"fixing {check.name}: {check.hint}")
+            check.repair()
+            report = recheck()
+    return report
 
 
-SOCKETS = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock"}
+SOCKETS = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock",
+           "dbus": "/run/dbus/system_bus_socket"}
 LXCFS_LOG = "/var/log/vbox-lxcfs.log"
 START_TIMEOUT = 15.0
 
@@ -405,10 +452,37 @@ def _start_directly(name: str) -> None:
     """As a daemon of its own, where no systemd starts it."""
     from vbox_cli import proc
 
-    if name in SOCKETS:
+    if name == "dbus":  # the system bus; it starts polkitd when libvirtd first asks it
+        os.makedirs("/run/dbus", exist_ok=True)
+        proc.run(["dbus-daemon", "--system", "--fork"])
+    elif name in SOCKETS:
         proc.run([name, "--daemon"])
     elif name == "openvswitch":  # ovsdb-server and ovs-vswitchd, by Open vSwitch's own script
         proc.run([OVS_CTL, "--no-monitor", "--system-id=random", "start"], timeout=120)
     else:
         os.makedirs(LXCFS_MOUNT, exist_ok=True)
         proc.spawn_daemon(["lxcfs", LXCFS_MOUNT], LXCFS_LOG)
+
+
+def restart_daemon(name: str) -> str:
+    """Stop a daemon vbox needs and start it again (libvirtd: its machines keep running)."""
+    from vbox_cli import proc
+
+    if systemd_is_init():
+        proc.run(["systemctl", "restart", name], timeout=120)
+        if _wait_ready(name):
+            return f"restarted {name}"
+    else:
+        pidfile = Path(f"/run/{name}.pid")
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, 15)
+        except (OSError, ValueError):
+            pid = 0
+        deadline = time.monotonic() + START_TIMEOUT
+        while pid and time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.1)
+        return start_daemon(name)
+    from vbox_cli.errors import VboxError
+
+    raise VboxError(f"{name} did not come back")

@@ -189,6 +189,13 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         return urlsplit(self.uri).path.rstrip("/") == "/session"
 
     @property
+    def group_mode(self) -> bool:
+        """This host's system libvirt, used by a user of its libvirt group (not root): the
+        project network and libvirt's objects as for root; what needs root on this host
+        itself (NAT rules, virtiofsd's mounts, files libvirt writes as root) is not done."""
+        return os.geteuid() != 0 and not self.session_mode and not self.remote
+
+    @property
     def network_host(self):
         # a user's session has no bridges: user-mode networking, SSH through a forwarded port
         return None if self.session_mode else self.host
@@ -197,6 +204,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         if capability == Capability.PORTS and self.session_mode:
             return "a user's libvirt session has no project network to forward into (run as root, or ask for " \
                    "the libvirt group)"
+        if capability == Capability.PORTS and self.group_mode:
+            return "forwarded ports are NAT rules of this host's kernel, which only root may set (run as root)"
         if capability == Capability.PORTS and self.remote and not (self.access and self.access.machine):
             return f"it runs on {self.host.shown}, where its network is"  # (on a machine of the Envfile: through it)
         if capability == Capability.FOLDERS:
@@ -217,6 +226,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             return f"it runs on {self.host.shown}, which does not see this project folder"
         if self.session_mode:
             return "a user's libvirt session cannot run virtiofsd, which must be root here"
+        if self.group_mode:
+            return "virtiofsd and the mounts it serves (owners mapped) must be root's here (run as root)"
         if why := virtiofs.missing():
             return why
         if spec is not None and spec.box.meta.boot.hypervisor:
@@ -258,6 +269,11 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             return spec.machine.accel, "set in the Envfile or with --accel" + mode
         if self.remote:
             result = self._remote_accel(spec)
+        elif self.group_mode:  # the system libvirt's QEMU runs it, not this user: asked through libvirt
+            from vbox_cli.paths import SYSTEM_HOME
+
+            result = detect(vbox_home(), _probe_kernel(spec.box), prober=lambda kernel: self._remote_accel(spec),
+                            trusted=SYSTEM_HOME)
         else:
             result = detect(vbox_home(), _probe_kernel(spec.box))
         return result.accel, result.reason + mode
@@ -492,7 +508,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             seed = upload_volume(self.conn, pool, f"{spec.object_name}{cloudinit.VOLUME_SUFFIX}",
                                  cloudinit.seed_image(spec, mac_address(spec.object_name)), mode=0o600).name()
         return render_domain(spec, "kvm" if accel == "kvm" else "qemu", paths, overlay.name(), credential.path(),
-                             ssh_port, console_log=not self.remote, seed=seed, host=self._host_size())
+                             ssh_port, console_log=not (self.remote or self.group_mode), seed=seed,
+                             host=self._host_size())
 
     def _host_size(self) -> tuple[int, int]:
         info = self.conn.getInfo()  # [model, memory MiB, CPUs, ...]

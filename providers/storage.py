@@ -107,10 +107,12 @@ def remove_unused_bases(pool) -> None:
 def _base_volumes(conn, pool, box) -> dict[str, str]:
     from providers.hosts import find
 
-    if is_remote(conn):
+    target = Path(ET.fromstring(pool.XMLDesc()).findtext("target/path"))
+    if is_remote(conn) or not os.access(target, os.W_OK):
+        # another host's pool, or this host's system pool for a user of the libvirt group:
+        # libvirtd writes them (what it may, by its storage API)
         return _remote_base_volumes(conn, pool, box)
     paths = {}
-    target = Path(ET.fromstring(pool.XMLDesc()).findtext("target/path"))
     missing = False
     for kind in (k for k in KINDS if k in box.artefacts):
         name = base_name(box, kind)

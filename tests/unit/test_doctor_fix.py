@@ -11,6 +11,7 @@ def test_repairs_follow_what_the_packages_changed(monkeypatch):
     calls = []
     monkeypatch.setattr("vbox_cli.proc.run", lambda argv, **kw: calls.append(("run", argv[0], argv[1])))
     monkeypatch.setattr(host, "start_daemon", lambda name: calls.append(("start", name)) or f"started {name}")
+    monkeypatch.setattr(host, "ready", lambda name: False)
     repaired = []
     # before apt: no kvm group yet, so /dev/kvm is only a warning; libvirt is not installed
     before = HostReport([Check("/dev/kvm", "warn", "no kvm group on this host"),
@@ -28,6 +29,25 @@ def test_repairs_follow_what_the_packages_changed(monkeypatch):
     assert order == [("run", "apt-get", "update"), ("run", "apt-get", "install"), ("start", "virtlogd"),
                      ("start", "libvirtd")]
     assert ("say", "fixing /dev/kvm: set root:kvm 0660") in calls
+
+
+def test_a_running_daemon_is_not_started_again_and_a_repair_a_daemon_showed_is_done(monkeypatch):
+    """libvirt's check names virtlogd and libvirtd: one that answers already is left alone
+    (starting it again fails on its pid file). A repair that shows only once a daemon runs
+    (libvirtd started before the system bus) is done in the same --fix."""
+    started, repaired = [], []
+    monkeypatch.setattr(host, "start_daemon", lambda name: started.append(name) or f"started {name}")
+    monkeypatch.setattr(host, "ready", lambda name: name == "virtlogd")
+    before = HostReport([Check("libvirt", "missing", "not running", daemons=("virtlogd", "libvirtd")),
+                         Check("system bus", "missing", "no bus", daemons=("dbus",))])
+    after = HostReport([Check("libvirt access (alice)", "missing", "no system bus connection",
+                              hint="start libvirtd again", repair=lambda: repaired.append("libvirtd"))])
+    final = HostReport([Check("libvirt access (alice)", "ok", "alice reaches qemu:///system")])
+    reports = iter([after, final])
+    said = []
+    assert host.fix(before, said.append, lambda: next(reports)) is final
+    assert started == ["dbus", "libvirtd"] and repaired == ["libvirtd"]
+    assert "fixing libvirt access (alice): start libvirtd again" in said
 
 
 def test_a_cgroup_mount_that_is_not_this_systems_own_is_said(tmp_path):

@@ -14,9 +14,16 @@ def doctor(
     json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
     leaks: Annotated[bool, typer.Option("--leaks", help="Instead, list what vbox made that is still on the host.")]
     = False,
+    user: Annotated[str | None, typer.Option(
+        "--user", metavar="NAME", help="Root: check too what the user NAME needs to use vbox without root (the "
+        "libvirt group, polkit's system bus, subordinate ids); with --fix, prepare it.")] = None,
 ) -> None:
     """Check the host: libvirtd and its QEMU driver, QEMU, KVM or TCG, LXC, lxcfs,
     debootstrap, disk space. Exits 1 when something needed is missing.
+
+    Run by a normal user: what that user can use (the system libvirt through the libvirt
+    group, root's boxes) and what needs root. Root prepares a user with
+    `env doctor --fix --user NAME`.
 
     With --leaks: list containers, libvirt networks, domains and volumes, mounts, veths
     and LXC monitors that vbox made and that are still there (of every project); exits 1
@@ -45,8 +52,21 @@ def doctor(
 
     needs = _envfile_needs()
 
+    if user is not None:
+        import os
+        import pwd
+
+        from vbox_cli.errors import UsageError
+
+        if os.geteuid() != 0:
+            raise UsageError("--user is for root: it checks and prepares this host for another user")
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f"no user named {user!r} on this host") from None
+
     def check():
-        return run_checks(store.root, vbox_home(), kernel, "ovs" in needs, "ansible" in needs)
+        return run_checks(store.root, vbox_home(), kernel, "ovs" in needs, "ansible" in needs, user=user)
 
     report = check()
     if fix and not report.ok:
@@ -68,7 +88,8 @@ def doctor(
             rows.append((c.name, c.status, c.detail, remedy))
         out.table(["check", "status", "detail", "fix"], rows)
         if not report.ok:
-            out.error("some things vbox needs are missing", hint="run `env doctor --fix` (needs root)")
+            out.error("some things vbox needs are missing",
+                      hint=f"run `env doctor --fix{f' --user {user}' if user else ''}` (needs root)")
     if not report.ok:
         raise typer.Exit(1)
 
