@@ -502,8 +502,9 @@ class LxcProvider(LocalPorts, ProviderBase):
     def refuses(self, object_name: str, machine) -> VboxError | None:
         """A machine is privileged or not for its whole life (its layer's owners are ids of
         one or the other)."""
-        ids = machine_ids(self._folder(object_name))
-        if bool(ids) == machine.unprivileged:
+        folder = self._folder(object_name)
+        ids = machine_ids(folder)
+        if not (folder / CONFIG).is_file() or bool(ids) == machine.unprivileged:  # not made yet: it will be
             return None
         return VboxError(f"{machine.name} was made {'unprivileged' if ids else 'privileged'}; unprivileged = "
                          f"{str(machine.unprivileged).lower()} takes effect when it is made anew",

@@ -113,3 +113,21 @@ def test_drift_says_a_changed_unprivileged_needs_a_new_machine():
     assert drift("web", {"unprivileged": True}, record) == []
     assert drift("web", {"unprivileged": True}, {"host_key": "k", "provider": "lxc"}) == []  # made before the key
     assert drift("vm", {"unprivileged": True}, {**record, "provider": "kvm", "unprivileged": False}) == []
+
+
+def test_a_machine_keeps_the_kind_it_was_made_with(tmp_path, monkeypatch):
+    from providers.lxc import LxcProvider
+    from providers.lxc_config import CONFIG, IDS
+
+    provider = LxcProvider(tmp_path)
+    machine = spec(monkeypatch).machine.model_copy(update={"unprivileged": True})
+    assert provider.refuses("vbox-demo-abc123-web", machine) is None  # not made yet: it will be made so
+    folder = tmp_path / "vbox-demo-abc123-web"
+    folder.mkdir()
+    (folder / CONFIG).write_text("lxc.uts.name = web\n")
+    refused = provider.refuses("vbox-demo-abc123-web", machine)
+    assert refused is not None and refused.message.startswith("web was made privileged; unprivileged = true")
+    (folder / IDS).write_text(IdRange(1048576, 1048576).lines())
+    assert provider.refuses("vbox-demo-abc123-web", machine) is None
+    privileged = machine.model_copy(update={"unprivileged": False})
+    assert "was made unprivileged" in provider.refuses("vbox-demo-abc123-web", privileged).message
