@@ -141,6 +141,7 @@ def as_other(ctx, folder: Path, *args: str):
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # doctor --fix --user restarts a libvirtd that started before the system bus
 def test_kvm_machines_of_a_libvirt_group_member(unprivileged, other_user):
     """Root prepares the user (`env doctor --fix --user`: the libvirt group, a system bus
     for polkit where no systemd runs one, subordinate ids); her KVM machines then go through
