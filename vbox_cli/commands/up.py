@@ -199,7 +199,7 @@ def migrate(
 
 def halt(ctx: typer.Context, names: Names = None, jobs: Jobs = None, yes: Yes = False,
          events: Events = False) -> None:
-    """Shut machines down cleanly (powered off if they do not stop in 30 s)."""
+    """Shut machines down cleanly (powered off if they do not stop in 60 s)."""
     from vbox_cli import machines
 
     with open_session(ctx, "halt", names or [], events, yes=yes) as session:

@@ -11,7 +11,7 @@ from vbox_cli.events import Phase
 from vbox_cli.machines import ports
 from vbox_cli.machines.runner import Result, close_remote, remote_first, run_each
 
-HALT_TIMEOUT = 30.0
+HALT_TIMEOUT = 60.0  # as Vagrant's graceful_halt_timeout: a TCG guest under load took longer than 30 s
 
 
 def halt(session, names: list[str], jobs: int | None = None, verb: str = "halt") -> list[Result]:
