@@ -5,7 +5,9 @@ layout. vbox's containers live in a container path of their own (LXC_PATH), apar
 from the user's other containers. A machine's root is an overlay: the box's root tree
 below, the machine's own changes above (`delta/upper`), so making a machine copies
 nothing. What vbox writes into a new machine (its SSH host keys, the project's
-authorized key, its address) goes into that upper layer before the first boot.
+authorized key, its address) goes into that upper layer before the first boot. An
+unprivileged machine's (`unprivileged = true`) overlay is mounted by vbox itself, on the
+box tree seen in its ids (providers/lxc_unprivileged.py).
 """
 
 from __future__ import annotations
@@ -27,9 +29,6 @@ from providers.lxc_config import (
     CONSOLE_LOG,
     IDMAP,
     IDS,
-    LOWER,
-    ROOTFS,
-    SHARES,
     UPPER,
     VETH_PREFIX,
     folder_ids_maps,
@@ -49,7 +48,6 @@ DISK_IMAGE = "disk.img"  # a machine with `disk`: its own layer on a file system
 LAYER = "delta"  # where that file system is mounted (the overlay's upper and work folders)
 FROZEN_MARK = "frozen"  # there while vbox holds the container frozen for a snapshot
 CHECKPOINT = "checkpoint"  # a suspended container's processes, saved by CRIU (lxc-checkpoint)
-ROOT_IDMAP = "idmap-root"  # the user namespace that maps an unprivileged machine's box tree (while it starts)
 
 
 def lxc_path() -> Path:
@@ -418,7 +416,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             (f"{len(gone)} unmounted" if gone else "")
 
     def start(self, spec: MachineSpec) -> None:
-        from providers import idmap
+        from providers import idmap, lxc_unprivileged as unprivileged
 
         folder = self._folder(spec.object_name)
         if refused := self.refuses(spec.object_name, spec.machine):
@@ -441,63 +439,13 @@ class LxcProvider(LocalPorts, ProviderBase):
             self._write_config(spec)
             (folder / CONSOLE_LOG).unlink(missing_ok=True)
             if ids:
-                self._mount_root(folder, spec.box.artefact("rootfs"), ids)
-                self._stage_folders(folder, spec)
+                unprivileged.mount_root(folder, spec.box.artefact("rootfs"), ids)
+                unprivileged.stage_folders(folder, spec.folders)
             self._lxc_start(spec.object_name, folder)
         finally:
             idmap.release(folder / IDMAP)
             if ids:  # the container holds its own copy of the mounts: none stays on this host
-                self._unmount_root(folder)
-
-    # -- an unprivileged machine's root: an overlay on its box tree seen in its ids ----------
-    # LXC's own overlay driver cannot map a box tree's owners (its idmapped root takes a
-    # plain folder only), so vbox mounts the overlay and gives LXC that folder. The box tree
-    # is mounted idmapped (its root, 0 on disk, seen as the machine's first host id): the box
-    # is shared by every machine, copied for none. The mounts are made for the start and
-    # detached from this host right after it: the container keeps its copy (they are
-    # private, so the detaching does not reach it), and a machine that stops by itself
-    # leaves nothing mounted here.
-    @staticmethod
-    def _mount_root(folder: Path, box_tree: Path, ids) -> None:
-        from providers import idmap
-
-        LxcProvider._unmount_root(folder)  # a start cut short
-        lower, rootfs, upper, work = folder / LOWER, folder / ROOTFS, folder / UPPER, folder / LAYER / "work"
-        for path in (lower, rootfs, work):
-            path.mkdir(exist_ok=True)
-        if any(c in str(p) for p in (lower, upper, work) for c in ",:"):
-            raise VboxError(f"{folder}: an unprivileged machine's path cannot hold ',' or ':' (overlayfs options)")
-        namespace = folder / ROOT_IDMAP
-        try:
-            idmap.ensure(namespace, f"0 {ids.uid} {ids.count}\n", f"0 {ids.gid} {ids.count}\n")
-            idmap.mount_idmapped(box_tree, lower, namespace)
-        finally:
-            idmap.release(namespace)
-        proc.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}",
-                  str(rootfs)], timeout=60)
-        proc.run(["mount", "--make-private", str(rootfs)], timeout=60)
-
-    @staticmethod
-    def _stage_folders(folder: Path, spec: MachineSpec) -> None:
-        from providers.lxc_config import staged
-
-        for share in spec.folders:
-            stage = staged(folder, share.source)
-            stage.mkdir(parents=True, exist_ok=True)
-            proc.run(["mount", "--bind", str(share.source), str(stage)], timeout=60)
-            proc.run(["mount", "--make-private", str(stage)], timeout=60)
-
-    @staticmethod
-    def _unmount_root(folder: Path) -> None:
-        # from mountinfo: os.path.ismount cannot tell a bind mount on the same file system
-        from boxes.store import mounts_under
-
-        for path in (folder / ROOTFS, folder / LOWER):
-            for _ in mounts_under(path):
-                proc.run(["umount", "-l", str(path)], timeout=60)
-        for point in mounts_under(folder / SHARES):  # the staged synced folders
-            proc.run(["umount", "-l", point], timeout=60)
-        discard(folder / SHARES)
+                unprivileged.unmount_root(folder)
 
     def refuses(self, object_name: str, machine) -> VboxError | None:
         """A machine is privileged or not for its whole life (its layer's owners are ids of
