@@ -104,7 +104,7 @@ def check_libvirt_as(user: str) -> Check:
     why = _libvirt_as(user)
     if why is None:
         return Check(name, "ok", f"{user} reaches qemu:///system")
-    if "system bus" in why and _socket_answers(BUS_SOCKET):
+    if "system bus" in why and _socket_answers(BUS_SOCKET) and os.geteuid() == 0:
         # libvirtd started before the bus and keeps its failure to reach it
         from providers.host import restart_daemon
 
