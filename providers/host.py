@@ -255,26 +255,6 @@ def check_ansible(needed: bool) -> Check:
     return Check("ansible", "ok", "not installed (needed only by ansible steps)")
 
 
-def check_subids() -> Check:
-    """Subordinate ids of this user, for unprivileged LXC machines (providers/subids.py):
-    root is given a range by --fix."""
-    import pwd
-
-    from providers.subids import COUNT, SUBGID, SUBUID, allocate, of_user
-
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    found = of_user()
-    if found is not None:
-        return Check("subids", "ok", f"{user}: uids {found.uid}-{found.uid + COUNT - 1}, "
-                     f"gids {found.gid}-{found.gid + COUNT - 1} for unprivileged machines")
-    if os.geteuid() == 0:
-        return Check("subids", "missing", f"root has no range of {COUNT} ids in {SUBUID} and {SUBGID} "
-                     "(unprivileged LXC machines map their ids into it)",
-                     hint=f"give root {COUNT} ids above every range there", repair=lambda: allocate("root"))
-    return Check("subids", "warn", f"{user} has no range of {COUNT} ids in {SUBUID} and {SUBGID}: "
-                 "no unprivileged LXC machines", hint=f"as root: usermod --add-subuids and --add-subgids for {user}")
-
-
 def _mount_shm() -> None:
     from vbox_cli import proc
 
@@ -305,7 +285,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
     from providers import users
 
     if os.geteuid() != 0:
-        return HostReport(user_checks(store, cache_dir, kernel, needs_ansible))
+        return HostReport(users.checks_of_a_user(store, cache_dir, kernel, needs_ansible))
     checks = [
         _tool("debootstrap", "debootstrap", "debootstrap"),
         _tool("e2fsprogs", "mke2fs", "e2fsprogs", ("-V",)),
@@ -321,7 +301,7 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
         _tool("lxc", "lxc-start", "lxc"),
         check_lxcfs(),
         check_cgroup_view(),
-        check_subids(),
+        users.check_subids_of(users.user_name()),
         check_openvswitch(needs_ovs),
         check_ansible(needs_ansible),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),
@@ -329,34 +309,6 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
     ]
     # `ssh -V` and `mke2fs -V` print to stderr; an empty version is fine, the path is shown.
     return HostReport(checks + (users.for_user(user) if user else []))
-
-
-def user_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ansible: bool) -> list[Check]:
-    """What a normal user can use of this host: the system libvirt (through the libvirt
-    group), root's boxes; what needs root is said as such."""
-    from providers import users
-    from providers.accel import known
-    from vbox_cli.paths import SYSTEM_HOME
-
-    me = users.user_name()
-    checks = [_tool("qemu-img", "qemu-img", "qemu-utils"), _tool("qemu", "qemu-system-x86_64", "qemu-system-x86"),
-              *users.for_user(me)]
-    if users.in_group(me):  # the system libvirt's QEMU runs the machines: root's finding, or one at the first up
-        result = known(SYSTEM_HOME)
-        checks.append(Check("kvm", "ok" if result and result.accel == "kvm" else "warn",
-                            f"{'KVM' if result and result.accel == 'kvm' else 'TCG'}: {result.reason}" if result else
-                            "found out through libvirt at the first KVM machine's up"))
-    else:
-        checks.append(check_accel(cache_dir, kernel))
-    checks += [
-        Check("lxc", "warn", "LXC machines need root (LXC machines of a normal user are not built yet)"),
-        Check("box build", "warn", f"building a box needs root; root's boxes ({SYSTEM_HOME / 'boxes'}) are yours "
-              "to use"),
-        check_ansible(needs_ansible),
-        _tool("ssh client", "ssh", "openssh-client", ("-V",)),
-        check_disk(store),
-    ]
-    return checks
 
 
 # -- fixing -------------------------------------------------------------------------

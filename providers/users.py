@@ -19,6 +19,7 @@ import grp
 import os
 import pwd
 import shutil
+from pathlib import Path
 
 from providers.host import Check, _socket_answers, systemd_is_init
 
@@ -139,3 +140,31 @@ def for_user(user: str) -> list[Check]:
     checks += [check_libvirt_as(user), check_subids_of(user)]
     return [Check(f"{c.name} ({user})" if os.geteuid() == 0 else c.name, c.status, c.detail, c.packages, c.daemons,
                   c.hint, c.repair) for c in checks]
+
+
+def checks_of_a_user(store: Path, cache_dir: Path | None, kernel: Path | None, needs_ansible: bool) -> list[Check]:
+    """What a normal user can use of this host: the system libvirt (through the libvirt
+    group), root's boxes; what needs root is said as such."""
+    from providers.accel import known
+    from providers.host import _tool, check_accel, check_ansible, check_disk
+    from vbox_cli.paths import SYSTEM_HOME
+
+    me = user_name()
+    checks = [_tool("qemu-img", "qemu-img", "qemu-utils"), _tool("qemu", "qemu-system-x86_64", "qemu-system-x86"),
+              *for_user(me)]
+    if in_group(me):  # the system libvirt's QEMU runs the machines: root's finding, or one at the first up
+        result = known(SYSTEM_HOME)
+        checks.append(Check("kvm", "ok" if result and result.accel == "kvm" else "warn",
+                            f"{'KVM' if result and result.accel == 'kvm' else 'TCG'}: {result.reason}" if result else
+                            "found out through libvirt at the first KVM machine's up"))
+    else:
+        checks.append(check_accel(cache_dir, kernel))
+    checks += [
+        Check("lxc", "warn", "LXC machines need root (LXC machines of a normal user are not built yet)"),
+        Check("box build", "warn", f"building a box needs root; root's boxes ({SYSTEM_HOME / 'boxes'}) are yours "
+              "to use"),
+        check_ansible(needs_ansible),
+        _tool("ssh client", "ssh", "openssh-client", ("-V",)),
+        check_disk(store),
+    ]
+    return checks

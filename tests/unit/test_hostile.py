@@ -165,6 +165,9 @@ def build(case: str, tmp_path: Path, canary: dict) -> Path:
     elif case == "trigger-run-in-smuggles":
         folder = _project(tmp_path, f'[machines.web]\ntriggers = [{{ after = "up", run_in = "web; {canary["pwn"]}", '
                                     'shell = "true" }]\n')
+    elif case == "unprivileged-smuggles-config":  # a value that would be a line of LXC's config
+        folder = _project(tmp_path, '[machines.web]\nunprivileged = "true\\nlxc.hook.pre-start = %s"\n'
+                          % canary["pwn"])
     elif case == "a-plain-project":  # the control: the harness itself runs every verb
         folder = _project(tmp_path)
     else:
@@ -180,7 +183,7 @@ CASES = ["uri-command", "uri-command-in-defaults", "uri-keyfile-outside", "vbox-
          "box-url-reads-a-host-file", "box-url-through-a-link", "box-url-runs-a-program", "box-version-smuggles",
          "network-bridge-smuggles", "network-bridge-newline", "folder-guest-newline", "lock-links-outside",
          "host-trigger-not-accepted", "host-trigger-approval-planted", "trigger-run-in-smuggles",
-         "ansible-runs-a-local-command", "ansible-playbook-outside",
+         "ansible-runs-a-local-command", "ansible-playbook-outside", "unprivileged-smuggles-config",
          "a-plain-project"]
 EXTRA_VERBS = {"lock-links-outside": [("up", "--locked"), ("lock",)]}
 GLOBAL_ARGS = {"envfile-is-a-fifo": ["--file", "Envfile"], "envfile-is-dev-zero": ["--file", "/dev/zero"]}
@@ -219,6 +222,7 @@ REFUSED_BY = {
     "trigger-run-in-smuggles": (ENVFILE_VERBS, "no machine 'web; "),
     "ansible-runs-a-local-command": (("up",), "not accepted here"),
     "ansible-playbook-outside": (ENVFILE_VERBS, "outside"),
+    "unprivileged-smuggles-config": (ENVFILE_VERBS, "unprivileged: must be true or false"),
     "uri-command": (ENVFILE_VERBS, "URI parameter 'command' is not allowed"),
     "uri-command-in-defaults": (ENVFILE_VERBS, "URI parameter 'command' is not allowed"),
     "uri-keyfile-outside": (ENVFILE_VERBS, "must name a file of the project"),
