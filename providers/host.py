@@ -406,6 +406,7 @@ def _start_directly(name: str) -> None:
 
     if name == "dbus":  # the system bus; it starts polkitd when libvirtd first asks it
         os.makedirs("/run/dbus", exist_ok=True)
+        clear_stale_pidfile(Path(DBUS_PIDFILE), "dbus-daemon")
         proc.run(["dbus-daemon", "--system", "--fork"])
     elif name in SOCKETS:
         proc.run([name, "--daemon"])
@@ -414,6 +415,29 @@ def _start_directly(name: str) -> None:
     else:
         os.makedirs(LXCFS_MOUNT, exist_ok=True)
         proc.spawn_daemon(["lxcfs", LXCFS_MOUNT], LXCFS_LOG)
+
+
+DBUS_PIDFILE = "/run/dbus/pid"
+
+
+def clear_stale_pidfile(pidfile: Path, program: str) -> bool:
+    """Remove a pid file whose process is gone (a host restored from a snapshot, a daemon
+    killed): dbus-daemon refuses to start beside one, where libvirtd and lxcfs lock theirs.
+    A pid that runs `program` is left alone. Returns whether the file was removed."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        pid = 0
+    if pid > 0:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == program[:15]:
+                return False
+        except OSError:
+            pass
+    pidfile.unlink(missing_ok=True)
+    return True
 
 
 def restart_daemon(name: str) -> str:

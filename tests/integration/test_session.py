@@ -190,8 +190,9 @@ def test_kvm_machines_of_a_libvirt_group_member(unprivileged, other_user):
         root_owned = [str(p) for p in folder.rglob("*") if p.lstat().st_uid != unprivileged["uid"]]
         assert root_owned == []  # no console log written by root's virtlogd in her project
     finally:
-        as_user(unprivileged, folder, "destroy", "-f", check_rc=None)
+        gone = as_user(unprivileged, folder, "destroy", "-f", check_rc=None)
     from providers.leaks import find as find_leaks
 
+    assert gone.returncode == 0, gone.stdout + gone.stderr
     assert find_leaks(project) == []
-    assert not (folder / ".vbox").exists()
+    assert not (folder / ".vbox").exists(), sorted(str(p) for p in (folder / ".vbox").rglob("*"))

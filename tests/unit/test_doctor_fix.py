@@ -135,3 +135,30 @@ def test_ansible_without_dev_shm_is_missing_and_mounts_a_tmpfs(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr("provisioners.ansible.playbook_command", lambda: "/usr/bin/ansible-playbook")
     assert host.check_ansible(needed=True).status == "ok"  # this host has one
+
+
+def test_a_pid_file_of_a_process_that_is_gone_is_removed_one_of_a_running_daemon_is_kept(tmp_path):
+    """A host restored from a snapshot keeps /run/dbus/pid but not the daemon; dbus-daemon
+    then refuses to start ("The pid file exists"). A pid that runs the program stays."""
+    import os
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / "stale.pid"
+    stale.write_text(f"{gone.pid}\n")
+    assert host.clear_stale_pidfile(stale, "dbus-daemon") and not stale.exists()
+
+    other = tmp_path / "other.pid"  # a live pid reused by another program is stale too
+    other.write_text(f"{os.getpid()}\n")
+    assert host.clear_stale_pidfile(other, "dbus-daemon") and not other.exists()
+
+    live = tmp_path / "live.pid"  # this test's own process, by the name it runs under
+    live.write_text(f"{os.getpid()}\n")
+    me = open("/proc/self/comm").read().strip()
+    assert not host.clear_stale_pidfile(live, me) and live.exists()
+
+    garbage = tmp_path / "garbage.pid"
+    garbage.write_text("not a pid")
+    assert host.clear_stale_pidfile(garbage, "dbus-daemon") and not garbage.exists()
+    assert not host.clear_stale_pidfile(tmp_path / "absent.pid", "dbus-daemon")
