@@ -45,7 +45,6 @@ from boxes.unpack import (ROOTFS, ArchiveError, Progress, _Extractor, _Member, p
                           unpack_members)
 from boxes.meta import ARTEFACTS, Boot, BoxMeta
 from boxes.tree import file_sha256, resolve, tree_digest
-from vbox_cli.errors import VboxError
 
 PROVIDERS = ("libvirt", "lxc")
 # boxes whose one VMDK disk vbox converts to qcow2 for KVM (their guest must boot from virtio)
@@ -80,7 +79,7 @@ def check_qcow2(path: Path) -> int:
     with open(path, "rb") as f:
         header = f.read(104)
     if len(header) < 72 or header[:4] != _QCOW2_MAGIC:
-        raise ArchiveError(f"its disk is not a qcow2 image")
+        raise ArchiveError("its disk is not a qcow2 image")
     version, backing_offset, backing_size = struct.unpack(">IQI", header[4:20])
     crypt = struct.unpack(">I", header[32:36])[0]
     if version not in (2, 3):

@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 
 from providers.base import Capability, MachineSpec, NeedsRestart
 from providers.hosts import SESSION_URI, SYSTEM_URI, open_libvirt
-from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
+from providers.kvm_domain import apply_networks, render_domain, set_resources
+from providers.libvirt_domain import LibvirtDomainProvider, mac_address
 from providers.ports import LocalPorts
-from providers.render import render
 from vbox_cli.errors import VboxError
 
-__all__ = ["KvmProvider", "render_domain", "mac_address"]
+__all__ = ["KvmProvider"]
 _HOSTFWD = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22")
 
 
@@ -62,115 +62,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def limits(spec: MachineSpec, host: tuple[int, int]) -> tuple[int, int, bool]:
-    """(maximum memory in bytes, maximum vCPUs, balloon) of a machine on a host of
-    (memory bytes, CPUs): what `env up` can give a running machine without a restart.
-    Memory up to twice the Envfile's (at most the host's), through a virtio balloon; as
-    many vCPUs as the host has. A box that boots Xen has no balloon: Xen would not give
-    back what the balloon asks for, and would touch all of it at boot."""
-    memory = spec.machine.memory
-    if spec.box.meta.boot.hypervisor:
-        return memory, spec.machine.cpus, False
-    return max(memory, min(2 * memory, host[0])), max(spec.machine.cpus, host[1]), True
-
-
-def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], volume: str, credential: str,
-                  ssh_port: int | None = None, console_log: bool = True, seed: str | None = None,
-                  host: tuple[int, int] = (0, 0)) -> str:
-    """The domain of a new machine; `credential` is the path of its identity file (fw_cfg),
-    `seed` the volume of a cloud image's NoCloud seed (a second, read-only disk).
-    `console_log`: the console is logged to the project's .vbox/console/ (this host only).
-    `host`: its host's memory (bytes) and CPUs, which bound what it may grow to live."""
-    from providers.storage import POOL
-
-    short = spec.machine.hostname.split(".")[0]
-    linux_cmdline = (f"root=LABEL={spec.box.meta.boot.root_label} rw console=ttyS0 "
-                     f"systemd.hostname={short} net.ifnames=0")
-    # a box with no kernel beside its disk (a Vagrant box) boots from the disk's own bootloader
-    kernel, initrd, cmdline = paths.get("kernel", ""), paths.get("initrd", ""), linux_cmdline
-    qemu_args = []
-    if ssh_port:
-        # session mode: user-mode networking, SSH forwarded from 127.0.0.1
-        qemu_args += ["-netdev", f"user,id=vboxnet,hostname={short},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-                      "-device", f"virtio-net-pci,netdev=vboxnet,mac={mac_address(spec.object_name)},"
-                                 "bus=pci.0,addr=0x1e"]
-    if "hypervisor" in paths:
-        # A Xen host: Xen is the multiboot kernel; the dom0 kernel (with its command line)
-        # and its initrd are multiboot modules, given to QEMU itself (libvirt's <initrd>
-        # takes one file). dom0's console is Xen's (hvc0), on com1.
-        dom0_mem = min(spec.machine.memory // 2, 2048 * 1024**2) // 1024**2
-        kernel, initrd = paths["hypervisor"], ""
-        modules = f"{paths['kernel']} {linux_cmdline.replace('console=ttyS0', 'console=hvc0')},{paths['initrd']}"
-        qemu_args += ["-initrd", modules]
-        cmdline = (f"dom0_mem={dom0_mem}M,max:{dom0_mem}M console=com1 com1=115200,8n1 "
-                   f"dom0_max_vcpus={spec.machine.cpus}")
-        if domain_type == "qemu":
-            # Under TCG: AMD's SVM (HVM guests), with Intel's vendor string. Xen clears SEP
-            # from its feature words on AMD CPUs, and TCG has no VME; with neither, libvirt's
-            # Xen driver in dom0 cannot name the host CPU ("Cannot find suitable CPU model
-            # for given data") and will not start. As QEMU's own option: libvirt drops the
-            # vendor of a custom CPU model.
-            qemu_args += ["-cpu", "qemu64,vendor=GenuineIntel,svm=on"]
-    memory_max, cpus_max, balloon = limits(spec, host)
-    return render(
-        "domain.xml.j2",
-        domain_type=domain_type, name=spec.object_name, uuid=domain_uuid(spec.object_name),
-        project=spec.project_id, machine=spec.machine.name,
-        memory_kib=spec.machine.memory // 1024, cpus=spec.machine.cpus,
-        memory_max_kib=memory_max // 1024, cpus_max=cpus_max, balloon=balloon,
-        credential=credential,
-        kernel=kernel, initrd=initrd, cmdline=cmdline, qemu_args=qemu_args,
-        pool=POOL, volume=volume, network=spec.network, mac=mac_address(spec.object_name),
-        console_log=spec.console_log if console_log else "", ssh_port=ssh_port, seed=seed,
-    )
-
-
-# In the machine, once its disk grew: the root file system (ext4 or XFS) grown with it;
-# first its partition, where it is on one and growpart is there (a cloud image's).
-GROW_ROOT = """set -e
-dev=$(findmnt -no SOURCE /)
-part=$(cat /sys/class/block/${dev#/dev/}/partition 2>/dev/null || true)
-if [ -n "$part" ]; then
-  disk=/dev/$(basename "$(readlink -f /sys/class/block/${dev#/dev/}/..)")
-  command -v growpart >/dev/null || { echo "growpart is missing: $dev not grown" >&2; exit 1; }
-  growpart "$disk" "$part" || [ $? = 1 ]
-fi
-case $(findmnt -no FSTYPE /) in
-  xfs) xfs_growfs / ;;
-  *) resize2fs "$dev" ;;
-esac"""
-
-NET_KEY = "vbox.net="  # the kernel command line's word for a static address of an extra network
-
-
-def apply_networks(root: ET.Element, spec: MachineSpec) -> None:
-    """Make a domain's definition (parsed) join the spec's extra networks, and no others:
-    a bridge interface each (an Open vSwitch port with its VLAN tag, which libvirt sets at
-    every start); a static address goes on the kernel command line, where the box's
-    vbox-network.service gives it to networkd (DHCP otherwise)."""
-    devices = root.find("devices")
-    for element in devices.findall("interface"):
-        mac = element.find("mac")
-        if element.get("type") == "bridge" and mac is not None and mac.get("address", "").startswith("52:54:01:"):
-            devices.remove(element)
-    cmdline = root.find("os/cmdline")
-    if cmdline is not None:  # none when it boots from its disk's bootloader: no static address then
-        words = [w for w in (cmdline.text or "").split() if not w.startswith(NET_KEY)]
-        words += [f"{NET_KEY}{net.mac},{net.address}" for net in spec.networks if net.address]
-        cmdline.text = " ".join(words)
-    last = max((i for i, e in enumerate(devices) if e.tag in ("disk", "interface")), default=-1)
-    for offset, net in enumerate(spec.networks, start=1):
-        interface = ET.Element("interface", type="bridge")
-        ET.SubElement(interface, "source", bridge=net.bridge)
-        ET.SubElement(interface, "mac", address=net.mac)
-        ET.SubElement(interface, "model", type="virtio")
-        if net.kind == "ovs":
-            ET.SubElement(interface, "virtualport", type="openvswitch")
-            if net.vlan:
-                ET.SubElement(ET.SubElement(interface, "vlan"), "tag", id=str(net.vlan))
-        devices.insert(last + offset, interface)
 
 
 class KvmProvider(LocalPorts, LibvirtDomainProvider):
@@ -358,78 +249,13 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
         dom = self._domain(spec.object_name)
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        memory_max, cpus_max, balloon = limits(spec, self._host_size())
-        for tag, value in (("memory", memory_max), ("currentMemory", spec.machine.memory)):
-            element = root.find(tag)
-            if element is None:
-                element = ET.SubElement(root, tag)
-            element.text, element.attrib = str(value // 1024), {"unit": "KiB"}
-        vcpu = root.find("vcpu")
-        vcpu.text = str(cpus_max)
-        vcpu.set("current", str(spec.machine.cpus))
-        devices = root.find("devices")
-        for old in devices.findall("memballoon"):
-            devices.remove(old)
-        ET.SubElement(devices, "memballoon", model="virtio" if balloon else "none")
+        set_resources(root, spec, self._host_size())
         self.conn.defineXML(ET.tostring(root, encoding="unicode"))
 
     def change_live(self, spec: MachineSpec, was: dict):
-        """Memory through the balloon (up or down) up to the maximum it started with, vCPUs
-        plugged in up to the host's (taken out at a restart), the disk grown (never shrunk)
-        and its file system with it (in the machine, by the commands returned)."""
-        import libvirt
+        from providers.kvm_live import change_live
 
-        from providers.base import LiveChange
-        from vbox_cli.envfile.types import format_size
-
-        dom = self._existing(spec.object_name)
-        live = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
-        change = LiveChange([], [], [], [], {})
-        root = ET.fromstring(dom.XMLDesc(0))
-        if "memory" in was:
-            wanted, top = spec.machine.memory, dom.maxMemory() * 1024
-            step = f"memory {format_size(was['memory'])} -> {format_size(wanted)}"
-            if root.find("devices/memballoon[@model='virtio']") is None:
-                change.later.append(f"{step}: it has no memory balloon (made by an earlier vbox, or it boots Xen)")
-            elif wanted > top:
-                change.later.append(f"{step}: above the {format_size(top)} it can grow to until it starts again")
-            else:
-                dom.setMemoryFlags(wanted // 1024, live)
-                change.done.append(step)
-                change.applied["memory"] = wanted
-        if "cpus" in was:
-            wanted, top = spec.machine.cpus, dom.maxVcpus()
-            step = f"cpus {was['cpus']} -> {wanted}"
-            if wanted > top:
-                change.later.append(f"{step}: above the {top} it can have until it starts again")
-            elif wanted < was["cpus"]:  # the guest must let a vCPU go; under TCG longer than libvirt waits (5 s)
-                change.later.append(f"{step}: vCPUs are taken out of a {self.label} when it starts again")
-            else:
-                try:
-                    dom.setVcpusFlags(wanted, live)
-                    change.done.append(step)
-                    change.applied["cpus"] = wanted
-                    change.guest.append("for c in /sys/devices/system/cpu/cpu[0-9]*/online; do "
-                                        "[ \"$(cat $c)\" = 1 ] || echo 1 > $c; done")
-                except libvirt.libvirtError as exc:
-                    change.later.append(f"{step}: {exc.get_error_message()}")
-        if "disk" in was:
-            wanted = spec.machine.disk
-            step = f"disk {format_size(was['disk'])} -> {format_size(wanted)}"
-            if wanted < was["disk"]:
-                change.refused.append(f"{step}: a disk does not shrink (`env destroy` and `env up` make it anew)")
-            else:
-                from providers.migration import own_disks
-
-                target = own_disks(root, f"{spec.object_name}.qcow2")[0].find("target").get("dev")
-                try:
-                    dom.blockResize(target, wanted, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-                    change.done.append(step)
-                    change.applied["disk"] = wanted
-                    change.guest.append(GROW_ROOT)
-                except libvirt.libvirtError as exc:  # an overlay made by an earlier vbox (qcow2 v2) with snapshots
-                    change.refused.append(f"{step}: {exc.get_error_message()}")
-        return change
+        return change_live(self._existing(spec.object_name), spec, was, self.label)
 
     # -- suspend: libvirt's managed save ------------------------------------------------
     def suspend(self, object_name: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from providers.lxc import LAYER
+from providers.lxc_layer import LAYER
 from providers.lxc_config import LOWER, ROOTFS, SHARES, UPPER, staged
 from vbox_cli import proc
 from vbox_cli.errors import VboxError

@@ -107,7 +107,7 @@ def check_libvirt_as(user: str) -> Check:
         return Check(name, "ok", f"{user} reaches qemu:///system")
     if "system bus" in why and _socket_answers(BUS_SOCKET) and os.geteuid() == 0:
         # libvirtd started before the bus and keeps its failure to reach it
-        from providers.host import restart_daemon
+        from providers.daemons import restart_daemon
 
         return Check(name, "missing", f"{user} cannot reach qemu:///system: {why}",
                      hint="start libvirtd again, now that the system bus runs",

@@ -18,7 +18,8 @@ def size_inside(project: Project) -> int:
 
 
 def test_container_disk_quota(project):  # noqa: F811
-    from providers.lxc import DISK_IMAGE, lxc_path
+    from providers.lxc import lxc_path
+    from providers.lxc_layer import DISK_IMAGE
 
     project.write('[machines.c]\ndisk = "1G"\n')
     project.env("up")

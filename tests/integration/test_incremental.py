@@ -5,9 +5,7 @@ provider; a KVM machine's snapshots (what differs) are in test_kvm_control.py.""
 
 from __future__ import annotations
 
-import json
 
-import pytest
 
 from tests.integration.test_lxc import Project
 from tests.integration.test_snapshots import project  # noqa: F401 - the fixture (destroyed, no leaks)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.host import start_daemon, systemd_is_init
+from providers.daemons import start_daemon
+from providers.host import systemd_is_init
 from providers.leaks import find as find_leaks
 from tests.integration.conftest import VBOX
 from tests.integration.test_lxc import Project
@@ -76,7 +77,7 @@ def alive(pid: int) -> bool:
 
 
 def ensure_libvirtd() -> None:
-    from providers.host import ready
+    from providers.daemons import ready
 
     if not ready("libvirtd"):
         start_daemon("libvirtd")

@@ -3,15 +3,15 @@ group and may start daemons), then repairs and daemons for what is still missing
 
 from __future__ import annotations
 
-from providers import host
+from providers import daemons, host
 from providers.host import Check, HostReport
 
 
 def test_repairs_follow_what_the_packages_changed(monkeypatch):
     calls = []
     monkeypatch.setattr("vbox_cli.proc.run", lambda argv, **kw: calls.append(("run", argv[0], argv[1])))
-    monkeypatch.setattr(host, "start_daemon", lambda name: calls.append(("start", name)) or f"started {name}")
-    monkeypatch.setattr(host, "ready", lambda name: False)
+    monkeypatch.setattr(daemons, "start_daemon", lambda name: calls.append(("start", name)) or f"started {name}")
+    monkeypatch.setattr(daemons, "ready", lambda name: False)
     repaired = []
     # before apt: no kvm group yet, so /dev/kvm is only a warning; libvirt is not installed
     before = HostReport([Check("/dev/kvm", "warn", "no kvm group on this host"),
@@ -23,7 +23,7 @@ def test_repairs_follow_what_the_packages_changed(monkeypatch):
                         Check("libvirt", "missing", "not running", daemons=("virtlogd", "libvirtd"))])
     final = HostReport([Check("/dev/kvm", "ok", "root:kvm"), Check("libvirt", "ok", "running")])
     reports = iter([after, final])
-    result = host.fix(before, lambda text: calls.append(("say", text)), lambda: next(reports))
+    result = daemons.fix(before, lambda text: calls.append(("say", text)), lambda: next(reports))
     assert result is final and repaired == ["kvm"]
     order = [c for c in calls if c[0] != "say"]
     assert order == [("run", "apt-get", "update"), ("run", "apt-get", "install"), ("start", "virtlogd"),
@@ -36,8 +36,8 @@ def test_a_running_daemon_is_not_started_again_and_a_repair_a_daemon_showed_is_d
     (starting it again fails on its pid file). A repair that shows only once a daemon runs
     (libvirtd started before the system bus) is done in the same --fix."""
     started, repaired = [], []
-    monkeypatch.setattr(host, "start_daemon", lambda name: started.append(name) or f"started {name}")
-    monkeypatch.setattr(host, "ready", lambda name: name == "virtlogd")
+    monkeypatch.setattr(daemons, "start_daemon", lambda name: started.append(name) or f"started {name}")
+    monkeypatch.setattr(daemons, "ready", lambda name: name == "virtlogd")
     before = HostReport([Check("libvirt", "missing", "not running", daemons=("virtlogd", "libvirtd")),
                          Check("system bus", "missing", "no bus", daemons=("dbus",))])
     after = HostReport([Check("libvirt access (alice)", "missing", "no system bus connection",
@@ -45,7 +45,7 @@ def test_a_running_daemon_is_not_started_again_and_a_repair_a_daemon_showed_is_d
     final = HostReport([Check("libvirt access (alice)", "ok", "alice reaches qemu:///system")])
     reports = iter([after, final])
     said = []
-    assert host.fix(before, said.append, lambda: next(reports)) is final
+    assert daemons.fix(before, said.append, lambda: next(reports)) is final
     assert started == ["dbus", "libvirtd"] and repaired == ["libvirtd"]
     assert "fixing libvirt access (alice): start libvirtd again" in said
 
@@ -76,8 +76,8 @@ def _systemd_host(monkeypatch, tmp_path, status: str):
                                        f"[ \"$1\" = status ] && cat <<'EOF'\n{status}\nEOF\nexit 0\n")
     (bin_dir / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(host, "systemd_is_init", lambda: True)
-    monkeypatch.setattr(host, "START_TIMEOUT", 0.3)
+    monkeypatch.setattr(daemons, "systemd_is_init", lambda: True)
+    monkeypatch.setattr(daemons, "START_TIMEOUT", 0.3)
 
 
 def test_a_unit_skipped_by_its_condition_is_explained_and_lxcfs_started_by_vbox(monkeypatch, tmp_path):
@@ -91,15 +91,15 @@ def test_a_unit_skipped_by_its_condition_is_explained_and_lxcfs_started_by_vbox(
     _systemd_host(monkeypatch, tmp_path, status)
     started = []
     answers = {"after vbox starts it": False}
-    monkeypatch.setattr(host, "_start_directly", lambda name: started.append(name))
-    monkeypatch.setattr(host, "ready", lambda name: bool(started) and answers["after vbox starts it"])
+    monkeypatch.setattr(daemons, "_start_directly", lambda name: started.append(name))
+    monkeypatch.setattr(daemons, "ready", lambda name: bool(started) and answers["after vbox starts it"])
     with pytest.raises(VboxError) as info:  # systemd skipped it, and vbox's own start did not answer either
-        host.start_daemon("lxcfs")
+        daemons.start_daemon("lxcfs")
     assert "lxcfs did not start: Condition: start condition failed" in info.value.message
     assert "ConditionVirtualization=!container" in info.value.details and started == ["lxcfs"]
     started.clear()
     answers["after vbox starts it"] = True
-    said = host.start_daemon("lxcfs")
+    said = daemons.start_daemon("lxcfs")
     assert said.startswith("started lxcfs itself: its systemd unit did not run (Condition: start condition failed")
     assert "start lxcfs" in (tmp_path / "calls").read_text()
 
@@ -110,9 +110,9 @@ def test_a_unit_that_fails_is_explained_not_reported_as_started(monkeypatch, tmp
     from vbox_cli.errors import VboxError
 
     _systemd_host(monkeypatch, tmp_path, "× virtlogd.service\n     Active: failed (Result: exit-code)")
-    monkeypatch.setattr(host, "ready", lambda name: False)
+    monkeypatch.setattr(daemons, "ready", lambda name: False)
     with pytest.raises(VboxError) as info:
-        host.start_daemon("virtlogd")
+        daemons.start_daemon("virtlogd")
     assert info.value.message.startswith("virtlogd did not start")
     assert "systemctl status virtlogd" in info.value.hint and "Result: exit-code" in info.value.details
 
@@ -147,18 +147,18 @@ def test_a_pid_file_of_a_process_that_is_gone_is_removed_one_of_a_running_daemon
     gone.wait()
     stale = tmp_path / "stale.pid"
     stale.write_text(f"{gone.pid}\n")
-    assert host.clear_stale_pidfile(stale, "dbus-daemon") and not stale.exists()
+    assert daemons.clear_stale_pidfile(stale, "dbus-daemon") and not stale.exists()
 
     other = tmp_path / "other.pid"  # a live pid reused by another program is stale too
     other.write_text(f"{os.getpid()}\n")
-    assert host.clear_stale_pidfile(other, "dbus-daemon") and not other.exists()
+    assert daemons.clear_stale_pidfile(other, "dbus-daemon") and not other.exists()
 
     live = tmp_path / "live.pid"  # this test's own process, by the name it runs under
     live.write_text(f"{os.getpid()}\n")
     me = open("/proc/self/comm").read().strip()
-    assert not host.clear_stale_pidfile(live, me) and live.exists()
+    assert not daemons.clear_stale_pidfile(live, me) and live.exists()
 
     garbage = tmp_path / "garbage.pid"
     garbage.write_text("not a pid")
-    assert host.clear_stale_pidfile(garbage, "dbus-daemon") and not garbage.exists()
-    assert not host.clear_stale_pidfile(tmp_path / "absent.pid", "dbus-daemon")
+    assert daemons.clear_stale_pidfile(garbage, "dbus-daemon") and not garbage.exists()
+    assert not daemons.clear_stale_pidfile(tmp_path / "absent.pid", "dbus-daemon")

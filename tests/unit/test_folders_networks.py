@@ -125,7 +125,7 @@ def test_kvm_extra_networks_in_the_domain(spec):
     """Each extra network is a bridge interface (an Open vSwitch port with its tag); a
     static address goes on the kernel command line; a later start replaces them all."""
     from providers.base import Attachment
-    from providers.kvm import apply_networks
+    from providers.kvm_domain import apply_networks
 
     root = ET.fromstring(DOMAIN)
     nets = (Attachment("ovs", "vbox-ovs0", 42, "192.168.42.10/24", "52:54:01:aa:bb:cc"),

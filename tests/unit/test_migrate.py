@@ -55,7 +55,7 @@ def test_a_migrated_machine_is_found_where_it_went_not_where_the_envfile_says(tm
 
 
 def _domain(monkeypatch) -> str:
-    from providers.kvm import render_domain
+    from providers.kvm_domain import render_domain
     from tests.unit.test_templates import spec
 
     paths = {"kernel": "/here/box.vmlinuz", "initrd": "/here/box.initrd", "disk": "/here/box.qcow2"}

@@ -6,9 +6,7 @@ tests/integration/test_foreign_boxes.py."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path

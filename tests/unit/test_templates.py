@@ -118,7 +118,8 @@ def test_subnet_choice_avoids_used_networks():
 def test_domain_xml_defines_on_the_test_driver(monkeypatch):
     import base64
 
-    from providers.kvm import mac_address, render_domain
+    from providers.kvm_domain import render_domain
+    from providers.libvirt_domain import mac_address
 
     machine_spec = spec(monkeypatch)
     paths = {"kernel": "/var/lib/vbox/images/box.vmlinuz", "initrd": "/var/lib/vbox/images/box.initrd"}
@@ -152,6 +153,31 @@ def test_domain_xml_defines_on_the_test_driver(monkeypatch):
         conn.close()
 
 
+def test_resources_set_before_a_start_give_a_machine_of_an_earlier_vbox_its_balloon(monkeypatch):
+    """`set_resources` rewrites memory, vCPUs and the balloon of a defined domain: one made
+    before vbox had live changes (no maximum, no balloon) gets them at its next start."""
+    from providers.kvm_domain import render_domain, set_resources
+
+    machine_spec = spec(monkeypatch)
+    paths = {"kernel": "/k", "initrd": "/i"}
+    old = ET.fromstring(render_domain(machine_spec, "qemu", paths, "v.qcow2", "/c"))
+    devices = old.find("devices")
+    for balloon in devices.findall("memballoon"):
+        devices.remove(balloon)
+    old.remove(old.find("currentMemory"))
+    set_resources(old, spec(monkeypatch, cpus=1, memory="512M"), (1024**3, 4))
+    assert (old.findtext("memory"), old.findtext("currentMemory")) == (str(1024**2), str(512 * 1024))
+    assert (old.findtext("vcpu"), old.find("vcpu").get("current")) == ("4", "1")
+    assert [b.get("model") for b in old.findall("devices/memballoon")] == ["virtio"]
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(ET.tostring(old, encoding="unicode"))
+        assert dom.maxMemory() == 1024**2 and dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM) == 4
+        dom.undefine()
+    finally:
+        conn.close()
+
+
 def test_volume_xml(tmp_path):
     from providers.storage import overlay_xml
 
@@ -170,7 +196,7 @@ def test_volume_xml(tmp_path):
 
 def test_domain_xml_of_a_xen_host_box(monkeypatch):
     """A box carrying Xen boots it as a multiboot kernel, the dom0 kernel and initrd as modules."""
-    from providers.kvm import render_domain
+    from providers.kvm_domain import render_domain
 
     machine_spec = spec(monkeypatch)
     paths = {"kernel": "/i/box.vmlinuz", "initrd": "/i/box.initrd", "hypervisor": "/i/box.xen"}
@@ -201,7 +227,7 @@ def test_every_recipe_loads():
 def test_a_late_second_definition_of_a_machine_is_the_same_domain(monkeypatch):
     """An `env up` killed while libvirtd carries out its defineXML: the next `up` defines the
     same machine again, and must not fail with "already exists with uuid" (issue 20)."""
-    from providers.kvm import render_domain
+    from providers.kvm_domain import render_domain
     from providers.libvirt_domain import domain_uuid
 
     assert domain_uuid("vbox-a-web") == domain_uuid("vbox-a-web") != domain_uuid("vbox-b-web")
@@ -255,7 +281,7 @@ def test_a_box_without_a_kernel_boots_its_disk_and_a_cloud_image_gets_its_seed(m
     import pycdlib
 
     from providers.cloudinit import seed_files, seed_image
-    from providers.kvm import render_domain
+    from providers.kvm_domain import render_domain
 
     machine_spec = spec(monkeypatch)
     root = ET.fromstring(render_domain(machine_spec, "qemu", {"disk": "/i/d.qcow2"}, "v.qcow2", "/i/v.cred",

@@ -41,7 +41,7 @@ def doctor(
                 ctx.obj.out.success("nothing left behind")
         raise typer.Exit(1 if found else 0)
     from boxes.store import BoxStore
-    from providers.host import fix as fix_host
+    from providers.daemons import fix as fix_host
     from providers.host import run_checks
     from vbox_cli.paths import vbox_home
 

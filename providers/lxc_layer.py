@@ -1,0 +1,243 @@
+"""An LXC machine's own layer: the overlay's upper folder over the box's tree, where every
+change the machine makes is kept. What vbox writes into it (owners copied from the box's
+folders, shifted for an unprivileged machine), the disk of its own that `disk` gives it,
+and its snapshots.
+
+A machine's folder (`<lxc path>/<container>/`): upper/ (its layer), disk.img and delta/
+(its disk, mounted there), snapshots/<name>/{upper/, info.json}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from providers.lxc_config import CONFIG, UPPER
+from vbox_cli import proc
+from vbox_cli.errors import VboxError
+
+SNAPSHOTS = "snapshots"  # <container>/snapshots/<name>/{upper/, info.json}
+DISK_IMAGE = "disk.img"  # a machine with `disk`: its own layer on a file system of that size
+LAYER = "delta"  # where that file system is mounted (the overlay's upper and work folders)
+
+
+def discard(path: Path) -> None:
+    from boxes.store import discard as remove
+
+    remove(path)
+
+
+# -- files vbox writes into the layer ------------------------------------------------------
+def make_parents(upper: Path, lower: Path | None, relative: Path, ids=None) -> None:
+    """The folders above `relative` made in the upper layer. A folder there hides the
+    attributes of the lower one: they are copied (its owners shifted into an unprivileged
+    machine's range, `ids`)."""
+    current_upper, current_lower = upper, lower
+    for part in relative.parent.parts:
+        current_upper = current_upper / part
+        # the lower folder's attributes, never through a link of the box's tree (it may lead
+        # out of the tree, to this host's files)
+        current_lower = current_lower / part if current_lower and not current_lower.is_symlink() else None
+        if current_upper.exists():
+            continue
+        current_upper.mkdir()
+        if current_lower is not None and not current_lower.is_symlink() and current_lower.is_dir():
+            st = current_lower.stat()
+            os.chown(current_upper, *shift(ids, st.st_uid, st.st_gid))
+            os.chmod(current_upper, st.st_mode & 0o7777)
+        else:
+            os.chown(current_upper, *shift(ids, 0, 0))
+            os.chmod(current_upper, 0o755)
+
+
+def shift(ids, uid: int, gid: int) -> tuple[int, int]:
+    """The host's ids of a machine's (uid, gid): the same in a privileged machine."""
+    return ids.shift(uid, gid) if ids else (uid, gid)
+
+
+def write_files(upper: Path, lower: Path | None, files: dict, ids, owner_ids: Callable[[str], tuple[int, int]],
+                durable: bool = True) -> None:
+    """Files {relative path: (content, mode, owner)} written into the layer, each with its
+    folders; owners are the machine's (`owner_ids` of its name), shifted by `ids`.
+    `durable`: synced to disk (a new machine's need not be: one cut short is made anew)."""
+    from vbox_cli.files import atomic_write
+
+    for relative, (content, mode, owner) in files.items():
+        make_parents(upper, lower, Path(relative), ids)
+        atomic_write(upper / relative, content, mode, durable=durable)
+        os.chown(upper / relative, *shift(ids, *owner_ids(owner)))
+
+
+def mask_unit(upper: Path, lower: Path | None, unit: str, ids=None) -> None:
+    """A systemd unit of the box masked in the layer (a link to /dev/null): one that would
+    fail at every boot, as debugfs's mount in a user namespace."""
+    units = upper / "etc/systemd/system"
+    make_parents(upper, lower, Path("etc/systemd/system/x"), ids)
+    (units / unit).unlink(missing_ok=True)
+    (units / unit).symlink_to("/dev/null")
+    os.lchown(units / unit, *shift(ids, 0, 0))
+
+
+# -- a disk of its own (`disk`): its layer on a file system of that size ---------------------
+# `df /` inside shows the size (overlayfs reports its upper layer's file system), writing
+# past it fails with ENOSPC inside, and this host's file system is not filled: the image
+# is a sparse file. ext4 on a loop device, mounted at delta/ while the machine exists.
+def make_disk(folder: Path, size: int) -> None:
+    image = folder / DISK_IMAGE
+    with open(image, "wb") as f:
+        f.truncate(size)
+    os.chmod(image, 0o600)
+    proc.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+              "-L", "vbox-layer", str(image)], timeout=300)
+    (folder / LAYER).mkdir()
+    mount_disk(folder)
+
+
+def has_disk(folder: Path) -> bool:
+    return (folder / DISK_IMAGE).is_file()
+
+
+def mount_disk(folder: Path) -> None:
+    """Its file system mounted at delta/, if it has one and it is not (a host restart)."""
+    image, layer = folder / DISK_IMAGE, folder / LAYER
+    if image.is_file() and not os.path.ismount(layer):
+        proc.run(["mount", "-o", "loop", str(image), str(layer)], timeout=60)
+
+
+def disk_usage(folder: Path) -> tuple[int, int] | None:
+    """(size, used) of its own disk's file system, mounted; None without one."""
+    layer = folder / LAYER
+    if not has_disk(folder) or not os.path.ismount(layer):
+        return None
+    fs = os.statvfs(layer)
+    return fs.f_blocks * fs.f_frsize, (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+
+
+def grow_disk(folder: Path, size: int) -> None:
+    """The image made bigger and its mounted file system grown into it, online (the
+    kernel asks for CAP_SYS_RESOURCE, which a host in a container may not give)."""
+    image = folder / DISK_IMAGE
+    if image.stat().st_size < size:
+        with open(image, "r+b") as f:
+            f.truncate(size)
+    device = proc.run(["findmnt", "-no", "SOURCE", str(folder / LAYER)]).stdout.strip()
+    proc.run(["losetup", "-c", device])
+    proc.run(["resize2fs", device], timeout=300)
+
+
+def fit_disk(folder: Path, size: int) -> None:
+    """Before a start: an image smaller than `disk` grown, and its file system, offline."""
+    image, layer = folder / DISK_IMAGE, folder / LAYER
+    if not image.is_file() or fs_size(image) >= size:
+        return
+    if os.path.ismount(layer):
+        proc.run(["umount", str(layer)], timeout=60)
+    if image.stat().st_size < size:
+        with open(image, "r+b") as f:
+            f.truncate(size)
+    proc.run(["e2fsck", "-f", "-p", str(image)], timeout=600)
+    proc.run(["resize2fs", str(image)], timeout=600)
+
+
+def fs_size(image: Path) -> int:
+    """The size of the ext4 file system in an image, from its superblock."""
+    fields = dict(line.split(":", 1) for line in proc.run(["dumpe2fs", "-h", str(image)]).stdout.splitlines()
+                  if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+# -- snapshots ---------------------------------------------------------------------------
+# A snapshot is a copy of the overlay's upper layer (the machine's own changes; the box
+# below never changes), made with reflinks where the file system has them. A running
+# container is frozen for the copy, so that no process changes a file half-way.
+def copy_tree(source: Path, target: Path) -> None:
+    """A copy of an overlay layer with everything overlayfs keeps in it (owners, modes,
+    whiteouts, the xattrs of opaque folders); reflinked where the file system can."""
+    proc.run(["cp", "-a", "--reflink=auto", "--", str(source), str(target)], timeout=3600)
+
+
+def snapshots(folder: Path):
+    from providers.base import Snapshot
+
+    found = []
+    where = folder / SNAPSHOTS
+    for entry in sorted(where.iterdir()) if where.is_dir() else ():
+        try:
+            info = json.loads((entry / "info.json").read_text())
+            found.append(Snapshot(entry.name, float(info["created"]), bool(info["running"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a save cut short (it never got its info), or an info that is not vbox's
+    return sorted(found, key=lambda snap: snap.created)
+
+
+def save_snapshot(folder: Path, name: str, frozen: Callable[[], AbstractContextManager[bool]]):
+    """A copy of the layer as snapshot `name`, made while `frozen()` holds (it says whether
+    the machine runs: a stopped one is not frozen)."""
+    from providers.base import Snapshot, check_snapshot_name
+    from vbox_cli.files import atomic_write
+
+    check_snapshot_name(name)
+    target = folder / SNAPSHOTS / name
+    if target.exists():
+        raise VboxError(f"{folder.name} has a snapshot named {name} already")
+    mount_disk(folder)
+    partial = folder / SNAPSHOTS / f".{name}.partial"
+    discard(partial)
+    partial.mkdir(parents=True)
+    try:
+        with frozen() as running:
+            created = time.time()
+            copy_tree(folder / UPPER, partial / "upper")
+        atomic_write(partial / "info.json", json.dumps({"created": created, "running": running}) + "\n", 0o600)
+        partial.rename(target)
+    finally:
+        discard(partial)
+    return Snapshot(name, created, running)
+
+
+def restore_snapshot(folder: Path, name: str) -> None:
+    """The upper layer replaced by a copy of the snapshot's (which stays), in a stopped
+    machine; the new one is made beside it first, so that a restore cut short leaves the
+    old layer or the new one whole (`settle` finishes it)."""
+    source = folder / SNAPSHOTS / name / "upper"
+    if not (folder / SNAPSHOTS / name / "info.json").is_file():
+        raise VboxError(f"{folder.name} has no snapshot named {name}")
+    upper = folder / UPPER
+    fresh, old = upper.with_name("upper.new"), upper.with_name("upper.old")
+    mount_disk(folder)
+    settle(folder, restoring=True)
+    discard(fresh)
+    if has_disk(folder) and upper.exists():  # its disk may not hold two layers: the old one goes first
+        upper.rename(old)
+        discard(old)
+    copy_tree(source, fresh)
+    if upper.exists():
+        upper.rename(old)
+    fresh.rename(upper)
+    discard(old)
+
+
+def delete_snapshot(folder: Path, name: str) -> None:
+    target = folder / SNAPSHOTS / name
+    if not (target / "info.json").is_file():
+        raise VboxError(f"{folder.name} has no snapshot named {name}")
+    discard(target)
+
+
+def settle(folder: Path, restoring: bool = False) -> None:
+    """Finish a restore that was cut short: the new layer whole, or the old one. With
+    neither (a machine with its own disk, cut short while it copied the new one), only a
+    restore (`restoring`) goes on."""
+    upper = folder / UPPER
+    fresh, old = upper.with_name("upper.new"), upper.with_name("upper.old")
+    if not upper.exists() and old.exists():
+        (fresh if fresh.exists() else old).rename(upper)
+    if not upper.exists() and (folder / CONFIG).is_file() and not restoring:
+        raise VboxError(f"{folder.name}: its layer was being restored from a snapshot when vbox stopped",
+                        hint="`env snapshot restore MACHINE NAME` again")
+    discard(old)
+    discard(fresh)

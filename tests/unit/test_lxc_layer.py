@@ -1,0 +1,104 @@
+"""An LXC machine's own layer on plain folders (no container): what vbox writes into it,
+with the box's folders' owners and modes; snapshots of it, and a restore cut short."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from providers import lxc_layer as layer
+from providers.lxc_config import CONFIG, UPPER
+from providers.subids import IdRange
+from vbox_cli.errors import VboxError
+
+
+def box_tree(root: Path) -> Path:
+    lower = root / "rootfs"
+    (lower / "etc/ssh").mkdir(parents=True)
+    os.chown(lower / "etc/ssh", 0, 7)
+    os.chmod(lower / "etc/ssh", 0o750)
+    (lower / "home").symlink_to("/root")  # a link in the box may lead to this host's files
+    return lower
+
+
+@pytest.mark.parametrize("ids", [None, IdRange(1048576, 1048576)], ids=["privileged", "unprivileged"])
+def test_files_written_into_the_layer_take_the_box_folders_attributes(tmp_path, ids):
+    lower, upper = box_tree(tmp_path), tmp_path / "upper"
+    upper.mkdir()
+    files = {"etc/ssh/sshd_config.d/vbox.conf": ("PasswordAuthentication no\n", 0o600, "root"),
+             "home/vbox/.ssh/authorized_keys": ("ssh-ed25519 AAAA\n", 0o600, "vbox")}
+    owners = {"root": (0, 0), "vbox": (1000, 1000)}
+    layer.write_files(upper, lower, files, ids, owners.__getitem__)
+    shift = (lambda u, g: (u, g)) if ids is None else ids.shift
+    ssh = (upper / "etc/ssh").stat()
+    assert (ssh.st_uid, ssh.st_gid, ssh.st_mode & 0o7777) == (*shift(0, 7), 0o750)  # the box's, shifted
+    # not through the box's link to /root: a plain folder of root's, 0755
+    home = (upper / "home").stat()
+    assert (home.st_uid, home.st_gid, home.st_mode & 0o7777) == (*shift(0, 0), 0o755)
+    key = (upper / "home/vbox/.ssh/authorized_keys").stat()
+    assert (key.st_uid, key.st_gid, key.st_mode & 0o7777) == (*shift(1000, 1000), 0o600)
+    assert (upper / "etc/ssh/sshd_config.d/vbox.conf").read_text() == "PasswordAuthentication no\n"
+    layer.mask_unit(upper, lower, "sys-kernel-debug.mount", ids)
+    layer.mask_unit(upper, lower, "sys-kernel-debug.mount", ids)  # again: still one link
+    masked = upper / "etc/systemd/system/sys-kernel-debug.mount"
+    assert os.readlink(masked) == "/dev/null" and os.lstat(masked).st_uid == shift(0, 0)[0]
+
+
+@contextmanager
+def stopped():
+    yield False
+
+
+def test_snapshots_save_restore_delete_and_a_restore_cut_short(tmp_path):
+    folder = tmp_path / "vbox-demo-abc123-web"
+    upper = folder / UPPER  # delta/upper: beside it, upper.new and upper.old of a restore
+    (upper / "etc").mkdir(parents=True)
+    (folder / UPPER / "etc/motd").write_text("one\n")
+    saved = layer.save_snapshot(folder, "first", stopped)
+    assert saved.name == "first" and not saved.running
+    assert [s.name for s in layer.snapshots(folder)] == ["first"]
+    with pytest.raises(VboxError, match="has a snapshot named first already"):
+        layer.save_snapshot(folder, "first", stopped)
+    with pytest.raises(VboxError):
+        layer.save_snapshot(folder, "../out", stopped)  # a name is checked before it is a path
+    assert not (tmp_path / "out").exists()
+
+    (folder / UPPER / "etc/motd").write_text("two\n")
+    (folder / UPPER / "etc/new").write_text("made after\n")
+    layer.restore_snapshot(folder, "first")
+    assert (folder / UPPER / "etc/motd").read_text() == "one\n" and not (folder / UPPER / "etc/new").exists()
+    assert (folder / "snapshots/first/upper/etc/motd").read_text() == "one\n"  # the snapshot stays
+
+    # a restore killed between its two renames: the new layer is whole, the old one aside
+    (folder / CONFIG).write_text("lxc.uts.name = web\n")
+    (folder / UPPER / "etc/motd").write_text("old\n")
+    (folder / UPPER).rename(upper.with_name("upper.old"))
+    layer.copy_tree(folder / "snapshots/first/upper", upper.with_name("upper.new"))
+    layer.settle(folder)
+    assert (folder / UPPER / "etc/motd").read_text() == "one\n"
+    assert not (upper.with_name("upper.new")).exists() and not (upper.with_name("upper.old")).exists()
+    # killed with only the old layer aside: it is put back
+    (folder / UPPER).rename(upper.with_name("upper.old"))
+    layer.settle(folder)
+    assert (folder / UPPER / "etc/motd").read_text() == "one\n"
+    # killed while a machine with a disk of its own (no room for two layers) copied the new one
+    layer.discard(folder / UPPER)
+    (upper.with_name("upper.new")).mkdir()
+    with pytest.raises(VboxError, match="was being restored from a snapshot") as info:
+        layer.settle(folder)
+    assert "snapshot restore" in info.value.hint
+    layer.restore_snapshot(folder, "first")  # as the hint says: again
+    assert (folder / UPPER / "etc/motd").read_text() == "one\n" and not (upper.with_name("upper.new")).exists()
+
+    (folder / "snapshots/.half.partial").mkdir()  # a save cut short, and an info not vbox's: not listed
+    (folder / "snapshots/broken").mkdir()
+    (folder / "snapshots/broken/info.json").write_text(json.dumps({"created": "x"}))
+    assert [s.name for s in layer.snapshots(folder)] == ["first"]
+    layer.delete_snapshot(folder, "first")
+    assert layer.snapshots(folder) == []
+    with pytest.raises(VboxError, match="has no snapshot named first"):
+        layer.restore_snapshot(folder, "first")
