@@ -15,7 +15,7 @@ from pathlib import Path
 
 from boxes.guestfiles import FILES, LIBVIRT_HOST_FILES, LIBVIRT_HOST_SERVICES, ROOT_LABEL, SERVICES
 from boxes.meta import Boot, BoxMeta
-from boxes.reproducible import normalize, set_times
+from boxes.reproducible import normalize, reset_dev, set_times
 from boxes.recipe import Recipe
 from boxes.store import ARTEFACTS, Box, BoxStore, discard
 from vbox_cli import proc
@@ -116,8 +116,9 @@ BUILD_SPACE = 2 * 1024**3  # what a build of debian-12 takes at its largest: the
 
 
 def check_host(store_root: Path | None = None) -> None:
-    if os.geteuid() != 0:
-        raise VboxError("building a box needs root (debootstrap, chroot)", hint="run it with sudo")
+    if os.geteuid() != 0:  # `env box build` runs a user's build in her user namespace (boxes/userns.py)
+        raise VboxError("building a box needs root (debootstrap, chroot), or a user namespace of your own",
+                        hint="`env box build NAME` builds it in one")
     if store_root is not None:
         where = store_root
         while not where.exists():
@@ -141,6 +142,7 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
     report.phase(Phase.CONFIGURING, "the root tree")
     _configure(rootfs, recipe)
     packages = _packages(rootfs)
+    reset_dev(rootfs)
     normalize(rootfs, recipe.epoch)
     report.phase(Phase.KERNEL, "extracting the kernel and initrd")
     kernel, initrd = _kernel_files(rootfs)
@@ -201,13 +203,18 @@ def _debootstrap_reason(output: str, log: Path) -> str:
 
 def _build_env(recipe: Recipe) -> dict[str, str]:
     """What every program of the build sees: its clock for what it stamps (mkinitramfs,
-    man-db, ...), no questions, one locale."""
-    return {"SOURCE_DATE_EPOCH": str(recipe.epoch), "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+    man-db, ...), no questions, one locale; and what of the caller's environment would
+    change the tree set one way (PYTHONDONTWRITEBYTECODE: a Python program of the build,
+    py3compile itself, would otherwise leave timestamped .pyc files that py3compile then
+    keeps, instead of the ones it makes from SOURCE_DATE_EPOCH)."""
+    return {"SOURCE_DATE_EPOCH": str(recipe.epoch), **STEADY_ENV}
+
+
+STEADY_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _chroot(rootfs: Path, *argv: str, env: dict[str, str] | None = None) -> str:
-    return proc.run(["chroot", str(rootfs), *argv], env=env or {"DEBIAN_FRONTEND": "noninteractive",
-                                                                 "LC_ALL": "C"}).stdout
+    return proc.run(["chroot", str(rootfs), *argv], env=env or STEADY_ENV).stdout
 
 
 def _configure(rootfs: Path, recipe: Recipe) -> None:

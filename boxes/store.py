@@ -256,6 +256,14 @@ def discard(path: Path) -> None:
         try:
             shutil.rmtree(path)
             return
+        except PermissionError:
+            if os.geteuid() == 0:
+                raise
+            # a tree a user built in her user namespace has files of her subordinate ids
+            from boxes import userns
+
+            userns.remove(path)
+            return
         except OSError:
             # a killed build's last child process may still be writing into the tree
             if attempt == 4:

@@ -132,12 +132,29 @@ def check_subids_of(user: str) -> Check:
                  repair=lambda: allocate(user))
 
 
+def check_box_build(user: str) -> Check:
+    """Her own box builds, in a user namespace of hers (boxes/userns.py)."""
+    from boxes import userns
+
+    why = userns.unavailable(pwd.getpwnam(user).pw_uid)
+    if why is None:
+        return Check("box build", "ok", f"{user} builds boxes into her own store, in a user namespace of hers "
+                     "(debootstrap as its root)")
+    detail = f"building a box without root needs a user namespace: {why}"
+    if os.geteuid() != 0:
+        return Check("box build", "warn", detail + "; root's boxes are yours to use",
+                     hint=f"as root: `env doctor --fix --user {user}`")
+    tools = "subordinate" not in why  # the subids check gives the ids
+    return Check("box build", "missing" if tools else "warn", detail, packages=("uidmap",) if tools else (),
+                 hint="install uidmap" if tools else "the subids check gives them")
+
+
 def for_user(user: str) -> list[Check]:
     """What `user` needs of this host, besides what root's checks cover."""
     checks = [check_group(user)]
     if os.path.exists(POLKIT_RULE) or os.geteuid() == 0:
         checks.append(check_system_bus())
-    checks += [check_libvirt_as(user), check_subids_of(user)]
+    checks += [check_libvirt_as(user), check_subids_of(user), check_box_build(user)]
     return [Check(f"{c.name} ({user})" if os.geteuid() == 0 else c.name, c.status, c.detail, c.packages, c.daemons,
                   c.hint, c.repair) for c in checks]
 
@@ -161,8 +178,6 @@ def checks_of_a_user(store: Path, cache_dir: Path | None, kernel: Path | None, n
         checks.append(check_accel(cache_dir, kernel))
     checks += [
         Check("lxc", "warn", "LXC machines need root (LXC machines of a normal user are not built yet)"),
-        Check("box build", "warn", f"building a box needs root; root's boxes ({SYSTEM_HOME / 'boxes'}) are yours "
-              "to use"),
         check_ansible(needs_ansible),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),
         check_disk(store),

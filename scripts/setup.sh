@@ -25,6 +25,8 @@ pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
 [ "$mode" = dev ] && pkgs+=(libxml2-utils libvirt-clients openssh-server)
 # and join machines to Open vSwitch bridges and a bridge of their own (ping, dnsmasq's DHCP)
 [ "$mode" = dev ] && pkgs+=(openvswitch-switch iputils-ping dnsmasq-base)
+# and build a box as a normal user, in a user namespace of hers (newuidmap, newgidmap)
+[ "$mode" = dev ] && pkgs+=(uidmap)
 for pkg in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done

@@ -1,6 +1,8 @@
-"""KVM machines for a user without root: qemu:///session, user-mode networking, SSH
-through a port forwarded on 127.0.0.1. The tool runs as a throw-away unprivileged user,
-from a virtualenv made with the system's Python (as such a user would have it)."""
+"""vbox for a user without root: KVM machines in qemu:///session (user-mode networking,
+SSH through a port forwarded on 127.0.0.1) or through the system libvirt (a libvirt group
+member), and boxes she builds in a user namespace of her own. The tool runs as a
+throw-away unprivileged user, from a virtualenv made with the system's Python (as such a
+user would have it)."""
 
 from __future__ import annotations
 
@@ -120,6 +122,42 @@ def test_lxc_machines_say_they_need_root(unprivileged):
 
 
 OTHER = "vbox-session-other"
+
+
+@pytest.mark.slow
+def test_a_user_builds_a_box_in_her_user_namespace_with_roots_digest(unprivileged, debian12):
+    """debootstrap as the root of her user namespace (her subordinate ids): into her own
+    store, the same bytes as root's build of the same packages, her ids on every file, and
+    removed by her again (files of her subordinate ids, from that namespace)."""
+    from boxes.store import BoxStore
+    from providers import subids
+
+    home, uid = unprivileged["home"], unprivileged["uid"]
+    ids = subids.of_user(uid)
+    if ids is None:  # useradd gives a new user ids where login.defs says so; else as doctor --fix would
+        subids.allocate(USER)
+        ids = subids.of_user(uid)
+    mine = as_user(unprivileged, home, "doctor", check_rc=None).stdout
+    assert re.search(r"box build\s+ok", mine), mine
+    built = as_user(unprivileged, home, "box", "build", "debian-12", timeout=1800)
+    assert "built box debian-12" in built.stdout, built.stdout + built.stderr
+    store = home / ".local/share/vbox/boxes"
+    box = BoxStore(store, shared=[]).find("debian-12")
+    assert box is not None and box.path.is_relative_to(store)
+    if box.meta.packages != debian12.meta.packages:  # the mirror moved since the store's build
+        pytest.fail("the mirror has other packages than when the store's box was built: "
+                    "`env box build debian-12 --force`, then run again")
+    assert box.digest == debian12.digest
+    assert box.artefact("disk").read_bytes() == debian12.artefact("disk").read_bytes()
+    entries = [os.lstat(p) for p in box.path.rglob("*")]
+    gid = pwd.getpwnam(USER).pw_gid
+    assert {e.st_uid for e in entries} - {uid} and all(e.st_uid == uid or ids.uid <= e.st_uid < ids.uid + 65536
+                                                       for e in entries)
+    assert all(e.st_gid == gid or ids.gid <= e.st_gid < ids.gid + 65536 for e in entries)
+    as_user(unprivileged, home, "box", "remove", "debian-12")  # hers; root's stays
+    assert not (store / "debian-12" / box.version).exists()
+    assert BoxStore().find("debian-12", debian12.version) is not None
+    assert not [p for p in home.rglob("*") if p.lstat().st_uid == 0]
 
 
 @pytest.fixture

@@ -54,8 +54,14 @@ def test_root_names_the_user_in_each_check(alice, monkeypatch):
     monkeypatch.setattr(users, "_libvirt_as", lambda user: None)
     monkeypatch.setattr(users, "_socket_answers", lambda path: True)
     monkeypatch.setattr("providers.subids.of_user", lambda uid: None)
-    names = [c.name for c in users.for_user("alice")]
-    assert names == ["libvirt group (alice)", "system bus (alice)", "libvirt access (alice)", "subids (alice)"]
+    checks = {c.name: c for c in users.for_user("alice")}
+    assert list(checks) == ["libvirt group (alice)", "system bus (alice)", "libvirt access (alice)", "subids (alice)",
+                            "box build (alice)"]
+    # her box builds need the ids the subids check gives, and uidmap's newuidmap
+    assert checks["box build (alice)"].status == "warn" and "subordinate ids" in checks["box build (alice)"].detail
+    monkeypatch.setattr("boxes.userns._which", lambda tool: None if tool.startswith("new") else f"/usr/bin/{tool}")
+    build = users.check_box_build("alice")
+    assert build.status == "missing" and build.packages == ("uidmap",)
 
 
 def test_a_group_member_gets_no_ports_folders_or_console_file_of_root(monkeypatch):

@@ -30,12 +30,26 @@ def build(
     ] = None,
     events: Events = False,
 ) -> None:
-    """Build a box from its recipe (debootstrap from the Debian mirror; needs root).
+    """Build a box from its recipe (debootstrap from the Debian mirror).
 
     Builds are reproducible: the same package versions give the same digest. Does nothing
     when the store already holds the box built from this very recipe (unless --force or
-    --from).
+    --from). As root, into the system's store; as a normal user, into her own store, in a
+    user namespace of hers (her subordinate ids: `env doctor --fix --user NAME`, as root).
     """
+    import os
+
+    from boxes import userns
+
+    if os.geteuid() != 0 and not userns.inside():
+        if why := userns.unavailable():
+            from vbox_cli.errors import VboxError
+
+            raise VboxError(f"building a box without root needs a user namespace of your own: {why}",
+                            hint="as root: `env doctor --fix --user $USER`; or use a box of root's store")
+        import sys
+
+        raise typer.Exit(userns.run(sys.argv[1:]))
     from boxes import recipe as recipes
     from boxes.build import Reporter
     from boxes.build import build as build_box
@@ -136,7 +150,11 @@ def remove(
     version: Annotated[Optional[str], typer.Option("--version", help="Only this version.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Remove it even if machines use it.")] = False,
 ) -> None:
-    """Remove a box from the store. Refuses while a machine uses it, unless --force."""
+    """Remove a box from the store. Refuses while a machine uses it, unless --force.
+
+    A normal user removes from her own store: a box of that name in the system's store
+    stays (root removes it).
+    """
     from boxes.store import BoxStore
     from vbox_cli.errors import UsageError
 
@@ -146,6 +164,9 @@ def remove(
     if not targets:
         raise UsageError(f"no box named {name!r}" + (f" version {version!r}" if version else ""),
                          hint="see `env box list`")
+    own = [b for b in targets if b.path.is_relative_to(store.root)]
+    if own and len(own) < len(targets):  # a user's own box beside root's of that name: hers is meant
+        targets = own
     from vbox_cli.machines.status import prune_box_users
 
     for machine_id in prune_box_users(store, name):

@@ -1,0 +1,83 @@
+"""A normal user's box build, in a user namespace of her own.
+
+debootstrap and chroot need root; a user has a root of her own in a user namespace where
+her uid is 0 and her subordinate ids (/etc/subuid, /etc/subgid, given by `env doctor --fix
+--user NAME`) are 1 to 65535: `unshare --map-auto --map-root-user`, whose id maps
+newuidmap and newgidmap (Debian's uidmap) write as the kernel lets them, from those files
+only. Chosen over mmdebstrap's unshare mode because it is the same debootstrap as root's
+build, step for step: the same packages give the same tree, owners included (seen from
+inside), and so the same digest whoever built the box. What differs is made the same:
+/dev holds no device node in the tree (none can be made in a user namespace), and the
+disk image gets the same nodes from debugfs in both builds (boxes/reproducible.py).
+
+The whole `env box build` runs again inside (`VBOX_USERNS=1`), with the user's own
+VBOX_HOME and VBOX_CACHE: there its uid is 0, and vbox would take root's store. Nothing
+inside can reach beyond what the user can: the namespace gives no right on the host.
+Its new mount and PID namespaces let debootstrap mount /proc in the tree, and end every
+process of the build with it. A tree of the user's store has files of her subordinate
+ids, which she can remove only from such a namespace again (`remove`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+MARK = "VBOX_USERNS"
+UNSHARE = ["unshare", "--map-auto", "--map-root-user"]
+
+
+def inside() -> bool:
+    """Whether this process is a user's build in its user namespace."""
+    return os.environ.get(MARK) == "1" and os.geteuid() == 0
+
+
+def unavailable(uid: int | None = None, files: tuple[Path, Path] | None = None) -> str | None:
+    """Why this user cannot build in a user namespace of her own; None: she can. `files`:
+    other than /etc/subuid and /etc/subgid."""
+    from providers import subids
+
+    missing = [tool for tool in ("unshare", "newuidmap", "newgidmap") if _which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} missing (Debian's uidmap package)"
+    if subids.of_user(os.getuid() if uid is None else uid, *(files or ())) is None:
+        return f"no {subids.COUNT} subordinate ids in /etc/subuid and /etc/subgid"
+    return None
+
+
+def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command (and its environment) that runs `vbox ARGV` again in a user namespace."""
+    from vbox_cli.paths import vbox_cache, vbox_home
+
+    env = {**os.environ, MARK: "1", "VBOX_HOME": str(vbox_home()), "VBOX_CACHE": str(vbox_cache()),
+           # debootstrap then binds /dev's nodes into the tree, which it cannot make here
+           "container": "lxc",
+           "PATH": f"{os.environ.get('PATH', '/usr/bin:/bin')}:/usr/sbin:/sbin"}
+    command = [*UNSHARE, "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
+               sys.executable, "-m", "vbox_cli", *argv]
+    return command, env
+
+
+def run(argv: list[str]) -> int:
+    """`vbox ARGV` in the user's namespace, its output on this terminal; its exit status."""
+    import subprocess
+
+    command, env = build_command(argv)
+    try:
+        return subprocess.run(command, env=env, check=False).returncode
+    except KeyboardInterrupt:  # the build inside got the same ^C and cleans up after itself
+        return 130
+
+
+def remove(path: Path) -> None:
+    """A tree of the user's store removed from her user namespace, where the files of her
+    subordinate ids are hers. `--one-file-system`: never into a mount under it."""
+    from vbox_cli import proc
+
+    proc.run([*UNSHARE, "rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
