@@ -41,13 +41,21 @@ MAX_MANIFEST = 1024 * 1024
 
 
 
+def _is_device(path: Path) -> bool:
+    """A device node (a box built by vbox since builder 9 has links and none in /dev)."""
+    try:
+        return stat.S_ISCHR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def export(box, target: Path, progress: Progress | None = None) -> str:
     """Write the box to `target` (through a .part file, renamed when complete); its sha256."""
     import zstandard
 
     rootfs = box.artefact("rootfs")
     files = [name for name in FILES if (box.path / name).is_file()]
-    devices = sorted(name for name in DEVICES if os.path.lexists(rootfs / "dev" / name)) if rootfs.is_dir() else []
+    devices = sorted(name for name in DEVICES if _is_device(rootfs / "dev" / name)) if rootfs.is_dir() else []
     total = sum((box.path / name).stat().st_size for name in files)
     if rootfs.is_dir():
         total += sum(info.st_size for _, info in walk(rootfs) if stat.S_ISREG(info.st_mode))

@@ -9,6 +9,7 @@ import glob
 import os
 from pathlib import Path
 
+from boxes.unpack import DEVICES as UNPACKED_DEVICES  # the nodes a box may have
 from vbox_cli import proc
 from vbox_cli.errors import VboxError
 
@@ -61,8 +62,8 @@ def _clamp(path: str, epoch: int) -> None:
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
 DEV_DIRS = ("pts", "shm")
-DEVICES = (("console", 5, 1, 0o600), ("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("full", 1, 7, 0o666),
-           ("random", 1, 8, 0o666), ("urandom", 1, 9, 0o666), ("tty", 5, 0, 0o666))
+DEVICES = tuple((name, major, minor, mode) for name, (_, major, minor, mode) in UNPACKED_DEVICES.items()
+                if name not in DEV_LINKS)
 
 
 def reset_dev(rootfs: Path) -> None:
