@@ -125,26 +125,44 @@ class BoxStore:
         return exclusive(self.root / LOCKS / f"{folder_name(name)}.lock", on_wait)
 
     def staging(self, name: str) -> Path:
-        """A new, empty staging folder for a build of `name`, owned by this process."""
+        """A new, empty staging folder for a build of `name`, owned by this process: it
+        holds a lock on the folder for as long as it lives (the lock goes with it, however
+        it ends). A pid alone does not say who builds: a user's build is pid 1 of a PID
+        namespace of its own, as every other one of hers is."""
+        import fcntl
+        import secrets
+
         base = self.root / STAGING
         base.mkdir(parents=True, exist_ok=True)
         self.sweep_staging()
-        path = base / f"{folder_name(name)}.{os.getpid()}"
-        if path.exists():
-            discard(path)
+        path = base / f"{folder_name(name)}.{os.getpid()}.{secrets.token_hex(4)}"
         path.mkdir()
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD.append(fd)
         return path
 
     def sweep_staging(self) -> list[Path]:
-        """Remove the staging folders of builds whose process is gone (killed builds)."""
+        """Remove the staging folders of builds that are gone (killed): those whose lock
+        nobody holds."""
+        import fcntl
+
         removed = []
         base = self.root / STAGING
         if not base.is_dir():
             return removed
         for path in base.iterdir():
-            pid = path.name.rsplit(".", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                fd = None  # not a folder (or a link): nobody's build
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a build that runs
+                finally:
+                    os.close(fd)
             discard(path)
             removed.append(path)
         return removed
@@ -214,14 +232,7 @@ class BoxStore:
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_HELD: list[int] = []  # this process's staging locks: released when it ends
 
 
 def mounts_under(path: Path) -> list[str]:

@@ -61,14 +61,23 @@ def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def run(argv: list[str]) -> int:
-    """`vbox ARGV` in the user's namespace, its output on this terminal; its exit status."""
+    """`vbox ARGV` in the user's namespace, its output on this terminal; its exit status.
+    It runs in a process group of its own: ^C or SIGTERM here is passed to it as SIGTERM,
+    which it unwinds from (a half-built box removed) while this process waits. (unshare
+    ignores both while it waits for its child, and kills that child if it dies first.)"""
+    import signal
     import subprocess
 
     command, env = build_command(argv)
-    try:
-        return subprocess.run(command, env=env, check=False).returncode
-    except KeyboardInterrupt:  # the build inside got the same ^C and cleans up after itself
-        return 130
+    process = subprocess.Popen(command, env=env, process_group=0)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM (the CLI raises it for both)
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def remove(path: Path) -> None:

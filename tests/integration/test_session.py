@@ -154,6 +154,20 @@ def test_a_user_builds_a_box_in_her_user_namespace_with_roots_digest(unprivilege
     assert {e.st_uid for e in entries} - {uid} and all(e.st_uid == uid or ids.uid <= e.st_uid < ids.uid + 65536
                                                        for e in entries)
     assert all(e.st_gid == gid or ids.gid <= e.st_gid < ids.gid + 65536 for e in entries)
+    # interrupted (SIGTERM to her vbox, outside the namespace): the build inside unwinds
+    environ = {"HOME": str(home), "PATH": f"{unprivileged['venv']}/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    again = subprocess.Popen(["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in environ.items()],
+                              str(unprivileged["venv"] / "bin" / "vbox"), "--plain", "box", "build", "debian-12",
+                              "--force"], cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((store / ".build").glob("*/rootfs/usr")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # debootstrap is writing the tree
+    outer = [pid for pid in _user_pids(uid) if "box" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+             and "unshare" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    os.kill(min(outer), signal.SIGTERM)  # the first of hers: the vbox she ran
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 130 and "Traceback" not in err, err
+    assert list((store / ".build").iterdir()) == [] and not [p for p in _user_pids(uid)]
     as_user(unprivileged, home, "box", "remove", "debian-12")  # hers; root's stays
     assert not (store / "debian-12" / box.version).exists()
     assert BoxStore().find("debian-12", debian12.version) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from boxes.store import META, STAGING, BoxStore
 
@@ -34,17 +35,28 @@ def test_find_picks_the_newest_version(tmp_path):
 
 
 def test_sweep_removes_staging_of_dead_builds_only(tmp_path):
+    """A build holds a lock on its staging folder: another process's live build (here one
+    that is pid 1 of its own PID namespace, as a user's build is, like every other of hers)
+    stays; a killed build's folder, and one no build holds, go."""
     store = BoxStore(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / STAGING).mkdir()
-    stale = tmp_path / STAGING / f"b.{dead.pid}"
-    (stale / "rootfs").mkdir(parents=True)
-    live_pid = os.getppid()  # a process that is alive and is not us
-    live = tmp_path / STAGING / f"c.{live_pid}"
-    live.mkdir()
-    removed = store.sweep_staging()
-    assert removed == [stale] and not stale.exists() and live.exists()
+    mine = store.staging("a")
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", sys.executable, "-c",
+         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); from boxes.store import BoxStore; "
+         "print(BoxStore(Path(sys.argv[2])).staging('b'), flush=True); sys.stdin.read()",
+         str(Path(__file__).resolve().parents[2]), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        other = Path(holder.stdout.readline().strip())
+        assert other.name.startswith("b.1.")  # pid 1 in its namespace
+        orphan = tmp_path / STAGING / "c.1.dead"  # a killed build: its lock went with it
+        (orphan / "rootfs").mkdir(parents=True)
+        assert store.sweep_staging() == [orphan]
+        assert mine.exists() and other.exists() and not orphan.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert store.sweep_staging() == [other] and mine.exists()  # its build ended without cleaning up
 
 
 def test_users_of_a_box(tmp_path):
