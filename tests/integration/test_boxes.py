@@ -134,14 +134,14 @@ def _start_build(home: Path) -> tuple[subprocess.Popen, Path]:
     process = subprocess.Popen([str(VBOX), "--plain", "box", "build", "debian-12"],
                                env={**os.environ, "VBOX_HOME": str(home)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    staging = home / "boxes" / STAGING / f"debian-12.{process.pid}"
     deadline = time.monotonic() + 120
     # wait until debootstrap is well under way: it has unpacked part of the base system
-    while not (staging / "rootfs" / "usr" / "bin").exists():
+    # (the build's staging folder is debian-12.PID.TOKEN)
+    while not (found := list((home / "boxes" / STAGING).glob(f"debian-12.{process.pid}.*/rootfs/usr/bin"))):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the build did not start"
         time.sleep(0.2)
-    return process, staging
+    return process, found[0].parent.parent.parent
 
 
 def _children_in(path: Path) -> list[int]:
