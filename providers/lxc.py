@@ -346,10 +346,10 @@ class LxcProvider(LocalPorts, ProviderBase):
             yield False
             return
         (self.folder(object_name) / FROZEN_MARK).touch()  # the next command thaws it if this one is killed
-        self._freeze(object_name, pid, True)
         try:
+            self._freeze(object_name, pid, True)
             yield True
-        finally:
+        finally:  # a freeze that failed half-way may have frozen it all the same
             self._thaw(object_name)
 
     def _init_pid(self, object_name: str) -> int | None:

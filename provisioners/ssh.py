@@ -122,7 +122,7 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
         try:
             # short: behind a user-mode port forward the TCP connection is accepted
             # before the guest's sshd is there to send its banner
-            return Connection(connect(target, timeout=min(5.0, max(remaining, 1.0))))
+            return Connection(connect(target, timeout=min(5.0, max(remaining, 1.0))), target.name)
         except paramiko.BadHostKeyException:
             raise VboxError(
                 f"{target.name}: the machine's SSH host key is not the one vbox made for it",
@@ -141,15 +141,31 @@ def _tail(path: Path | None, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+CHANNEL_TIMEOUT = 60.0  # seconds for a machine's sshd to open a session on a live connection
+
+
 class Connection:
     """One SSH connection to a machine, as the provisioning steps use it."""
 
-    def __init__(self, client):
+    def __init__(self, client, name: str = "the machine"):
         self.client = client  # paramiko.SSHClient
+        self.name = name
+
+    def _session(self):
+        """A new channel on the connection, or a clear error: paramiko would wait an hour for
+        a machine whose sshd does not answer (a container left frozen, an overloaded guest)."""
+        import paramiko
+
+        try:
+            return self.client.get_transport().open_session(timeout=CHANNEL_TIMEOUT)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise VboxError(f"{self.name}: its sshd did not open a session within {CHANNEL_TIMEOUT:g} s "
+                            f"({str(exc) or type(exc).__name__})",
+                            hint="`env status`; `env halt` and `env up` start it afresh") from None
 
     def run(self, command: str, on_line: Callable[[str], None]) -> int:
         """Run a command; each line of its output (stdout and stderr merged) goes to on_line."""
-        channel = self.client.get_transport().open_session()
+        channel = self._session()
         channel.set_combine_stderr(True)
         channel.exec_command(command)
         channel.shutdown_write()
@@ -164,7 +180,11 @@ class Connection:
         return channel.recv_exit_status()
 
     def upload(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
-        sftp = self.client.open_sftp()
+        import paramiko
+
+        channel = self._session()
+        channel.invoke_subsystem("sftp")
+        sftp = paramiko.SFTPClient(channel)
         try:
             with sftp.open(remote_path, "wb") as f:
                 f.write(data)
