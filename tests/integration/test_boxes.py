@@ -131,9 +131,13 @@ def test_unknown_suite_fails_clearly(host, tmp_path):
 
 
 def _start_build(home: Path) -> tuple[subprocess.Popen, Path]:
+    # SIGINT as a terminal gives it: a runner started in the background by a
+    # non-interactive shell ignores SIGINT, and a program inherits that (Python then
+    # installs no handler; the build ran on to rc 0 on such a runner)
     process = subprocess.Popen([str(VBOX), "--plain", "box", "build", "debian-12"],
                                env={**os.environ, "VBOX_HOME": str(home)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # wait until debootstrap is well under way: it has unpacked part of the base system
     # (the build's staging folder is debian-12.PID.TOKEN)
