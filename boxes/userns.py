@@ -69,7 +69,8 @@ def run(argv: list[str]) -> int:
     import subprocess
 
     command, env = build_command(argv)
-    process = subprocess.Popen(command, env=env, process_group=0)
+    # if this process is killed outright, so is the build (its staging is swept by the next)
+    process = subprocess.Popen(command, env=env, process_group=0, preexec_fn=_die_with_parent)
     while True:
         try:
             return process.wait()
@@ -78,6 +79,14 @@ def run(argv: list[str]) -> int:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def remove(path: Path) -> None:
