@@ -21,7 +21,6 @@ ids, which she can remove only from such a namespace again (`remove`).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,13 +33,18 @@ def inside() -> bool:
     return os.environ.get(MARK) == "1" and os.geteuid() == 0
 
 
+def missing_tools() -> list[str]:
+    from providers.host import which
+
+    return [tool for tool in ("unshare", "newuidmap", "newgidmap") if which(tool) is None]
+
+
 def unavailable(uid: int | None = None, files: tuple[Path, Path] | None = None) -> str | None:
     """Why this user cannot build in a user namespace of her own; None: she can. `files`:
     other than /etc/subuid and /etc/subgid."""
     from providers import subids
 
-    missing = [tool for tool in ("unshare", "newuidmap", "newgidmap") if _which(tool) is None]
-    if missing:
+    if missing := missing_tools():
         return f"{' and '.join(missing)} missing (Debian's uidmap package)"
     if subids.of_user(os.getuid() if uid is None else uid, *(files or ())) is None:
         return f"no {subids.COUNT} subordinate ids in /etc/subuid and /etc/subgid"
@@ -69,8 +73,12 @@ def run(argv: list[str]) -> int:
     import subprocess
 
     command, env = build_command(argv)
-    # if this process is killed outright, so is the build (its staging is swept by the next)
-    process = subprocess.Popen(command, env=env, process_group=0, preexec_fn=_die_with_parent)
+    from vbox_cli.proc import _die_with_parent
+
+    # if this process is killed outright, so is the build (its staging is swept by the
+    # next): SIGKILL, as unshare ignores SIGTERM while it waits
+    process = subprocess.Popen(command, env=env, process_group=0,
+                               preexec_fn=lambda: _die_with_parent(signal.SIGKILL))
     while True:
         try:
             return process.wait()
@@ -81,21 +89,9 @@ def run(argv: list[str]) -> int:
                 pass
 
 
-def _die_with_parent() -> None:
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def remove(path: Path) -> None:
     """A tree of the user's store removed from her user namespace, where the files of her
     subordinate ids are hers. `--one-file-system`: never into a mount under it."""
     from vbox_cli import proc
 
     proc.run([*UNSHARE, "rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)
-
-
-def _which(tool: str) -> str | None:
-    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")

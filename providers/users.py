@@ -144,7 +144,7 @@ def check_box_build(user: str) -> Check:
     if os.geteuid() != 0:
         return Check("box build", "warn", detail + "; root's boxes are yours to use",
                      hint=f"as root: `env doctor --fix --user {user}`")
-    tools = "subordinate" not in why  # the subids check gives the ids
+    tools = bool(userns.missing_tools())  # else it lacks ids, which the subids check gives
     return Check("box build", "missing" if tools else "warn", detail, packages=("uidmap",) if tools else (),
                  hint="install uidmap" if tools else "the subids check gives them")
 

@@ -56,14 +56,13 @@ def run(
     return result
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(signum: int = 15) -> None:
     # Runs in the child between fork and exec: if vbox is SIGKILLed, the child gets
-    # SIGTERM instead of running on into a folder the next run will sweep away.
+    # `signum` (SIGTERM) instead of running on into a folder the next run will sweep away.
     import ctypes
-    import signal
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def stream(

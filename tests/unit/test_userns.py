@@ -36,9 +36,9 @@ def test_what_a_user_lacks_is_said(monkeypatch, tmp_path):
     subuid.write_text("alice:100000:65536\n")
     subgid.write_text("")
     monkeypatch.setattr("pwd.getpwuid", lambda uid: type("E", (), {"pw_name": "alice"})())
-    monkeypatch.setattr(userns, "_which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr("providers.host.which", lambda tool: f"/usr/bin/{tool}")
     assert "subordinate ids" in userns.unavailable(1000, (subuid, subgid))
     subgid.write_text("alice:100000:65536\n")
     assert userns.unavailable(1000, (subuid, subgid)) is None
-    monkeypatch.setattr(userns, "_which", lambda tool: None if tool.startswith("new") else f"/usr/bin/{tool}")
+    monkeypatch.setattr("providers.host.which", lambda tool: None if tool.startswith("new") else f"/usr/bin/{tool}")
     assert userns.unavailable(1000, (subuid, subgid)) == "newuidmap and newgidmap missing (Debian's uidmap package)"

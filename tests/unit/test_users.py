@@ -59,7 +59,7 @@ def test_root_names_the_user_in_each_check(alice, monkeypatch):
                             "box build (alice)"]
     # her box builds need the ids the subids check gives, and uidmap's newuidmap
     assert checks["box build (alice)"].status == "warn" and "subordinate ids" in checks["box build (alice)"].detail
-    monkeypatch.setattr("boxes.userns._which", lambda tool: None if tool.startswith("new") else f"/usr/bin/{tool}")
+    monkeypatch.setattr("providers.host.which", lambda tool: None if tool.startswith("new") else f"/usr/bin/{tool}")
     build = users.check_box_build("alice")
     assert build.status == "missing" and build.packages == ("uidmap",)
 
