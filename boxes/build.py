@@ -154,6 +154,10 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
     _make_disk(rootfs, staged / ARTEFACTS["disk"], recipe)
     report.phase(Phase.DIGEST, "computing the digest")
     digest = _digest(staged)
+    from boxes import userns
+
+    if userns.inside():  # a user's build: her LXC machines' view of the tree
+        userns.hand_over(rootfs)
     return BoxMeta(
         name=recipe.name, version=recipe.version, description=recipe.description, digest=f"sha256:{digest}",
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,

@@ -4,7 +4,9 @@ debootstrap and chroot need root; a user has a root of her own in a user namespa
 her uid is 0 and her subordinate ids (/etc/subuid, /etc/subgid, given by `env doctor --fix
 --user NAME`) are 1 to 65535: `unshare --map-auto --map-root-user`, whose id maps
 newuidmap and newgidmap (Debian's uidmap) write as the kernel lets them, from those files
-only. Chosen over mmdebstrap's unshare mode because it is the same debootstrap as root's
+only. Her finished tree's owners 0 and 1000 are then swapped (`hand_over`): her LXC
+machines see it with their root a subordinate id and their user (1000) her own uid
+(providers/subids.UserMap), so the files that user writes in a synced folder are hers. Chosen over mmdebstrap's unshare mode because it is the same debootstrap as root's
 build, step for step: the same packages give the same tree, owners included (seen from
 inside), and so the same digest whoever built the box. What differs is made the same:
 /dev holds no device node in the tree (none can be made in a user namespace), and the
@@ -87,6 +89,52 @@ def run(argv: list[str]) -> int:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def hand_over(tree: Path) -> None:
+    """A tree built in this namespace made ready for her LXC machines: the files of its
+    root (0) made the box user's (BOX_USER) and those of the box user made root's, uids and
+    gids alike. Her machines' id map (subids.UserMap) is this namespace's with the same two
+    ids swapped, so they see every owner as built. A chown clears set-user-id and
+    set-group-id bits and file capabilities: they are set again, each capability for the
+    machines' root (a version 3 capability whose root is BOX_USER here). Each inode once
+    (hard links). Run inside, after the digest and the disk image were made of the tree."""
+    import stat
+
+    from providers.subids import BOX_USER
+
+    swap = {0: BOX_USER, BOX_USER: 0}
+    seen: set[int] = set()
+    for path in [tree, *tree.rglob("*")]:
+        info = os.lstat(path)
+        if info.st_ino in seen or (info.st_uid not in swap and info.st_gid not in swap):
+            continue
+        seen.add(info.st_ino)
+        capability = None
+        if stat.S_ISREG(info.st_mode):
+            try:
+                capability = os.getxattr(path, CAPABILITY, follow_symlinks=False)
+            except OSError:
+                pass
+        os.lchown(path, swap.get(info.st_uid, info.st_uid), swap.get(info.st_gid, info.st_gid))
+        if stat.S_ISREG(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(info.st_mode))
+        if capability is not None:
+            os.setxattr(path, CAPABILITY, capability_v3(capability, BOX_USER), follow_symlinks=False)
+
+
+CAPABILITY = "security.capability"
+
+
+def capability_v3(value: bytes, rootid: int) -> bytes:
+    """A file capability (struct vfs_cap_data, version 2 or 3) as version 3 for `rootid`."""
+    import struct
+
+    magic = struct.unpack_from("<I", value)[0]
+    revision = magic & 0xFF000000
+    if revision not in (0x02000000, 0x03000000) or len(value) < 20:
+        raise ValueError(f"not a version 2 or 3 file capability: {value.hex()}")
+    return struct.pack("<I", 0x03000000 | (magic & 0x00FFFFFF)) + value[4:20] + struct.pack("<I", rootid)
 
 
 def remove(path: Path) -> None:

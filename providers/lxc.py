@@ -20,6 +20,7 @@ from pathlib import Path
 from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
 from providers import lxc_criu as criu
 from providers import lxc_layer as layer
+from providers import lxc_user
 from providers.lxc_host import remove_veths
 from providers.guest import user_ids
 from providers.ports import LocalPorts
@@ -38,6 +39,7 @@ from providers.lxc_config import (
     machine_ids,
     network_files,
     render_config,
+    user_map_lines,
     veth_name,
 )
 
@@ -139,14 +141,13 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     # -- life cycle ------------------------------------------------------------
     def preflight(self, machine_name: str) -> None:
-        if os.geteuid() != 0:
-            raise VboxError(f"{machine_name}: LXC machines need root (they run under LXC's own runtime "
-                            "on the project's network bridge)", hint='use provider = "kvm", or run as root')
         from providers.host import check_lxcfs
 
         lxcfs = check_lxcfs()
         if not lxcfs.ok:  # without it a machine sees the host's memory and CPUs, not its own limits
             raise VboxError(f"{machine_name}: lxcfs: {lxcfs.detail}", hint="`env doctor --fix` starts it")
+        if lxc_user.is_user():
+            lxc_user.preflight(machine_name)
 
     def create(self, spec: MachineSpec) -> None:
         self.preflight(spec.machine.name)
@@ -154,6 +155,9 @@ class LxcProvider(LocalPorts, ProviderBase):
         if folder.exists():  # a creation cut short: it never got its config
             self.destroy(spec.object_name)
         lower = spec.box.artefact("rootfs")
+        if lxc_user.is_user():
+            self._create_hers(spec, folder, lower)
+            return
         upper = folder / UPPER
         ids = None
         if spec.machine.unprivileged:
@@ -185,6 +189,21 @@ class LxcProvider(LocalPorts, ProviderBase):
                           spec.machine.hostname.split(".")[0])
         self._write_config(spec)  # last: a folder with a config is a complete machine
 
+    def _create_hers(self, spec: MachineSpec, folder: Path, lower: Path) -> None:
+        """A normal user's machine (providers/lxc_user.py): its layer written from her user
+        namespace, its id map recorded (what makes it hers, for its whole life)."""
+        from providers.subids import user_map
+
+        umap = user_map()
+        lxc_user.check_spec(spec, umap)
+        folder.mkdir(parents=True, mode=0o700)
+        (folder / layer.LAYER).mkdir()  # hers: she renames its layers (a snapshot's restore)
+        (folder / lxc_user.USERMAP).write_text("\n".join(umap.lxc_lines()) + "\n")
+        files = guest_files(spec)
+        owners = {owner: user_ids(spec.box, owner) for _, _, owner in files.values()}
+        lxc_user.write_layer(umap, folder, lower, files, owners, masks=("sys-kernel-debug.mount",))
+        self._write_config(spec)  # last: a folder with a config is a complete machine
+
     def _write_config(self, spec: MachineSpec) -> None:
         from vbox_cli.files import atomic_write
 
@@ -203,6 +222,8 @@ class LxcProvider(LocalPorts, ProviderBase):
         """networkd's files of the extra networks, in the upper layer of a stopped machine
         (never under a running one's overlay)."""
         folder = self.folder(spec.object_name)
+        if user_map_lines(folder):
+            return  # a user's machine has no extra network (lxc_user.check_spec)
         network_dir = folder / UPPER / "etc/systemd/network"
         for old in network_dir.glob("11-vbox-net*.network") if network_dir.is_dir() else ():
             old.unlink()
@@ -252,6 +273,11 @@ class LxcProvider(LocalPorts, ProviderBase):
             if ids:
                 unprivileged.mount_root(folder, spec.box.artefact("rootfs"), ids)
                 unprivileged.stage_folders(folder, spec.folders)
+            if user_map_lines(folder):  # lxc-start makes her machine's cgroups under its own
+                from providers.users import user_name
+
+                lxc_user.check_spec(spec, None)
+                lxc_user.enter_cgroups(user_name())
             self._lxc_start(spec.object_name, folder)
         finally:
             idmap.release(folder / IDMAP)
@@ -264,6 +290,8 @@ class LxcProvider(LocalPorts, ProviderBase):
         folder = self.folder(object_name)
         ids = machine_ids(folder)
         if not (folder / CONFIG).is_file() or bool(ids) == machine.unprivileged:  # not made yet: it will be
+            return None
+        if user_map_lines(folder):  # a user's machines are all unprivileged, of her map
             return None
         return VboxError(f"{machine.name} was made {'unprivileged' if ids else 'privileged'}; unprivileged = "
                          f"{str(machine.unprivileged).lower()} takes effect when it is made anew",
@@ -287,6 +315,7 @@ class LxcProvider(LocalPorts, ProviderBase):
     def halt(self, object_name: str, timeout: float = 30) -> bool:
         if self.state(object_name) != RUNNING:
             return True
+        self._drop_nic(object_name)
         if timeout <= 0:
             self.tool("lxc-stop", object_name, "-k", check=False)
             return False
@@ -299,6 +328,7 @@ class LxcProvider(LocalPorts, ProviderBase):
     def destroy(self, object_name: str) -> None:
         folder = self.folder(object_name)
         if (folder / CONFIG).is_file() and self.state(object_name) == RUNNING:
+            self._drop_nic(object_name)
             self.tool("lxc-stop", object_name, "-k", check=False)
             deadline = time.monotonic() + 20
             while self.state(object_name) == RUNNING and time.monotonic() < deadline:
@@ -314,6 +344,11 @@ class LxcProvider(LocalPorts, ProviderBase):
                 remove_dhcp_host(self.network_host.conn, mac_address(object_name))
             except (VboxError, libvirt.libvirtError):
                 pass  # libvirt is down: the entry goes with the project network
+
+    def _drop_nic(self, object_name: str) -> None:
+        """A user's machine's veth, before it stops (lxc_user.drop_nic)."""
+        if user_map_lines(self.folder(object_name)) and (pid := self._init_pid(object_name)) is not None:
+            lxc_user.drop_nic(pid)
 
     def console_log(self, object_name: str) -> Path | None:
         return self.folder(object_name) / CONSOLE_LOG

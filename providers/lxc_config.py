@@ -37,6 +37,16 @@ def machine_ids(folder: Path):
         raise VboxError(f"{folder / IDS}: {exc}", hint="`env destroy` and `env up` make the machine anew") from None
 
 
+def user_map_lines(folder: Path) -> list[str]:
+    """A normal user's machine's id map (providers/lxc_user.py), as lxc.idmap lines; [] for root's."""
+    from providers.lxc_user import USERMAP
+
+    try:
+        return (folder / USERMAP).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def veth_name(object_name: str, index: int = 0) -> str:
     """The host side of a machine's veth: 0 on the project network, 1... its extra networks."""
     key = object_name if index == 0 else f"{object_name}#net{index}"
@@ -133,7 +143,10 @@ def mount_entries(spec: MachineSpec, folder: Path, idmapped: bool, stage: bool =
 
 
 def folder_ids_maps(spec: MachineSpec, folder: Path) -> tuple[str, str]:
-    """The synced folders' maps of the machine in `folder`, for its own id range."""
+    """The synced folders' maps of the machine in `folder`, for its own id range. None for
+    a user's machine: its user is her own uid already (and she cannot make idmapped mounts)."""
+    if user_map_lines(folder):
+        return "", ""
     ids = machine_ids(folder)
     return folder_maps(spec, (ids.uid, ids.gid) if ids else (0, 0))
 
@@ -151,6 +164,7 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         lower=spec.box.artefact("rootfs"),
         upper=folder / UPPER,
         ids=machine_ids(folder),
+        user_map=user_map_lines(folder),
         rootfs=folder / ROOTFS,
         bridge=spec.bridge,
         mac=mac_address(spec.object_name),

@@ -154,10 +154,21 @@ def fs_size(image: Path) -> int:
 # A snapshot is a copy of the overlay's upper layer (the machine's own changes; the box
 # below never changes), made with reflinks where the file system has them. A running
 # container is frozen for the copy, so that no process changes a file half-way.
-def copy_tree(source: Path, target: Path) -> None:
+def copy_tree(source: Path, target: Path, folder: Path) -> None:
     """A copy of an overlay layer with everything overlayfs keeps in it (owners, modes,
-    whiteouts, the xattrs of opaque folders); reflinked where the file system can."""
-    proc.run(["cp", "-a", "--reflink=auto", "--", str(source), str(target)], timeout=3600)
+    whiteouts, the xattrs of opaque folders); reflinked where the file system can. A
+    user's machine's (in `folder`), from her user namespace: its files are of her
+    subordinate ids (providers/lxc_user.py)."""
+    from providers.lxc_config import user_map_lines
+
+    argv = ["cp", "-a", "--reflink=auto", "--", str(source), str(target)]
+    if user_map_lines(folder):
+        from providers.lxc_user import inside
+        from providers.subids import user_map
+
+        inside(user_map(), argv, timeout=3600)
+    else:
+        proc.run(argv, timeout=3600)
 
 
 def snapshots(folder: Path):
@@ -191,7 +202,7 @@ def save_snapshot(folder: Path, name: str, frozen: Callable[[], AbstractContextM
     try:
         with frozen() as running:
             created = time.time()
-            copy_tree(folder / UPPER, partial / "upper")
+            copy_tree(folder / UPPER, partial / "upper", folder)
         atomic_write(partial / "info.json", json.dumps({"created": created, "running": running}) + "\n", 0o600)
         partial.rename(target)
     finally:
@@ -214,7 +225,7 @@ def restore_snapshot(folder: Path, name: str) -> None:
     if has_disk(folder) and upper.exists():  # its disk may not hold two layers: the old one goes first
         upper.rename(old)
         discard(old)
-    copy_tree(source, fresh)
+    copy_tree(source, fresh, folder)
     if upper.exists():
         upper.rename(old)
     fresh.rename(upper)

@@ -55,9 +55,6 @@ def bridge_name(project_id: str) -> str:
 
 def used_subnets(conn) -> list[ipaddress.IPv4Network]:
     """Subnets on the host's interfaces and routes, and those of every libvirt network."""
-    import libvirt
-
-    from providers.hosts import gone
     from vbox_cli import proc
 
     used = []
@@ -75,14 +72,8 @@ def used_subnets(conn) -> list[ipaddress.IPv4Network]:
                     used.append(ipaddress.ip_network(dst, strict=False))
                 except ValueError:
                     pass
-    for net in conn.listAllNetworks():
-        try:
-            xml = net.XMLDesc()
-        except libvirt.libvirtError as exc:
-            if gone(exc):
-                continue  # another project's, removed since it was listed
-            raise
-        for ip in ET.fromstring(xml).findall("ip"):
+    for xml in _networks(conn):
+        for ip in xml.findall("ip"):
             address, prefix = ip.get("address"), ip.get("prefix") or ip.get("netmask")
             if address and prefix and ":" not in address:
                 used.append(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
@@ -117,16 +108,63 @@ def plan(project, conn, host_key: str = "local", avoid: tuple[str, ...] = ()) ->
             subnet = choose_subnet(project.id if host_key == "local" else f"{project.id}@{host_key}", used)
         chosen = subnet
         project.update_state(lambda s: record(s).update(subnet=chosen))
-    return NetworkPlan(network_name(project.id), bridge_name(project.id), subnet, f"{project.id}.vbox")
+    bridge = bridge_name(project.id) if host_key != "local" else _local_bridge(project, conn, record)
+    return NetworkPlan(network_name(project.id), bridge, subnet, f"{project.id}.vbox")
 
 
-def _existing_subnet(conn, name: str) -> str | None:
+def _local_bridge(project, conn, record) -> str:
+    """The project network's bridge: named from the project; for a normal user whom
+    /etc/lxc/lxc-usernet allows bridges, a free one of hers, so that her LXC machines can
+    join it (providers/lxc_user.py). Kept in the project's state, like its subnet."""
+    import os
+
+    if os.geteuid() == 0:
+        return bridge_name(project.id)
+    from providers import lxc_user
+    from providers.users import user_name
+
+    user = user_name()
+    pool = set(lxc_user.bridges(user)) & lxc_user.allowed(user)
+    existing = _existing(conn, network_name(project.id))
+    if existing is not None:
+        return existing.find("bridge").get("name")
+    if not pool:
+        return bridge_name(project.id)
+    taken = {bridge.get("name") for bridge in (xml.find("bridge") for xml in _networks(conn)) if bridge is not None}
+    recorded = record(project.load_state()).get("bridge")
+    bridge = recorded if recorded in pool and recorded not in taken else lxc_user.free_bridge(user, taken)
+    project.update_state(lambda s: record(s).update(bridge=bridge))
+    return bridge
+
+
+def _networks(conn) -> list:
+    """The XML of every libvirt network (one removed while listed is left out)."""
+    import libvirt
+
+    from providers.hosts import gone
+
+    found = []
+    for net in conn.listAllNetworks():
+        try:
+            found.append(ET.fromstring(net.XMLDesc()))
+        except libvirt.libvirtError as exc:
+            if not gone(exc):  # else another project's, removed since it was listed
+                raise
+    return found
+
+
+def _existing(conn, name: str):
     from providers.hosts import find
 
     net = find(conn.networkLookupByName, name)
-    if net is None:
+    return None if net is None else ET.fromstring(net.XMLDesc())
+
+
+def _existing_subnet(conn, name: str) -> str | None:
+    xml = _existing(conn, name)
+    if xml is None:
         return None
-    ip = ET.fromstring(net.XMLDesc()).find("ip")
+    ip = xml.find("ip")
     return str(ipaddress.ip_network(f"{ip.get('address')}/{ip.get('prefix') or ip.get('netmask')}", strict=False))
 
 

@@ -54,6 +54,49 @@ class IdRange:
         return self.uid + uid, self.gid + gid
 
 
+BOX_USER = 1000  # a box's user (vbox's recipes' and Vagrant's): a normal user's own ids in her machines
+
+
+@dataclass(frozen=True)
+class UserMap:
+    """The ids of a normal user's LXC machines: their root is her subordinate id BOX_USER-1,
+    their user (BOX_USER) is her own uid and primary gid, the others are her subordinate ids
+    in order. The files the machine's user makes in a synced folder are hers, hers are its
+    user's inside, and the machine's root is not her. The map her box builds use (`unshare
+    --map-auto --map-root-user`: 0 her, n subordinate n-1) with 0 and BOX_USER swapped, as
+    the builds swap them in her trees (boxes/userns.hand_over)."""
+
+    ids: IdRange
+    uid: int
+    gid: int
+
+    def ranges(self, kind: str) -> list[tuple[int, int, int]]:
+        """(inside, outside, count) of uids ("u") or gids ("g")."""
+        first, own = (self.ids.uid, self.uid) if kind == "u" else (self.ids.gid, self.gid)
+        return [(0, first + BOX_USER - 1, 1), (1, first, BOX_USER - 1), (BOX_USER, own, 1),
+                (BOX_USER + 1, first + BOX_USER, COUNT - 1 - BOX_USER)]
+
+    def lxc_lines(self) -> list[str]:
+        """As LXC's `lxc.idmap` takes it."""
+        return [f"{kind} {inside} {outside} {count}" for kind in "ug" for inside, outside, count in self.ranges(kind)]
+
+    def usernsexec_args(self) -> list[str]:
+        """As lxc-usernsexec's -m options take it."""
+        return [arg for kind in "ug" for inside, outside, count in self.ranges(kind)
+                for arg in ("-m", f"{kind}:{inside}:{outside}:{count}")]
+
+    def host_uid(self, inside: int) -> int:
+        for first, outside, count in self.ranges("u"):
+            if first <= inside < first + count:
+                return outside + inside - first
+        raise ValueError(f"uid {inside} is not mapped")
+
+
+def user_map(uid: int | None = None, gid: int | None = None) -> UserMap:
+    """This user's map (the subordinate ids she must have: `required`)."""
+    return UserMap(required(uid), os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
+
+
 def entries(path: Path) -> list[tuple[str, int, int]]:
     """(owner, first, count) of each well-formed line; others are skipped, as shadow-utils does."""
     try:

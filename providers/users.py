@@ -126,10 +126,15 @@ def check_subids_of(user: str) -> Check:
                      f"gids {found.gid}-{found.gid + COUNT - 1} for unprivileged machines")
     detail = f"{user} has no range of {COUNT} ids in {SUBUID} and {SUBGID} (unprivileged LXC machines map " \
              "their ids into it)"
+    return _lacking("subids", user, detail, f"give {user} {COUNT} ids above every range there",
+                    lambda: allocate(user))
+
+
+def _lacking(name: str, user: str, detail: str, fix: str, repair) -> Check:
+    """What she lacks: root's doctor --fix gives it (`repair`); she is told to ask root."""
     if os.geteuid() != 0:
-        return Check("subids", "warn", detail, hint=f"as root: `env doctor --fix --user {user}`")
-    return Check("subids", "missing", detail, hint=f"give {user} {COUNT} ids above every range there",
-                 repair=lambda: allocate(user))
+        return Check(name, "warn", detail, hint=f"as root: `env doctor --fix --user {user}`")
+    return Check(name, "missing", detail, hint=fix, repair=repair)
 
 
 def check_box_build(user: str) -> Check:
@@ -149,12 +154,43 @@ def check_box_build(user: str) -> Check:
                  hint="install uidmap" if tools else "the subids check gives them")
 
 
+def check_bridges(user: str) -> Check:
+    """The bridges lxc-usernet lets her LXC machines join (providers/lxc_user.py)."""
+    from providers import lxc_user
+
+    pool = lxc_user.bridges(user)
+    missing = [bridge for bridge in pool if bridge not in lxc_user.allowed(user)]
+    if not missing:
+        return Check("lxc bridges", "ok", f"{user} may put LXC machines on {len(pool)} project bridges "
+                     f"({pool[0]}..{pool[-1][-1]}) through lxc-user-nic")
+    detail = f"{lxc_user.USERNET} lets {user} join {len(pool) - len(missing)} of the {len(pool)} project bridges " \
+             "vbox gives a user: her LXC machines need them"
+    return _lacking("lxc bridges", user, detail, f"add {user}'s lines to {lxc_user.USERNET}",
+                    lambda: lxc_user.allow(user))
+
+
+def check_cgroups(user: str) -> Check:
+    """A cgroup of hers in each v1 hierarchy, for lxc-start to make her machines' under."""
+    from providers import lxc_user
+
+    if systemd_is_init() and not lxc_user.hierarchies():
+        return Check("lxc cgroups", "warn", "a cgroup v2 host: systemd delegates a user's cgroup "
+                     "(user@.service); vbox does not")
+    missing = lxc_user.undelegated(user)
+    if not missing:
+        return Check("lxc cgroups", "ok", f"{user} has vbox-{user} in each cgroup hierarchy, for her LXC machines")
+    detail = f"{user} has no cgroup of her own for LXC machines ({missing[0]}; gone after each host restart)"
+    return _lacking("lxc cgroups", user, detail, f"make vbox-{user} in each hierarchy, hers",
+                    lambda: lxc_user.delegate(user))
+
+
 def for_user(user: str) -> list[Check]:
     """What `user` needs of this host, besides what root's checks cover."""
     checks = [check_group(user)]
     if os.path.exists(POLKIT_RULE) or os.geteuid() == 0:
         checks.append(check_system_bus())
-    checks += [check_libvirt_as(user), check_subids_of(user), check_box_build(user)]
+    checks += [check_libvirt_as(user), check_subids_of(user), check_box_build(user), check_bridges(user),
+               check_cgroups(user)]
     return [Check(f"{c.name} ({user})" if os.geteuid() == 0 else c.name, c.status, c.detail, c.packages, c.daemons,
                   c.hint, c.repair) for c in checks]
 
@@ -163,7 +199,7 @@ def checks_of_a_user(store: Path, cache_dir: Path | None, kernel: Path | None, n
     """What a normal user can use of this host: the system libvirt (through the libvirt
     group), root's boxes; what needs root is said as such."""
     from providers.accel import known
-    from providers.host import _tool, check_accel, check_ansible, check_disk
+    from providers.host import _tool, check_accel, check_ansible, check_disk, check_lxcfs
     from vbox_cli.paths import SYSTEM_HOME
 
     me = user_name()
@@ -177,7 +213,8 @@ def checks_of_a_user(store: Path, cache_dir: Path | None, kernel: Path | None, n
     else:
         checks.append(check_accel(cache_dir, kernel))
     checks += [
-        Check("lxc", "warn", "LXC machines need root (LXC machines of a normal user are not built yet)"),
+        _tool("lxc", "lxc-start", "lxc"),
+        check_lxcfs(),
         check_ansible(needs_ansible),
         _tool("ssh client", "ssh", "openssh-client", ("-V",)),
         check_disk(store),

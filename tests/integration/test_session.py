@@ -118,21 +118,145 @@ def test_kvm_machine_in_a_user_session(unprivileged):
     assert not (folder / ".vbox").exists()
 
 
-def test_lxc_machines_say_they_need_root(unprivileged):
-    folder = unprivileged["home"] / "lxcproject"
+def _unprepare(user: str) -> None:
+    """What `doctor --fix --user` gave her for LXC, taken back: her delegated cgroups (with
+    what LXC left in them, all empty once her machines are gone) and her lxc-usernet lines."""
+    from providers import lxc_user
+
+    for group in lxc_user.delegated(user):
+        for child in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            child.rmdir()
+        if group.is_dir():
+            group.rmdir()
+    if lxc_user.USERNET.exists():
+        lines = lxc_user.USERNET.read_text().splitlines(keepends=True)
+        lxc_user.USERNET.write_text("".join(line for line in lines if line.split()[:1] != [user]))
+
+
+@pytest.fixture(scope="module")
+def prepared(unprivileged):
+    """Root has run `env doctor --fix --user` for her."""
+    from tests.integration.conftest import vbox
+
+    try:
+        yield vbox("doctor", "--fix", "--user", USER, check_rc=0).stdout
+    finally:
+        _unprepare(USER)
+
+
+@pytest.fixture(scope="module")
+def her_box(unprivileged):
+    """debian-12 built by her, into her own store (once for the module)."""
+    from boxes.store import BoxStore
+    from providers import subids
+
+    if subids.of_user(unprivileged["uid"]) is None:  # useradd gives a new user ids where login.defs says so
+        subids.allocate(USER)
+
+    built = as_user(unprivileged, unprivileged["home"], "box", "build", "debian-12", timeout=1800)
+    assert "built box debian-12" in built.stdout, built.stdout + built.stderr
+    box = BoxStore(unprivileged["home"] / ".local/share/vbox/boxes", shared=[]).find("debian-12")
+    assert box is not None
+    return box
+
+
+def _lxc_project(ctx, name: str, envfile: str) -> Path:
+    folder = ctx["home"] / name
     folder.mkdir()
-    (folder / "Envfile").write_text('[machines.ct]\nprovider = "lxc"\n')
+    (folder / "Envfile").write_text(envfile)
     subprocess.run(["chown", "-R", f"{USER}:", str(folder)], check=True)
-    result = as_user(unprivileged, folder, "up", check_rc=None)
-    assert result.returncode != 0
-    assert "need root" in result.stderr
+    return folder
+
+
+@pytest.mark.exclusive  # doctor --fix --user restarts a libvirtd that started before the system bus
+def test_an_lxc_machine_of_hers_needs_her_cgroups_and_a_box_of_her_own(unprivileged, debian12):
+    """Before root prepared her: what she lacks, and who can give it. Then root's box (her
+    store has none yet) cannot make her machine: its owners are root's."""
+    folder = _lxc_project(unprivileged, "lxcproject", '[machines.ct]\nprovider = "lxc"\n')
+    _unprepare(USER)  # a run cut short may have left hers
+    try:
+        result = as_user(unprivileged, folder, "up", check_rc=None)
+        assert result.returncode != 0 and "no cgroup of yours" in result.stderr, result.stderr
+        assert f"env doctor --fix --user {USER}" in result.stderr
+        from tests.integration.conftest import vbox
+
+        prepared = vbox("doctor", "--fix", "--user", USER, check_rc=0).stdout
+        assert re.search(rf"lxc bridges \({USER}\)\s+ok", prepared), prepared
+        assert re.search(rf"lxc cgroups \({USER}\)\s+ok", prepared), prepared
+        result = as_user(unprivileged, folder, "up", check_rc=None)
+        assert result.returncode != 0 and "root's box" in result.stderr and "env box build debian-12" in result.stderr
+        assert as_user(unprivileged, folder, "destroy", "-f", check_rc=None).returncode == 0
+        assert not (folder / ".vbox").exists()
+    finally:
+        _unprepare(USER)
+
+
+def _her_veths(uid: int) -> list[str]:
+    return [link for link in os.listdir("/sys/class/net") if link.startswith(f"veth{uid}_")]
+
+
+@pytest.mark.slow
+@pytest.mark.exclusive
+def test_lxc_machines_of_a_user(unprivileged, prepared, her_box, other_user):
+    """Her LXC machines: unprivileged containers of hers on her project network (a bridge
+    lxc-usernet allows her), their limits seen inside through lxcfs, her synced folder
+    written as herself; by name to each other; halted, up again, destroyed with nothing
+    left (no container, veth, mount or cgroup of theirs); another user cannot touch them."""
+    from providers import lxc_user, subids
+
+    uid = unprivileged["uid"]
+    folder = _lxc_project(unprivileged, "lxc-machines", '[defaults]\nprovider = "lxc"\nmemory = "300M"\n\n'
+                          '[machines.one]\nprovision = [{ shell = "echo one > /etc/motd" }]\n\n[machines.two]\n')
+    from vbox_cli.project import project_id
+
+    containers = unprivileged["home"] / ".local/share/vbox/lxc"
+    project = project_id(folder)
+    try:
+        up = as_user(unprivileged, folder, "up", timeout=600)
+        assert "one" in up.stdout and "Traceback" not in up.stderr
+        status = {m["name"]: m for m in json.loads(as_user(unprivileged, folder, "status", "--json").stdout)["machines"]}
+        assert {m["state"] for m in status.values()} == {"running"}
+        assert as_user(unprivileged, folder, "ssh", "two", "--", "getent hosts one").stdout.split()[0] == \
+            status["one"]["address"]
+        inside = as_user(unprivileged, folder, "ssh", "one", "--",
+                         "cat /etc/motd; free -m | awk '/^Mem/ {print $2}'; id -u; touch /vbox/from-one; "
+                         "cat /proc/self/uid_map | head -1").stdout.split("\n")
+        assert inside[:3] == ["one", "300", "1000"], inside
+        assert inside[3].split()[:2] == ["0", str(subids.of_user(uid).uid + 999)]  # its root is not her
+        assert os.stat(folder / "from-one").st_uid == uid  # what its user writes there is hers
+        # hers: her own container path, her bridge, her cgroups; none of root's
+        assert sorted(p.name for p in containers.iterdir()) == [f"vbox-{project}-one", f"vbox-{project}-two"]
+        bridge = json.loads(subprocess.run(["ip", "-j", "link", "show", _her_veths(uid)[0]], capture_output=True,
+                                           text=True).stdout)[0]["master"]
+        assert bridge in lxc_user.bridges(USER) and len(_her_veths(uid)) == 2
+        assert (Path("/sys/fs/cgroup/memory") / f"vbox-{USER}" / f"lxc.payload.vbox-{project}-one").is_dir()
+        assert not (Path("/var/lib/vbox/lxc") / f"vbox-{project}-one").exists()
+        # another user: no key, no lock, not her container path
+        refused = as_other(unprivileged, folder, "destroy", "-f")
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert as_other(unprivileged, folder, "ssh", "one", "--", "true").returncode != 0
+        as_user(unprivileged, folder, "halt", "one")
+        assert len(_her_veths(uid)) == 1
+        as_user(unprivileged, folder, "up", "one")
+        assert as_user(unprivileged, folder, "ssh", "one", "--", "cat /etc/motd").stdout == "one\n"
+        assert [str(p) for p in folder.rglob("*") if p.lstat().st_uid != uid] == []
+    finally:
+        gone = as_user(unprivileged, folder, "destroy", "-f", check_rc=None)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert list(containers.iterdir()) == []
+    assert _her_veths(uid) == []
+    assert [p for p in Path("/sys/fs/cgroup").glob(f"*/vbox-{USER}/lxc.payload.*")] == []
+    assert not (folder / ".vbox").exists()
+    from providers.leaks import find as find_leaks
+
+    assert find_leaks(project) == []
 
 
 OTHER = "vbox-session-other"
 
 
 @pytest.mark.slow
-def test_a_user_builds_a_box_in_her_user_namespace_with_roots_digest(unprivileged, debian12):
+def test_a_user_builds_a_box_in_her_user_namespace_with_roots_digest(unprivileged, debian12, her_box):
     """debootstrap as the root of her user namespace (her subordinate ids): into her own
     store, the same bytes as root's build of the same packages, her ids on every file, and
     removed by her again (files of her subordinate ids, from that namespace)."""
@@ -140,22 +264,21 @@ def test_a_user_builds_a_box_in_her_user_namespace_with_roots_digest(unprivilege
     from providers import subids
 
     home, uid = unprivileged["home"], unprivileged["uid"]
-    ids = subids.of_user(uid)
-    if ids is None:  # useradd gives a new user ids where login.defs says so; else as doctor --fix would
-        subids.allocate(USER)
-        ids = subids.of_user(uid)
+    ids = subids.of_user(uid)  # her_box gave her some if useradd did not
     mine = as_user(unprivileged, home, "doctor", check_rc=None).stdout
     assert re.search(r"box build\s+ok", mine), mine
-    built = as_user(unprivileged, home, "box", "build", "debian-12", timeout=1800)
-    assert "built box debian-12" in built.stdout, built.stdout + built.stderr
     store = home / ".local/share/vbox/boxes"
     box = BoxStore(store, shared=[]).find("debian-12")
-    assert box is not None and box.path.is_relative_to(store)
+    assert box is not None and box.path == her_box.path and box.path.is_relative_to(store)
     if box.meta.packages != debian12.meta.packages:  # the mirror moved since the store's build
         pytest.fail("the mirror has other packages than when the store's box was built: "
                     "`env box build debian-12 --force`, then run again")
     assert box.digest == debian12.digest
     assert box.artefact("disk").read_bytes() == debian12.artefact("disk").read_bytes()
+    # handed over to her LXC machines: their root is her subordinate id 999, their user is her
+    tree = box.artefact("rootfs")
+    assert os.lstat(tree).st_uid == ids.uid + 999 and os.lstat(tree / "home/vbox").st_uid == uid
+    assert os.stat(tree / "usr/bin/sudo").st_mode & 0o4000
     entries = [os.lstat(p) for p in box.path.rglob("*")]
     gid = pwd.getpwnam(USER).pw_gid
     assert {e.st_uid for e in entries} - {uid} and all(e.st_uid == uid or ids.uid <= e.st_uid < ids.uid + 65536

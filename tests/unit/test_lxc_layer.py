@@ -77,7 +77,7 @@ def test_snapshots_save_restore_delete_and_a_restore_cut_short(tmp_path):
     (folder / CONFIG).write_text("lxc.uts.name = web\n")
     (folder / UPPER / "etc/motd").write_text("old\n")
     (folder / UPPER).rename(upper.with_name("upper.old"))
-    layer.copy_tree(folder / "snapshots/first/upper", upper.with_name("upper.new"))
+    layer.copy_tree(folder / "snapshots/first/upper", upper.with_name("upper.new"), folder)
     layer.settle(folder)
     assert (folder / UPPER / "etc/motd").read_text() == "one\n"
     assert not (upper.with_name("upper.new")).exists() and not (upper.with_name("upper.old")).exists()

@@ -56,7 +56,7 @@ def test_root_names_the_user_in_each_check(alice, monkeypatch):
     monkeypatch.setattr("providers.subids.of_user", lambda uid: None)
     checks = {c.name: c for c in users.for_user("alice")}
     assert list(checks) == ["libvirt group (alice)", "system bus (alice)", "libvirt access (alice)", "subids (alice)",
-                            "box build (alice)"]
+                            "box build (alice)", "lxc bridges (alice)", "lxc cgroups (alice)"]
     # her box builds need the ids the subids check gives, and uidmap's newuidmap
     assert checks["box build (alice)"].status == "warn" and "subordinate ids" in checks["box build (alice)"].detail
     monkeypatch.setattr("providers.host.which", lambda tool: None if tool.startswith("new") else f"/usr/bin/{tool}")
