@@ -65,6 +65,20 @@ class LxcProvider(LocalPorts, ProviderBase):
     def joins_networks(self) -> bool:
         return True
 
+    def _unsupported(self, capability, spec: MachineSpec | None) -> str | None:
+        from providers.base import Capability
+
+        if not lxc_user.is_user():
+            return None
+        if capability == Capability.PORTS:
+            return "forwarded ports are NAT rules of this host's kernel, which only root may set (run as root)"
+        if capability == Capability.NETWORKS:
+            return "a user's machine joins the project network only: lxc-user-nic puts veths only on the " \
+                   "bridges /etc/lxc/lxc-usernet lists (run as root)"
+        if capability == Capability.SUSPEND:
+            return "CRIU checkpoints a container as root only (run as root)"
+        return None
+
     @property
     def network_host(self):
         # the veth joins the bridge of the project network that this host's libvirt holds
@@ -111,7 +125,9 @@ class LxcProvider(LocalPorts, ProviderBase):
         if self.state(object_name) != RUNNING:
             return None
         pid = int(self.tool("lxc-info", object_name, "-p", "-H").stdout.strip())
-        found = container_stats(pid, object_name, veth_name(object_name), self.folder(object_name) / UPPER)
+        folder = self.folder(object_name)
+        found = container_stats(pid, object_name, None if user_map_lines(folder) else veth_name(object_name),
+                                folder / UPPER)
         if usage := layer.disk_usage(self.folder(object_name)):  # its own disk: its size, what it holds
             found.disk_size, found.disk_used = usage
         return found

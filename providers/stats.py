@@ -81,7 +81,7 @@ def _subtree_sum(folder: Path, file: str, key: str) -> int | None:
     return total if found else None
 
 
-def container_stats(pid: int, name: str, veth: str, upper: Path) -> MachineStats:
+def container_stats(pid: int, name: str, veth: str | None, upper: Path) -> MachineStats:
     dirs = cgroup_dirs(pid, name)
     stats = MachineStats()
     if "memory" in dirs and (dirs["memory"] / "memory.usage_in_bytes").exists():  # cgroup v1
@@ -110,11 +110,27 @@ def container_stats(pid: int, name: str, veth: str, upper: Path) -> MachineStats
     pids = dirs.get("pids") if "pids" in dirs and (dirs["pids"] / "pids.current").exists() else dirs.get("unified")
     if pids is not None:
         stats.processes = _read_int(pids / "pids.current")
-    # the host side of the veth: what it receives, the machine sent
-    net = Path("/sys/class/net") / veth / "statistics"
-    stats.net_in, stats.net_out = _read_int(net / "tx_bytes"), _read_int(net / "rx_bytes")
+    if veth is None:  # a user's machine: lxc-user-nic named its veth; its eth0 as it counts
+        stats.net_in, stats.net_out = _eth0(pid)
+    else:  # the host side of the veth: what it receives, the machine sent
+        net = Path("/sys/class/net") / veth / "statistics"
+        stats.net_in, stats.net_out = _read_int(net / "tx_bytes"), _read_int(net / "rx_bytes")
     stats.disk_used = tree_size(upper)
     return stats
+
+
+def _eth0(pid: int) -> tuple[int | None, int | None]:
+    """(received, sent) bytes of eth0 in the network namespace of process `pid`."""
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        name, _, counters = line.partition(":")
+        if name.strip() == "eth0":
+            fields = counters.split()
+            return int(fields[0]), int(fields[8])
+    return None, None
 
 
 def tree_size(folder: Path) -> int:

@@ -231,6 +231,11 @@ def test_lxc_machines_of_a_user(unprivileged, prepared, her_box, other_user):
         assert bridge in lxc_user.bridges(USER) and len(_her_veths(uid)) == 2
         assert (Path("/sys/fs/cgroup/memory") / f"vbox-{USER}" / f"lxc.payload.vbox-{project}-one").is_dir()
         assert not (Path("/var/lib/vbox/lxc") / f"vbox-{project}-one").exists()
+        stats = {m["name"]: m for m in json.loads(as_user(unprivileged, folder, "stats", "--json").stdout)["machines"]}
+        assert stats["one"]["memory_limit"] == 300 * 1024**2 and stats["one"]["net_in"] > 0
+        # what needs root is said, not tried
+        refused = as_user(unprivileged, folder, "suspend", "two", check_rc=None)
+        assert refused.returncode != 0 and "run as root" in refused.stderr
         # another user: no key, no lock, not her container path
         refused = as_other(unprivileged, folder, "destroy", "-f")
         assert refused.returncode != 0 and "Traceback" not in refused.stderr

@@ -22,8 +22,9 @@ def doctor(
     debootstrap, disk space. Exits 1 when something needed is missing.
 
     Run by a normal user: what that user can use (the system libvirt through the libvirt
-    group, root's boxes) and what needs root. Root prepares a user with
-    `env doctor --fix --user NAME`.
+    group, root's boxes, her own box builds and LXC machines) and what needs root. Root
+    prepares a user with `env doctor --fix --user NAME`: the libvirt group, subordinate
+    ids, bridges she may join (/etc/lxc/lxc-usernet), a cgroup of hers for LXC machines.
 
     With --leaks: list containers, libvirt networks, domains and volumes, mounts, veths
     and LXC monitors that vbox made and that are still there (of every project); exits 1
