@@ -309,8 +309,9 @@ def obtain(store, name: str, where: Location, constraint: Constraint, cache: Pat
     """Box `name` from a catalog or an archive at `where`, the newest version that
     `constraint` allows (in the first of `providers` it comes in): the store's copy if it
     has that version, else downloaded, checked and imported. The Box."""
-    from boxes.archive import import_archive, is_box_archive
-    from boxes.vagrant import import_vagrant, is_vagrant_box
+    from boxes.archive import is_box_archive
+    from boxes.userns import import_box
+    from boxes.vagrant import is_vagrant_box
 
     version = "0"  # a Vagrant box file says none
     if is_archive(where):
@@ -327,9 +328,9 @@ def obtain(store, name: str, where: Location, constraint: Constraint, cache: Pat
         version = offer.version
     try:
         if not is_box_archive(file) and is_vagrant_box(file):
-            box = import_vagrant(file, store, name, version=version, on_phase=on_phase, source=source)
+            box = import_box("vagrant", file, store, name=name, version=version, on_phase=on_phase, source=source)
         else:
-            box = import_archive(file, store, name=name, on_phase=on_phase, source=source)
+            box = import_box("vbox", file, store, name=name, on_phase=on_phase, source=source)
     finally:
         if where.remote or file.is_relative_to(cache):
             file.unlink(missing_ok=True)  # in the store now, or refused: not kept twice

@@ -53,20 +53,26 @@ def unavailable(uid: int | None = None, files: tuple[Path, Path] | None = None) 
     return None
 
 
-def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The command (and its environment) that runs `vbox ARGV` again in a user namespace."""
+def build_command(argv: list[str], machines_view: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The command (and its environment) that runs `vbox ARGV` again in a user namespace:
+    the build's, or (`machines_view`) her LXC machines', where a tree she built shows the
+    owners it was built with (an export reads it there)."""
     from vbox_cli.paths import vbox_cache, vbox_home
 
     env = {**os.environ, MARK: "1", "VBOX_HOME": str(vbox_home()), "VBOX_CACHE": str(vbox_cache()),
            # debootstrap then binds /dev's nodes into the tree, which it cannot make here
            "container": "lxc",
            "PATH": f"{os.environ.get('PATH', '/usr/bin:/bin')}:/usr/sbin:/sbin"}
+    if machines_view:
+        from providers.subids import user_map
+
+        return ["lxc-usernsexec", *user_map().usernsexec_args(), "--", sys.executable, "-m", "vbox_cli", *argv], env
     command = [*UNSHARE, "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
                sys.executable, "-m", "vbox_cli", *argv]
     return command, env
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list[str], machines_view: bool = False) -> int:
     """`vbox ARGV` in the user's namespace, its output on this terminal; its exit status.
     It runs in a process group of its own: ^C or SIGTERM here is passed to it as SIGTERM,
     which it unwinds from (a half-built box removed) while this process waits. (unshare
@@ -74,7 +80,7 @@ def run(argv: list[str]) -> int:
     import signal
     import subprocess
 
-    command, env = build_command(argv)
+    command, env = build_command(argv, machines_view)
     from vbox_cli.proc import _die_with_parent
 
     # if this process is killed outright, so is the build (its staging is swept by the
@@ -89,6 +95,92 @@ def run(argv: list[str]) -> int:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+IMPORTERS = {"vbox": ("boxes.archive", "import_archive"), "vagrant": ("boxes.vagrant", "import_vagrant"),
+             "oci": ("boxes.oci", "import_image"), "cloud": ("boxes.cloud", "import_cloud_image")}
+
+
+def import_box(kind: str, path: Path, store, **options):
+    """A box file of `kind` imported into `store` (the importers' own keywords); the Box.
+    Root imports directly. A normal user's import runs in her LXC machines' view
+    (`machines_view`), where the archive's owners can be given and are those her machines
+    see: the box is ready for them, its digest checked as it was made. (Outside, she
+    could give its files no owner but herself.) Progress is not reported from there."""
+    import importlib
+    import json
+
+    from vbox_cli.errors import VboxError
+
+    module, function = IMPORTERS[kind]
+    if os.geteuid() == 0:
+        return getattr(importlib.import_module(module), function)(path, store, **options)
+    from boxes.store import LOCKS, STAGING
+    from providers.subids import user_map
+    from vbox_cli import proc
+
+    for folder in (store.root, store.root / LOCKS, store.root / STAGING):  # hers, not the namespace root's
+        folder.mkdir(parents=True, exist_ok=True)
+    options = {k: v for k, v in options.items() if k not in ("progress", "on_phase")}
+    payload = {"kind": kind, "path": str(Path(path).resolve()), "store": str(store.root), "options": options}
+    result = proc.run(["lxc-usernsexec", *user_map().usernsexec_args(), "--", sys.executable, "-m", "boxes.userns"],
+                      input=json.dumps(payload), check=False, timeout=3600)
+    lines = result.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise VboxError(f"importing {path} in your user namespace failed", details=result.stderr.strip()) from None
+    if "error" in answer:
+        raise VboxError(answer["error"], hint=answer.get("hint"))
+    box = store.find(*answer["box"])
+    if box is None:
+        raise VboxError(f"importing {path}: the store has no box {' '.join(answer['box'])} after it")
+    return box
+
+
+def _import_inside(payload: dict) -> dict:
+    """import_box's other half, as the root of her machines' namespace."""
+    import importlib
+
+    from boxes.store import BoxStore
+    from vbox_cli.errors import VboxError
+
+    module, function = IMPORTERS[payload["kind"]]
+    store = BoxStore(Path(payload["store"]), shared=[])
+    try:
+        box = getattr(importlib.import_module(module), function)(Path(payload["path"]), store, **payload["options"])
+        return {"box": [box.name, box.version]}
+    except VboxError as exc:
+        return {"error": exc.message, "hint": exc.hint}
+    finally:
+        give_back_store(store.root)
+
+
+def give_back_store(root: Path) -> None:
+    """What this namespace's root made in her store, but the box trees, made hers (her
+    metadata, disks, locks: she reads and writes them outside)."""
+    from providers.subids import BOX_USER
+
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "rootfs"]  # a tree keeps the owners it was given
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            info = os.lstat(path)
+            if info.st_uid == 0 or info.st_gid == 0:
+                os.lchown(path, BOX_USER if info.st_uid == 0 else -1, BOX_USER if info.st_gid == 0 else -1)
+    info = os.lstat(root)
+    if info.st_uid == 0:
+        os.lchown(root, BOX_USER, BOX_USER)
+
+
+def give_back(*paths: Path) -> None:
+    """Files this namespace's root made outside the store (an export's archive) made hers
+    (the machines' view: she is its BOX_USER)."""
+    from providers.subids import BOX_USER
+
+    for path in paths:
+        if path.exists():
+            os.chown(path, BOX_USER, BOX_USER)
 
 
 def hand_over(tree: Path) -> None:
@@ -143,3 +235,9 @@ def remove(path: Path) -> None:
     from vbox_cli import proc
 
     proc.run([*UNSHARE, "rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)
+
+
+if __name__ == "__main__":  # import_box's other half, in her machines' namespace
+    import json
+
+    print(json.dumps(_import_inside(json.load(sys.stdin))))

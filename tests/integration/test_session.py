@@ -289,6 +289,16 @@ def test_a_user_builds_a_box_in_her_user_namespace_with_roots_digest(unprivilege
     assert {e.st_uid for e in entries} - {uid} and all(e.st_uid == uid or ids.uid <= e.st_uid < ids.uid + 65536
                                                        for e in entries)
     assert all(e.st_gid == gid or ids.gid <= e.st_gid < ids.gid + 65536 for e in entries)
+    # her box travels: exported as her machines see it (root's digest), imported back by her
+    # under another name with their owners given, her metadata hers
+    as_user(unprivileged, home, "box", "export", "debian-12", "-o", str(home / "d.box"), timeout=600)
+    assert os.stat(home / "d.box").st_uid == uid
+    as_user(unprivileged, home, "box", "import", str(home / "d.box"), "--name", "copy", timeout=600)
+    copy = BoxStore(store, shared=[]).find("copy")
+    assert copy is not None and copy.digest == box.digest
+    assert os.lstat(copy.artefact("rootfs")).st_uid == ids.uid + 999 and os.stat(copy.path / "box.json").st_uid == uid
+    as_user(unprivileged, home, "box", "remove", "copy")
+    (home / "d.box").unlink()
     # interrupted (SIGTERM to her vbox, outside the namespace): the build inside unwinds
     environ = {"HOME": str(home), "PATH": f"{unprivileged['venv']}/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     again = subprocess.Popen(["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in environ.items()],

@@ -207,6 +207,9 @@ def export(
     """Write a box to one archive file (zstd-compressed tar: every artefact, the root tree,
     the metadata and their digests), for `env box import` on another machine. Its sha256
     is printed and written beside it (FILE.sha256)."""
+    import os
+
+    from boxes import userns
     from boxes.archive import export as export_box
     from boxes.store import BoxStore
     from vbox_cli.commands.session import event_stream
@@ -214,10 +217,21 @@ def export(
     from vbox_cli.events import Phase
 
     out = ctx.obj.out
-    box = BoxStore().find(name, version)
+    store = BoxStore()
+    box = store.find(name, version)
     if box is None:
         raise UsageError(f"no box named {name!r}" + (f" version {version!r}" if version else ""),
                          hint="see `env box list`")
+    if os.geteuid() != 0 and not userns.inside():
+        if not box.path.is_relative_to(store.root):
+            from vbox_cli.errors import VboxError
+
+            raise VboxError(f"box {box.name} {box.version} is root's: its files are root's, some readable by root "
+                            "only", hint="export it as root")
+        import sys
+
+        # her tree's owners are her subordinate ids: read, and digested, as her machines see them
+        raise typer.Exit(userns.run(sys.argv[1:], machines_view=True))
     target = output or Path(f"{box.name.replace('/', '_')}-{box.version}.box")
     if target.is_dir():
         target = target / f"{box.name.replace('/', '_')}-{box.version}.box"
@@ -231,6 +245,8 @@ def export(
 
             raise VboxError(f"cannot write {target}: {exc.strerror}") from None
         (target.parent / (target.name + ".sha256")).write_text(f"{sha256}  {target.name}\n")
+        if userns.inside():
+            userns.give_back(target, target.parent / (target.name + ".sha256"))
         stream.phase(box.name, Phase.EXPORTED, f"{target} sha256:{sha256[:12]}")
     out.success(f"exported box {box.name} {box.version} to {target} ({format_size_human(target.stat().st_size)}), "
                 f"sha256 {sha256}")
@@ -270,11 +286,14 @@ def import_box(
 
     A cloud image (KVM machines): a qcow2 disk checked as a Vagrant box's; machines get
     their user, keys, name and address through a NoCloud seed."""
-    from boxes.archive import import_archive, is_box_archive
+    import os
+
+    from boxes import userns
+    from boxes.archive import is_box_archive
     from boxes.store import BoxStore
-    from boxes.cloud import import_cloud_image, is_cloud_image
-    from boxes.oci import import_image, is_image
-    from boxes.vagrant import DEFAULT_USER, import_vagrant, is_vagrant_box
+    from boxes.cloud import is_cloud_image
+    from boxes.oci import is_image
+    from boxes.vagrant import DEFAULT_USER, is_vagrant_box
     from vbox_cli.commands.session import event_stream
     from vbox_cli.errors import UsageError
     from vbox_cli.events import Phase
@@ -303,20 +322,18 @@ def import_box(
     store = BoxStore()
     with event_stream(ctx, "box import", [subject], events, subject_key="box", show_output=False) as stream:
         progress = ByteProgress(stream, subject, Phase.IMPORTING)
+        options: dict = {"force": force, "progress": progress}
         if kind == "vbox":
-            box = import_archive(archive, store, name=name, force=force, progress=progress,
-                                 on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "sha256 and digests"))
-        elif kind == "vagrant":
-            box = import_vagrant(archive, store, name, version=version or "0", user=user or DEFAULT_USER,
-                                 force=force, progress=progress,
-                                 on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, "the disk or tree"))
-        elif kind == "oci":
-            box = import_image(archive, store, name, version=version or "0", user=user or "root", force=force,
-                               progress=progress, on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, what))
+            options.update(name=name, on_phase=lambda what: stream.phase(subject, Phase.VERIFYING,
+                                                                         "sha256 and digests"))
         else:
-            box = import_cloud_image(archive, store, name, version=version or "0", user=user or "vbox",
-                                     force=force, progress=progress,
-                                     on_phase=lambda what: stream.phase(subject, Phase.VERIFYING, what))
+            default_user = {"vagrant": DEFAULT_USER, "oci": "root", "cloud": "vbox"}[kind]
+            options.update(name=name, version=version or "0", user=user or default_user,
+                           on_phase=lambda what: stream.phase(subject, Phase.VERIFYING,
+                                                              "the disk or tree" if kind == "vagrant" else what))
+        if os.geteuid() != 0:
+            stream.phase(subject, Phase.IMPORTING, "in your user namespace (the owners its machines see)")
+        box = userns.import_box(kind, archive, store, **options)
         stream.phase(subject, Phase.IMPORTED, f"{box.name} {box.version} {box.digest[:19]}")
     out.success(f"imported box {box.name} {box.version} ({box.digest[:19]}) into {store.root}"
                 + (f": {box.meta.description}, user {box.meta.user}" if kind != "vbox" else ""))
