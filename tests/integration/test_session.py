@@ -200,24 +200,29 @@ def _her_veths(uid: int) -> list[str]:
 def test_lxc_machines_of_a_user(unprivileged, prepared, her_box, other_user):
     """Her LXC machines: unprivileged containers of hers on her project network (a bridge
     lxc-usernet allows her), their limits seen inside through lxcfs, her synced folder
-    written as herself; by name to each other; halted, up again, destroyed with nothing
-    left (no container, veth, mount or cgroup of theirs); another user cannot touch them."""
+    written as herself; by name to each other and to her KVM machine on the same network;
+    halted, up again, destroyed with nothing left (no container, veth, mount or cgroup of
+    theirs); another user cannot touch them."""
     from providers import lxc_user, subids
 
     uid = unprivileged["uid"]
     folder = _lxc_project(unprivileged, "lxc-machines", '[defaults]\nprovider = "lxc"\nmemory = "300M"\n\n'
-                          '[machines.one]\nprovision = [{ shell = "echo one > /etc/motd" }]\n\n[machines.two]\n')
+                          '[machines.one]\nprovision = [{ shell = "echo one > /etc/motd" }]\n\n[machines.two]\n\n'
+                          '[machines.vm]\nprovider = "kvm"\nmemory = "768M"\n')
     from vbox_cli.project import project_id
 
     containers = unprivileged["home"] / ".local/share/vbox/lxc"
     project = project_id(folder)
     try:
-        up = as_user(unprivileged, folder, "up", timeout=600)
-        assert "one" in up.stdout and "Traceback" not in up.stderr
+        as_user(unprivileged, folder, "up", timeout=1200)
         status = {m["name"]: m for m in json.loads(as_user(unprivileged, folder, "status", "--json").stdout)["machines"]}
         assert {m["state"] for m in status.values()} == {"running"}
         assert as_user(unprivileged, folder, "ssh", "two", "--", "getent hosts one").stdout.split()[0] == \
             status["one"]["address"]
+        assert as_user(unprivileged, folder, "ssh", "vm", "--", "getent hosts one").stdout.split()[0] == \
+            status["one"]["address"]
+        assert as_user(unprivileged, folder, "ssh", "one", "--", "getent hosts vm").stdout.split()[0] == \
+            status["vm"]["address"]
         inside = as_user(unprivileged, folder, "ssh", "one", "--",
                          "cat /etc/motd; free -m | awk '/^Mem/ {print $2}'; id -u; touch /vbox/from-one; "
                          "cat /proc/self/uid_map | head -1").stdout.split("\n")
@@ -234,7 +239,7 @@ def test_lxc_machines_of_a_user(unprivileged, prepared, her_box, other_user):
         stats = {m["name"]: m for m in json.loads(as_user(unprivileged, folder, "stats", "--json").stdout)["machines"]}
         assert stats["one"]["memory_limit"] == 300 * 1024**2 and stats["one"]["net_in"] > 0
         # what needs root is said, not tried
-        refused = as_user(unprivileged, folder, "suspend", "two", check_rc=None)
+        refused = as_user(unprivileged, folder, "suspend", "one", check_rc=None)
         assert refused.returncode != 0 and "run as root" in refused.stderr
         # another user: no key, no lock, not her container path
         refused = as_other(unprivileged, folder, "destroy", "-f")
