@@ -338,11 +338,16 @@ class ProviderBase:
         return None
 
 
+def a(label: str) -> str:
+    """The label with its article, as it is said: "an LXC container", "a KVM machine"."""
+    return f"{'an' if label[:1].lower() in 'aeiou' or label.startswith('LXC') else 'a'} {label}"
+
+
 def require(provider, capability: Capability, machine: str, spec: MachineSpec | None = None):
     """The provider, if it can do `capability` for `machine`; else one clear error."""
     reason = provider.unsupported(capability, spec)
     if reason:
-        raise VboxError(f"{machine}: a {provider.label} cannot {capability.value}: {reason}")
+        raise VboxError(f"{machine}: {a(provider.label)} cannot {capability.value}: {reason}")
     return provider
 
 

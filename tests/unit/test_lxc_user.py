@@ -236,3 +236,10 @@ def test_her_project_network_takes_a_free_bridge_of_hers_and_keeps_it(monkeypatc
     network.ensure(conn, first, {})
     project.state["network"]["bridge"] = "changed"  # the network's own bridge wins while it exists
     assert network.plan(project, conn).bridge == pool[1]
+
+
+def test_a_refusal_names_the_machine_with_its_article():
+    from providers.base import a
+
+    assert a("LXC container") == "an LXC container" and a("KVM machine") == "a KVM machine"
+    assert a("Xen guest") == "a Xen guest" and a("emulated host") == "an emulated host"

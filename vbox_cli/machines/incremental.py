@@ -52,7 +52,7 @@ class Plan:
 def plan(session, name: str, steps, force: bool = False, from_step: int | None = None,
          in_place: bool = False) -> Plan:
     """What `up` and `provision` do for the machine's steps."""
-    from providers.base import Capability, supports
+    from providers.base import Capability, a, supports
     from vbox_cli.machines.provision import steps_to_run
 
     provider = session.provider(name)
@@ -60,7 +60,7 @@ def plan(session, name: str, steps, force: bool = False, from_step: int | None =
     able = supports(provider, Capability.SNAPSHOTS)
     if from_step is not None:
         if not able:
-            raise VboxError(f"{name}: --from needs snapshots, which a {provider.label} does not have: "
+            raise VboxError(f"{name}: --from needs snapshots, which {a(provider.label)} does not have: "
                             f"{provider.unsupported(Capability.SNAPSHOTS)}")
         if not 1 <= from_step <= len(steps):
             raise VboxError(f"{name}: --from {from_step}: it has {len(steps)} step{'s' if len(steps) != 1 else ''}")
