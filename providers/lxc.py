@@ -66,18 +66,7 @@ class LxcProvider(LocalPorts, ProviderBase):
         return True
 
     def _unsupported(self, capability, spec: MachineSpec | None) -> str | None:
-        from providers.base import Capability
-
-        if not lxc_user.is_user():
-            return None
-        if capability == Capability.PORTS:
-            return "forwarded ports are NAT rules of this host's kernel, which only root may set (run as root)"
-        if capability == Capability.NETWORKS:
-            return "a user's machine joins the project network only: lxc-user-nic puts veths only on the " \
-                   "bridges /etc/lxc/lxc-usernet lists (run as root)"
-        if capability == Capability.SUSPEND:
-            return "CRIU checkpoints a container as root only (run as root)"
-        return None
+        return lxc_user.unsupported(capability)
 
     @property
     def network_host(self):
@@ -172,7 +161,8 @@ class LxcProvider(LocalPorts, ProviderBase):
             self.destroy(spec.object_name)
         lower = spec.box.artefact("rootfs")
         if lxc_user.is_user():
-            self._create_hers(spec, folder, lower)
+            lxc_user.create(spec, folder, lower)
+            self._write_config(spec)  # last: a folder with a config is a complete machine
             return
         upper = folder / UPPER
         ids = None
@@ -203,21 +193,6 @@ class LxcProvider(LocalPorts, ProviderBase):
 
             add_dhcp_host(self.network_host.conn, spec.network, mac_address(spec.object_name), spec.address,
                           spec.machine.hostname.split(".")[0])
-        self._write_config(spec)  # last: a folder with a config is a complete machine
-
-    def _create_hers(self, spec: MachineSpec, folder: Path, lower: Path) -> None:
-        """A normal user's machine (providers/lxc_user.py): its layer written from her user
-        namespace, its id map recorded (what makes it hers, for its whole life)."""
-        from providers.subids import user_map
-
-        umap = user_map()
-        lxc_user.check_spec(spec, umap)
-        folder.mkdir(parents=True, mode=0o700)
-        (folder / layer.LAYER).mkdir()  # hers: she renames its layers (a snapshot's restore)
-        (folder / lxc_user.USERMAP).write_text("\n".join(umap.lxc_lines()) + "\n")
-        files = guest_files(spec)
-        owners = {owner: user_ids(spec.box, owner) for _, _, owner in files.values()}
-        lxc_user.write_layer(umap, folder, lower, files, owners, masks=("sys-kernel-debug.mount",))
         self._write_config(spec)  # last: a folder with a config is a complete machine
 
     def _write_config(self, spec: MachineSpec) -> None:

@@ -133,6 +133,40 @@ def enter_cgroups(user: str) -> None:
 
 
 # -- what her machine needs ----------------------------------------------------------------
+def unsupported(capability) -> str | None:
+    """Why a user's LXC machine cannot do `capability` (providers.base.Capability); None
+    for root's, and for what hers can do."""
+    from providers.base import Capability
+
+    if not is_user():
+        return None
+    return {
+        Capability.PORTS: "forwarded ports are NAT rules of this host's kernel, which only root may set "
+                          "(run as root)",
+        Capability.NETWORKS: "a user's machine joins the project network only: lxc-user-nic puts veths only on "
+                             "the bridges /etc/lxc/lxc-usernet lists (run as root)",
+        Capability.SUSPEND: "CRIU checkpoints a container as root only (run as root)",
+    }.get(capability)
+
+
+def create(spec, folder: Path, lower: Path) -> None:
+    """Her new machine's folder, but for its config (the provider writes that last): its
+    layer written from her user namespace, its id map recorded (what makes it hers, for its
+    whole life)."""
+    from providers.guest import user_ids
+    from providers.lxc_config import guest_files
+    from providers.lxc_layer import LAYER
+    from providers.subids import user_map
+
+    umap = user_map()
+    check_spec(spec, umap)
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / LAYER).mkdir()  # hers: she renames its layers (a snapshot's restore)
+    (folder / USERMAP).write_text("\n".join(umap.lxc_lines()) + "\n")
+    files = guest_files(spec)
+    owners = {owner: user_ids(spec.box, owner) for _, _, owner in files.values()}
+    write_layer(umap, folder, lower, files, owners, masks=("sys-kernel-debug.mount",))
+
 def preflight(machine_name: str) -> None:
     """What every machine of hers needs of this host."""
     from providers.host import which
