@@ -181,6 +181,11 @@ def preflight(machine_name: str) -> None:
     if which("lxc-usernsexec") is None or which("newuidmap") is None:
         raise VboxError(f"{machine_name}: an LXC machine of a normal user needs lxc-usernsexec (LXC) and newuidmap "
                         "(Debian's uidmap)", hint="as root: `env doctor --fix`")
+    from providers.host import check_cgroup_view
+
+    view = check_cgroup_view()
+    if not view.ok:  # her cgroup would be named outside this system's namespace: lxc-start cannot open it
+        raise VboxError(f"{machine_name}: {view.detail}", hint=view.hint)
     if missing := undelegated(user):
         raise VboxError(f"{machine_name}: no cgroup of yours for LXC machines ({missing[0]} is not yours)",
                         hint=f"as root: `env doctor --fix --user {user}` (again after a host restart)")
