@@ -5,6 +5,7 @@ same state) instead of booting it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from vbox_cli import proc
 from vbox_cli.errors import VboxError
 
 CHECKPOINT = "checkpoint"  # a suspended container's processes, saved by CRIU (lxc-checkpoint)
+# CRIU's error lines that say only that something before them failed, or that it could not
+# raise its own file limit (it goes on without): never the reason a dump failed
+_CONSEQUENCES = re.compile(r"Dumping FAILED|failed with -?\d+|exited, status=|RLIMIT_NOFILE for self")
 
 # the container's own `lxc-checkpoint ARGS...` (the provider's tool, its name and path given)
 Checkpoint = Callable[..., subprocess.CompletedProcess]
@@ -44,11 +48,19 @@ def checkpoint(folder: Path, lxc_checkpoint: Checkpoint) -> None:
     result = lxc_checkpoint("-s", "-D", str(target))
     if result.returncode != 0:
         log = target / "dump.log"
-        errors = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
-                  if "Error" in line]
+        reason = blocker(log.read_text(errors="replace") if log.exists() else "")
         discard(target)
         raise VboxError(f"{name}: CRIU could not checkpoint it: "
-                        f"{(errors[-1] if errors else result.stderr.strip() or 'lxc-checkpoint failed')}")
+                        f"{reason or result.stderr.strip() or 'lxc-checkpoint failed'}",
+                        hint="it runs on; `env halt` it instead")
+
+
+def blocker(log: str) -> str:
+    """What stopped a dump, from CRIU's dump.log: its first error that is not a consequence
+    of an earlier one, without the source location ("Error (criu/namespaces.c:460): ...")."""
+    errors = [line for line in log.splitlines() if "Error (" in line]
+    causes = [line for line in errors if not _CONSEQUENCES.search(line)] or errors
+    return " ".join(re.sub(r"^.*?Error \([^)]*\):", "", causes[0]).split()) if causes else ""
 
 
 def restore(folder: Path, lxc_checkpoint: Checkpoint) -> bool:

@@ -1,6 +1,7 @@
 """env suspend / resume of a container: through CRIU where `criu check` passes here; where
-it does not (Debian 12's CRIU on a newer kernel) or CRIU is missing, suspend says what
-blocks it and the container runs on. A KVM machine's: test_kvm_control.py."""
+it does not (Debian 12's CRIU on a newer kernel), CRIU is missing, or its dump fails (a
+CRIU 4.1 built from Debian's source gets as far as that here), suspend says what blocks
+it and the container runs on, its processes too. A KVM machine's: test_kvm_control.py."""
 
 from __future__ import annotations
 
@@ -31,7 +32,13 @@ def test_container_suspend_through_criu_or_what_blocks_it(project):  # noqa: F81
         assert project.status()["c"]["state"] == "running" and project.ssh("c", "echo up") == "up\n"
         return
     boot = project.ssh("c", "cat /proc/sys/kernel/random/boot_id")
-    project.env("suspend", "c")
+    result = project.env("suspend", "c", check_rc=None)
+    if result.returncode != 0:  # CRIU runs here but cannot dump this container: its reason, and it runs on
+        said = result.stdout + result.stderr
+        assert "CRIU could not checkpoint it: " in said and "Dumping FAILED" not in said, said
+        assert project.status()["c"]["state"] == "running"
+        assert project.ssh("c", f"cat /proc/{pid}/comm").strip() == "sh"
+        return
     assert project.status()["c"]["state"] == "suspended"
     project.env("resume", "c")
     assert project.ssh("c", "cat /proc/sys/kernel/random/boot_id") == boot
