@@ -5,6 +5,7 @@ through systemd where it is init, else as daemons of their own; and restarted.""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ def fix(report: HostReport, say: Callable[[str], None], recheck: Callable[[], Ho
 SOCKETS = {"libvirtd": "/run/libvirt/libvirt-sock", "virtlogd": "/run/libvirt/virtlogd-sock",
            "dbus": "/run/dbus/system_bus_socket"}
 LXCFS_LOG = "/var/log/vbox-lxcfs.log"
+REAPER_LOG = "/var/log/vbox-reaper.log"  # what libvirtd's reaper (providers/reaper.py) or its start says
 START_TIMEOUT = 15.0
 
 
@@ -94,7 +96,8 @@ def start_daemon(name: str) -> str:
     _start_directly(name)
     if _wait_ready(name):
         return f"started {name}"
-    log = {"lxcfs": LXCFS_LOG, "openvswitch": "/var/log/openvswitch/"}.get(name, f"/var/log/libvirt/{name}.log")
+    log = {"lxcfs": LXCFS_LOG, "openvswitch": "/var/log/openvswitch/",
+           "libvirtd": f"/var/log/libvirt/libvirtd.log and {REAPER_LOG}"}.get(name, f"/var/log/libvirt/{name}.log")
     raise VboxError(f"{name} did not come up within {START_TIMEOUT:g} s", hint=f"see {log}")
 
 
@@ -106,6 +109,9 @@ def _start_directly(name: str) -> None:
         os.makedirs("/run/dbus", exist_ok=True)
         clear_stale_pidfile(Path(DBUS_PIDFILE), "dbus-daemon")
         proc.run(["dbus-daemon", "--system", "--fork"])
+    elif name == "libvirtd":  # under a reaper of its own: its stopped QEMUs are gone at once
+        reaper = Path(__file__).with_name("reaper.py")
+        proc.spawn_daemon([sys.executable, "-I", "-S", str(reaper), name, "--daemon"], REAPER_LOG)
     elif name in SOCKETS:
         proc.run([name, "--daemon"])
     elif name == "openvswitch":  # ovsdb-server and ovs-vswitchd, by Open vSwitch's own script
