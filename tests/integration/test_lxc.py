@@ -108,6 +108,11 @@ def test_up_provisions_two_machines_reachable_by_ssh_and_by_name(project):
     # limits from the Envfile, seen inside through lxcfs
     assert project.ssh("web", "nproc") == "1\n"
     assert project.ssh("db", "free -m | awk '/^Mem:/ {print $2}'") == "384\n"
+    # lxcfs's mount hook, not its post-stop hook (a 0.5 s sleep at every stop)
+    hooks = {key: subprocess.run(["lxc-info", "-P", "/var/lib/vbox/lxc", "-n", f"vbox-{project.id}-web", "-c",
+                                  f"lxc.hook.{key}"], capture_output=True, text=True, check=True).stdout.strip()
+             for key in ("mount", "post-stop")}
+    assert hooks == {"mount": "lxc.hook.mount = /usr/share/lxcfs/lxc.mount.hook", "post-stop": "lxc.hook.post-stop ="}
     # a command's exit status passes through env ssh
     assert project.env("ssh", "web", "--", "sh", "-c", "exit 7", check_rc=None).returncode == 7
 
