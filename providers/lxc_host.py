@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
 def remove_veths(object_name: str) -> None:
     """Its veths on this host (one per network), and their Open vSwitch ports."""
+    ports = []
     for index in range(MAX_NETWORKS + 1):
         veth = veth_name(object_name, index)
         if os.path.exists(f"/sys/class/net/{veth}"):
             proc.run(["ip", "link", "delete", veth], check=False)
-        if index and shutil.which("ovs-vsctl"):  # a port LXC's stop script did not get to remove
-            proc.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-port", veth], check=False)
+        if index:
+            ports += ["--", "--if-exists", "del-port", veth]
+    if shutil.which("ovs-vsctl"):  # ports LXC's stop script did not get to remove: one transaction
+        proc.run(["ovs-vsctl", "--timeout=5", *ports[1:]], check=False)
 
 
 def leaks(machines: LxcProvider, prefix: str) -> list[str]:
