@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import compiled
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--bin", default=str(Path(sys.executable).parent), help="folder holding vbox's env")
     args = parser.parse_args()
+    compiled.ensure()
     env = os.path.join(args.bin, "env")
     with tempfile.TemporaryDirectory() as project:
         shutil.copy(REPO / "Envfile.example", Path(project) / "Envfile")

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import compiled
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 VBOX = str(Path(sys.executable).parent / "vbox")
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/vbox-vagrant-bench"))
     args = parser.parse_args()
+    compiled.ensure()
     if os.geteuid() != 0:
         sys.exit("run as root (Vagrant's lxc and libvirt providers and vbox's machines here)")
     from boxes.store import BoxStore

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import compiled
+
 VBOX = str(Path(sys.executable).parent / "vbox")
 TEN = "".join(f"[machines.m{i}]\n" for i in range(10))
 
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--user", help="root's machine and this user's in turn, side by side with their ratio")
     parser.add_argument("--user-vbox", help="the user's vbox (default: installed for the run)")
     args = parser.parse_args()
+    compiled.ensure()
     if args.user and args.unprivileged:
         parser.error("--user or --unprivileged: one comparison at a time")
     # variant -> (label, unprivileged, runner)
