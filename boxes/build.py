@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from boxes.guestfiles import FILES, LIBVIRT_HOST_FILES, LIBVIRT_HOST_SERVICES, ROOT_LABEL, SERVICES
+from boxes.guestfiles import FILES, LIBVIRT_HOST_FILES, LIBVIRT_HOST_SERVICES, MASKED, ROOT_LABEL, SERVICES
 from boxes.meta import Boot, BoxMeta
 from boxes.reproducible import normalize, reset_dev, set_times
 from boxes.recipe import Recipe
@@ -241,6 +241,7 @@ def _configure(rootfs: Path, recipe: Recipe) -> None:
         os.chown(path, int(uid_gid[0]), int(uid_gid[1]))
     _chroot(rootfs, "passwd", "--lock", "root")
     _chroot(rootfs, "systemctl", "enable", *SERVICES, *(LIBVIRT_HOST_SERVICES if recipe.libvirt_host else ()))
+    _chroot(rootfs, "systemctl", "mask", *MASKED)
     # Machines get their own identity: no machine-id, no SSH host keys in the box.
     (rootfs / "etc/machine-id").write_text("")
     (rootfs / "var/lib/dbus/machine-id").unlink(missing_ok=True)

@@ -297,3 +297,18 @@ def test_boot_timeout_shows_the_console_tail(project):
     result = project.env("--verbose", "up", check_rc=1)
     assert "last lines of the console" in result.stderr
     assert "Reached target" in result.stderr or "Started" in result.stderr  # the console's own lines
+
+
+def test_the_box_boots_sshd_with_the_machines_key_and_makes_keys_where_none_is(project):
+    """A machine vbox made has its host key: the box's key service is skipped by systemd's
+    condition, nothing runs before sshd, and no unit failed (the units the box masks are
+    not missed). A box used without vbox has no key: sshd's start makes them all."""
+    project.write("[machines.web]\n")
+    project.env("up")
+    assert project.ssh("web", "systemctl show -p ConditionResult -p ExecMainStatus vbox-host-keys.service") == \
+        "ExecMainStatus=0\nConditionResult=no\n"
+    assert project.ssh("web", "systemctl show -p ExecStartPre --value ssh.service") == ""
+    assert project.ssh("web", "systemctl is-system-running || systemctl --failed --no-legend") == "running\n"
+    made = project.ssh("web", "sudo sh -c 'rm /etc/ssh/ssh_host_*; systemctl restart ssh.service; "
+                              "cd /etc/ssh && ls ssh_host_*_key'")
+    assert made.split() == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_rsa_key"]

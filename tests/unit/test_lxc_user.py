@@ -154,7 +154,7 @@ def test_what_her_machine_cannot_have_is_said_before_it_is_made(monkeypatch, tmp
     monkeypatch.setattr("providers.users.user_name", lambda uid=None: "alice")
     monkeypatch.setattr(lxc_user, "allowed", lambda user, path=None: set(pool))
     monkeypatch.setattr(lxc_user, "handed_over", lambda path, umap: path == tree)
-    box = SimpleNamespace(name="debian-12", version="12.0.11", artefact=lambda kind: tree,
+    box = SimpleNamespace(name="debian-12", version="12.0.12", artefact=lambda kind: tree,
                           meta=SimpleNamespace(features=[]))
     machine = SimpleNamespace(name="web", disk_set=False)
     spec = SimpleNamespace(machine=machine, box=box, bridge=pool[0], networks=())
