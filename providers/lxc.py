@@ -88,8 +88,19 @@ class LxcProvider(LocalPorts, ProviderBase):
         result = self.tool("lxc-info", object_name, "-s", "-H", check=False, timeout=30)
         running = result.stdout.strip() in ("RUNNING", "STARTING", "FROZEN", "FREEZING")
         if running and (self.folder(object_name) / FROZEN_MARK).exists():
-            self._thaw(object_name)  # a snapshot's copy cut short (vbox was killed): it stayed frozen
+            self._thaw_left_frozen(object_name)  # a snapshot's copy cut short (vbox was killed)
         return RUNNING if running else STOPPED
+
+    def _thaw_left_frozen(self, object_name: str, timeout: float = 30) -> None:
+        """A container a killed vbox left frozen, thawed. Its lxc-freeze (the slow way, where
+        vbox cannot reach the container's cgroup) outlives the vbox that ran it and may
+        still be at work: thawed before it ends, the container would be frozen again after,
+        for good (sshd accepting connections and never answering). Wait for it first."""
+        mine = [b"lxc-freeze", b"-P", str(self.path).encode(), b"-n", object_name.encode()]
+        deadline = time.monotonic() + timeout
+        while any(argv[:5] == mine for _pid, argv in proc.processes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._thaw(object_name)
 
     def _freeze(self, object_name: str, pid: int, frozen: bool) -> None:
         """Through the container's cgroup (a 2 ms poll); through LXC's own tools (which poll
