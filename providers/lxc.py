@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from providers.base import NOT_CREATED, RUNNING, STOPPED, MachineSpec, ProviderBase
 from providers import lxc_criu as criu
+from providers import lxc_freeze as freezing
 from providers import lxc_layer as layer
 from providers import lxc_user
+from providers.lxc_freeze import FROZEN_MARK
 from providers.lxc_host import remove_veths
 from providers.guest import user_ids
 from providers.ports import LocalPorts
@@ -44,7 +45,6 @@ from providers.lxc_config import (
 )
 
 LXC_LOG = "lxc.log"
-FROZEN_MARK = "frozen"  # there while vbox holds the container frozen for a snapshot
 
 
 def lxc_path() -> Path:
@@ -88,36 +88,8 @@ class LxcProvider(LocalPorts, ProviderBase):
         result = self.tool("lxc-info", object_name, "-s", "-H", check=False, timeout=30)
         running = result.stdout.strip() in ("RUNNING", "STARTING", "FROZEN", "FREEZING")
         if running and (self.folder(object_name) / FROZEN_MARK).exists():
-            self._thaw_left_frozen(object_name)  # a snapshot's copy cut short (vbox was killed)
+            freezing.thaw_left_frozen(self, object_name)  # a snapshot's copy cut short (vbox was killed)
         return RUNNING if running else STOPPED
-
-    def _thaw_left_frozen(self, object_name: str, timeout: float = 30) -> None:
-        """A container a killed vbox left frozen, thawed. Its lxc-freeze (the slow way, where
-        vbox cannot reach the container's cgroup) outlives the vbox that ran it and may
-        still be at work: thawed before it ends, the container would be frozen again after,
-        for good (sshd accepting connections and never answering). Wait for it first."""
-        mine = [b"lxc-freeze", b"-P", str(self.path).encode(), b"-n", object_name.encode()]
-        deadline = time.monotonic() + timeout
-        while any(argv[:5] == mine for _pid, argv in proc.processes()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._thaw(object_name)
-
-    def _freeze(self, object_name: str, pid: int, frozen: bool) -> None:
-        """Through the container's cgroup (a 2 ms poll); through LXC's own tools (which poll
-        every second) where this process cannot find that cgroup (a host whose cgroup
-        mount is not its own namespace's, as in a container)."""
-        from providers.stats import freeze
-
-        try:
-            freeze(pid, object_name, frozen)
-        except (VboxError, OSError):
-            self.tool("lxc-freeze" if frozen else "lxc-unfreeze", object_name)
-
-    def _thaw(self, object_name: str) -> None:
-        pid = self._init_pid(object_name)
-        if pid is not None:
-            self._freeze(object_name, pid, False)
-        (self.folder(object_name) / FROZEN_MARK).unlink(missing_ok=True)
 
     def stats(self, object_name: str):
         from providers.stats import container_stats
@@ -349,7 +321,7 @@ class LxcProvider(LocalPorts, ProviderBase):
 
     def _drop_nic(self, object_name: str) -> None:
         """A user's machine's veth, before it stops (lxc_user.drop_nic)."""
-        if user_map_lines(self.folder(object_name)) and (pid := self._init_pid(object_name)) is not None:
+        if user_map_lines(self.folder(object_name)) and (pid := self.init_pid(object_name)) is not None:
             lxc_user.drop_nic(pid)
 
     def console_log(self, object_name: str) -> Path | None:
@@ -373,23 +345,9 @@ class LxcProvider(LocalPorts, ProviderBase):
         return layer.snapshots(self.folder(object_name))
 
     def snapshot_save(self, object_name: str, name: str):
-        return layer.save_snapshot(self.folder(object_name), name, lambda: self._frozen(object_name))
+        return layer.save_snapshot(self.folder(object_name), name, lambda: freezing.frozen(self, object_name))
 
-    @contextmanager
-    def _frozen(self, object_name: str):
-        """A running container frozen while the block runs; yields whether it runs."""
-        pid = self._init_pid(object_name)  # None: stopped
-        if pid is None:
-            yield False
-            return
-        (self.folder(object_name) / FROZEN_MARK).touch()  # the next command thaws it if this one is killed
-        try:
-            self._freeze(object_name, pid, True)
-            yield True
-        finally:  # a freeze that failed half-way may have frozen it all the same
-            self._thaw(object_name)
-
-    def _init_pid(self, object_name: str) -> int | None:
+    def init_pid(self, object_name: str) -> int | None:
         result = self.tool("lxc-info", object_name, "-p", "-H", check=False, timeout=30)
         return int(result.stdout.strip()) if result.stdout.strip().isdigit() else None
 

@@ -135,9 +135,12 @@ def test_libvirtd_restarted_while_machines_run(project):
     assert "nothing to do" in project.env("up").stdout
     assert qemu_pid(project) == before
     if not systemd_is_init():  # doctor's libvirtd runs under its reaper (providers/reaper.py)
-        parent = Path(f"/proc/{libvirtd_pid()}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        assert b"providers/reaper.py" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        assert under_reaper(libvirtd_pid())
         # the VM's QEMU, orphaned by libvirtd when it daemonized it, went to the reaper of
         # the libvirtd that started it, not to PID 1
-        qemu_parent = Path(f"/proc/{before}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        assert b"providers/reaper.py" in Path(f"/proc/{qemu_parent}/cmdline").read_bytes()
+        assert under_reaper(before)
+
+
+def under_reaper(pid: int) -> bool:
+    parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    return b"providers/reaper.py" in Path(f"/proc/{parent}/cmdline").read_bytes()

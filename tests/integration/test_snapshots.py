@@ -85,7 +85,8 @@ def test_a_container_left_frozen_by_a_killed_snapshot_is_thawed_by_the_next_comm
     still there): the next command that looks at the machine thaws it."""
     import subprocess
 
-    from providers.lxc import FROZEN_MARK, lxc_path
+    from providers.lxc import lxc_path
+    from providers.lxc_freeze import FROZEN_MARK
 
     project.write("[machines.c]\n")
     project.env("up")

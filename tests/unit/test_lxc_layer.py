@@ -108,7 +108,9 @@ def test_a_freeze_that_fails_half_way_is_undone(tmp_path, monkeypatch):
     """lxc-freeze killed after it wrote FROZEN (seen on the fresh host, whose cgroup view is
     not its own) left the container frozen, and the next step's SSH session waited for an
     hour: a failed freeze is thawed before the error goes up."""
-    from providers.lxc import FROZEN_MARK, LxcProvider
+    from providers import lxc_freeze
+    from providers.lxc import LxcProvider
+    from providers.lxc_freeze import FROZEN_MARK
 
     provider = LxcProvider(tmp_path)
     folder = provider.folder("vbox-demo-abc123-db")
@@ -116,13 +118,13 @@ def test_a_freeze_that_fails_half_way_is_undone(tmp_path, monkeypatch):
     (folder / CONFIG).write_text("lxc.uts.name = db\n")
     calls = []
 
-    def freeze(name, pid, frozen):
+    def freeze(machines, name, pid, frozen):
         calls.append(frozen)
         if frozen:
             raise VboxError("command failed with exit status -15: lxc-freeze")
 
-    monkeypatch.setattr(provider, "_init_pid", lambda name: 4242)
-    monkeypatch.setattr(provider, "_freeze", freeze)
+    monkeypatch.setattr(provider, "init_pid", lambda name: 4242)
+    monkeypatch.setattr(lxc_freeze, "freeze", freeze)
     with pytest.raises(VboxError, match="lxc-freeze"):
         provider.snapshot_save("vbox-demo-abc123-db", "before")
     assert calls == [True, False] and not (folder / FROZEN_MARK).exists()

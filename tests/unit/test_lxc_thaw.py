@@ -7,8 +7,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from providers import lxc
-from providers.lxc import CONFIG, FROZEN_MARK, LxcProvider
+from providers import lxc, lxc_freeze
+from providers.lxc import CONFIG, LxcProvider
+from providers.lxc_freeze import FROZEN_MARK
 
 
 def test_the_thaw_waits_for_the_lxc_freeze_a_killed_vbox_left(tmp_path, monkeypatch):
@@ -29,10 +30,10 @@ def test_the_thaw_waits_for_the_lxc_freeze_a_killed_vbox_left(tmp_path, monkeypa
             running.append((11, freeze))
         return iter(running)
 
-    monkeypatch.setattr(lxc.proc, "processes", processes)
-    monkeypatch.setattr(lxc.time, "sleep", lambda s: None)
+    monkeypatch.setattr(lxc_freeze.proc, "processes", processes)
+    monkeypatch.setattr(lxc_freeze.time, "sleep", lambda s: None)
     monkeypatch.setattr(provider, "tool", lambda *a, **k: subprocess.CompletedProcess(a, 0, "FROZEN\n", ""))
-    monkeypatch.setattr(provider, "_thaw", lambda name: events.append(f"thaw {name}"))
+    monkeypatch.setattr(lxc_freeze, "thaw", lambda machines, name: events.append(f"thaw {name}"))
     assert provider.state("vbox-p-web") == lxc.RUNNING
     assert events == ["poll"] * 4 + ["thaw vbox-p-web"]
 
@@ -43,6 +44,7 @@ def test_no_mark_no_thaw(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / CONFIG).write_text("")
     monkeypatch.setattr(provider, "tool", lambda *a, **k: subprocess.CompletedProcess(a, 0, "RUNNING\n", ""))
-    monkeypatch.setattr(provider, "_thaw_left_frozen", lambda name: (_ for _ in ()).throw(AssertionError(name)))
+    monkeypatch.setattr(lxc_freeze, "thaw_left_frozen",
+                        lambda machines, name: (_ for _ in ()).throw(AssertionError(name)))
     assert provider.state("vbox-p-web") == lxc.RUNNING
     assert not Path(folder / FROZEN_MARK).exists()
