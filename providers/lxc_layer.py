@@ -18,7 +18,7 @@ from pathlib import Path
 
 from providers.lxc_config import CONFIG, UPPER
 from vbox_cli import proc
-from vbox_cli.errors import VboxError
+from vbox_cli.errors import CommandError, VboxError
 
 SNAPSHOTS = "snapshots"  # <container>/snapshots/<name>/{upper/, info.json}
 DISK_IMAGE = "disk.img"  # a machine with `disk`: its own layer on a file system of that size
@@ -136,11 +136,42 @@ def fit_disk(folder: Path, size: int) -> None:
         return
     if os.path.ismount(layer):
         proc.run(["umount", str(layer)], timeout=60)
+    wait_released(image)
     if image.stat().st_size < size:
         with open(image, "r+b") as f:
             f.truncate(size)
-    proc.run(["e2fsck", "-f", "-p", str(image)], timeout=600)
+    # 1: errors corrected (a journal replayed after a host crash): the file system is whole
+    checked = proc.run(["e2fsck", "-f", "-p", str(image)], timeout=600, check=False)
+    if checked.returncode not in (0, 1):
+        raise CommandError(["e2fsck", "-f", "-p", str(image)], checked.returncode, checked.stdout + checked.stderr,
+                           hint=f"the file system of {image} needs a check by hand (e2fsck -f)")
     proc.run(["resize2fs", str(image)], timeout=600)
+
+
+def attached_loops(image: Path) -> list[str]:
+    """The loop devices backed by `image` (the kernel's record of each, in /sys)."""
+    target = str(image.resolve())
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().rstrip("\n") == target:
+                found.append(backing.parent.parent.name)
+        except OSError:
+            continue  # detached meanwhile
+    return found
+
+
+def wait_released(image: Path, timeout: float = 30) -> None:
+    """Until no loop device holds `image`. Its mount here may be gone while the file system
+    still lives: a stopped container's mount namespace, which holds the overlay over it,
+    is released after lxc-stop returns. A check or resize of it meanwhile would race the
+    kernel's own writes (mount -o loop detaches the device when the last user goes)."""
+    deadline = time.monotonic() + timeout
+    while (loops := attached_loops(image)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if loops:
+        raise VboxError(f"{image} is still in use ({', '.join('/dev/' + loop for loop in loops)}) {timeout:g} s "
+                        "after its machine stopped", hint=f"see what holds it: losetup -a; lsof /dev/{loops[0]}")
 
 
 def fs_size(image: Path) -> int:

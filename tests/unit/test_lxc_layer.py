@@ -129,3 +129,45 @@ def test_a_freeze_that_fails_half_way_is_undone(tmp_path, monkeypatch):
         provider.snapshot_save("vbox-demo-abc123-db", "before")
     assert calls == [True, False] and not (folder / FROZEN_MARK).exists()
     assert provider.snapshots("vbox-demo-abc123-db") == [] and not list((folder / "snapshots").iterdir())
+
+
+def test_a_disk_is_checked_and_grown_only_once_no_mount_namespace_holds_it(tmp_path, monkeypatch):
+    """A stopped container's mount namespace lets go of its disk after lxc-stop returns:
+    fit_disk waits for the loop device to go before e2fsck and resize2fs touch the image."""
+    import subprocess
+    import threading
+    import time
+
+    from vbox_cli import proc
+
+    mib = 1024 * 1024
+    layer.make_disk(tmp_path, 32 * mib)
+    image = tmp_path / layer.DISK_IMAGE
+    assert layer.attached_loops(image) and os.path.ismount(tmp_path / layer.LAYER)
+    # another mount namespace with the disk in it, as a container's that is being torn down
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{holder.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        subprocess.run(["umount", str(tmp_path / layer.LAYER)], check=True)
+        assert layer.attached_loops(image)  # unmounted here, alive there
+        with pytest.raises(VboxError, match="still in use"):
+            layer.wait_released(image, timeout=0.3)
+        seen = []
+        real_run = proc.run
+
+        def recording(argv, **kwargs):
+            if argv[0] in ("e2fsck", "resize2fs"):
+                seen.append((argv[0], layer.attached_loops(image)))
+            return real_run(argv, **kwargs)
+
+        monkeypatch.setattr(proc, "run", recording)
+        threading.Timer(0.5, holder.kill).start()
+        layer.fit_disk(tmp_path, 64 * mib)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert seen == [("e2fsck", []), ("resize2fs", [])]
+    assert layer.fs_size(image) == 64 * mib and not layer.attached_loops(image)
