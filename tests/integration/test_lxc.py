@@ -243,6 +243,35 @@ def test_a_machine_dropped_from_the_envfile_is_reported_and_destroyed(project):
     assert find_leaks(project.id) == []
 
 
+def test_a_machine_whose_provider_changed_is_not_made_twice_and_destroy_removes_it(project):
+    import libvirt
+
+    project.write("[machines.web]\n")
+    project.env("up")
+    project.ssh("web", "sudo touch /root/kept")
+    project.write('[machines.web]\nprovider = "kvm"\nfolders = []\n')
+    refused = project.env("up", check_rc=1)
+    assert "web was made by the lxc provider, and the Envfile now says kvm: nothing was done" in refused.stderr
+    assert "`env destroy web` removes the lxc machine" in refused.stderr
+    obj = f"vbox-{project.id}-web"
+    conn = libvirt.open("qemu:///system")
+    try:
+        assert obj not in [dom.name() for dom in conn.listAllDomains()]  # no second machine, on the same address
+    finally:
+        conn.close()
+    status = project.status()["web"]
+    assert status["drift"] == ["provider lxc -> kvm: `env destroy web` and `env up web`"]
+    lxc = ["lxc-info", "-P", "/var/lib/vbox/lxc", "-n", obj, "-sH"]
+    assert subprocess.run(lxc, capture_output=True, text=True).stdout.strip() == "RUNNING"
+    project.write("[machines.web]\n")  # back: the machine is as it was
+    project.env("up")
+    project.ssh("web", "sudo test -f /root/kept")
+    project.write('[machines.web]\nprovider = "kvm"\nfolders = []\n')
+    project.env("destroy", "-f", "web")  # through the provider that made it
+    assert not (Path("/var/lib/vbox/lxc") / obj).exists()
+    assert project.status()["web"]["state"] == "not created"
+
+
 def test_missing_box_says_how_to_get_it_and_makes_nothing(project):
     project.write('[machines.web]\nbox = "no-such-box"\n')
     result = project.env("up", check_rc=1)

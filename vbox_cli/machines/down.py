@@ -104,6 +104,7 @@ def destroy(session, names: list[str], jobs: int | None = None, force_protected:
             session.events.warning(f"could not remove the project's forwarded ports: {exc.message}")
             ports_gone = False
     targets = {name: (session.provider(name), project.object_name(name)) for name in session.select(names)}
+    made_before = _made_by_another(session, targets)  # the Envfile's `provider` changed since it was made
     if everything:
         for machine, provider, obj in leftovers(project, session.machines, project.load_state()["machines"]):
             session.events.note(f"removing {obj}, which the Envfile does not declare")
@@ -115,11 +116,15 @@ def destroy(session, names: list[str], jobs: int | None = None, force_protected:
         provider, obj = targets[name]
         fire(session, name, "before", "destroy")
         session.events.phase(name, Phase.DESTROYING)
+        if isinstance(made_before.get(name), VboxError):
+            raise made_before[name]
         pending = name in session.machines and placements[name].pending
         folderwatch.stop(project, name)
         if not pending:  # a guest whose host machine is gone went with it
             provider.destroy(obj)
             ports.remove(session, name, provider)
+        if name in made_before:
+            made_before[name].destroy(obj)
         for box in session.store.boxes():
             session.store.remove_user(box.name, obj)
         project.console_log(name, make=False).unlink(missing_ok=True)
@@ -152,6 +157,31 @@ def destroy(session, names: list[str], jobs: int | None = None, force_protected:
         session.events.warning(f"{project.state_dir} is kept (the project's key and records): "
                                "run `env destroy` again once what failed above is dealt with")
     return results
+
+
+def _made_by_another(session, targets: dict) -> dict:
+    """machine -> the provider that made it (or why it cannot be reached), for the machines
+    whose Envfile now names another provider: destroy removes the machine it made too."""
+    from providers.registry import get, info
+    from providers.remote import MIGRATED, resolve
+    from vbox_cli.machines.up import made_by_another
+
+    found = {}
+    for name, (provider, _obj) in targets.items():
+        record = session.project.machine_state(name)
+        was = made_by_another(record, provider.name)
+        if not was:
+            continue
+        try:
+            host = record.get(MIGRATED) or record.get("host")  # where it is: as `host` took it, or moved
+            entry = info(was)
+            access = resolve(host, entry.default_uri, session.project, session.machines) \
+                if entry.remote and (host or entry.default_uri) else None
+            found[name] = get(was, access)
+        except VboxError as exc:  # its destroy fails, and its record stays for the next one
+            found[name] = VboxError(f"{name} was made by the {was} provider, which does not answer: {exc.message}",
+                                    hint=exc.hint)
+    return found
 
 
 def _remove_bridges(session) -> None:

@@ -38,6 +38,9 @@ def drift(name: str, settings: dict, record: dict) -> list[str]:
     if not record.get("host_key"):
         return []
     found = []
+    if isinstance(record.get("provider"), str) and settings.get("provider") not in (None, record["provider"]):
+        found.append(f"provider {record['provider']} -> {settings.get('provider')}: "
+                     f"`env destroy {name}` and `env up {name}`")
     if record.get("box") and settings.get("box") != record["box"]:
         found.append(f"box {record['box']} -> {settings.get('box')}: `env destroy {name}` and `env up {name}`")
     elif settings.get("box_version") and record.get("box_version"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+from vbox_cli.errors import VboxError
 from vbox_cli.events import Phase
 from vbox_cli.machines import incremental, ports
 from vbox_cli.machines.provision import run_steps
@@ -118,10 +119,23 @@ def preflight(session, names: list[str]) -> None:
 
     for name in names:
         provider = session.provider(name)
+        made_with = made_by_another(session.project.machine_state(name), provider.name)
+        if made_with:
+            raise VboxError(f"{name} was made by the {made_with} provider, and the Envfile now says "
+                            f"{provider.name}: nothing was done",
+                            hint=f"`env destroy {name}` removes the {made_with} machine (and what it holds); "
+                                 f"then `env up {name}` makes it with {provider.name}")
         if supports(provider, Capability.PREFLIGHT):
             provider.preflight(name)
         for network in session.machines[name].networks:  # the bridges are there, or vbox may make them
             ovs.check("ovs" if network.ovs else "bridge", network.ovs or network.bridge, name)
+
+
+def made_by_another(record: dict, provider: str) -> str | None:
+    """The provider that made this machine, when it is not `provider` (the Envfile's
+    `provider` changed after it was made); None otherwise."""
+    was = record.get("provider")
+    return was if record.get("host_key") and isinstance(was, str) and was != provider else None
 
 
 def ensure_networks(session, names: list[str]) -> None:
