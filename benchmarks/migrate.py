@@ -3,7 +3,12 @@
 KVM machine moved between this host and a kvm-host machine of the same Envfile (an LXC
 machine running libvirt and QEMU); prints the figures, asserts nothing.
 
-    .venv/bin/python benchmarks/migrate.py [--memory 512M] [--rounds 2]
+    .venv/bin/python benchmarks/migrate.py [--memory 512M] [--rounds 2] [--lxc]
+
+--lxc: an LXC machine instead, moved cold (the only way it moves) to libvirt's LXC driver
+on a kvm-host booted as a KVM machine, and back: `copy` is the move (image made, sent,
+defined; fetched and unpacked back), `total` adds its boot until SSH answers (under TCG
+there).
 
 Each round: live there and live back with the machine idle, live there and back while a
 process in it keeps rewriting 64 MiB of its memory, a tmpfs file (pages dirtied during
@@ -72,17 +77,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", default="512M")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lxc", action="store_true", help="an LXC machine, to a KVM kvm-host")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vbox-bench-migrate-") as tmp:
         folder = Path(tmp)
+        host_provider = 'provider = "kvm"\n' if args.lxc else ""  # libvirt's LXC driver needs a kernel of its own
         (folder / "Envfile").write_text(
-            '[machines.kvmhost]\nbox = "kvm-host"\nmemory = "2G"\ncpus = 2\nfolders = []\n\n'
-            f'[machines.app]\nprovider = "kvm"\nmemory = "{args.memory}"\nfolders = []\n')
+            f'[machines.kvmhost]\nbox = "kvm-host"\n{host_provider}memory = "2G"\ncpus = 2\nfolders = []\n\n'
+            f'[machines.app]\nprovider = "{"lxc" if args.lxc else "kvm"}"\nmemory = "{args.memory}"\n'
+            'folders = []\n')
         figures: dict[str, list[dict]] = {}
         failed = 0
         try:
             env(folder, "up")
-            for _ in range(args.rounds):
+            for _ in range(args.rounds if args.lxc else 0):
+                figures.setdefault("cold there (boot there incl.)", []).append(migrate(folder, "--to", "kvmhost"))
+                figures.setdefault("cold back (boot incl.)", []).append(migrate(folder, "--to", "lxc:///system"))
+            for _ in range(0 if args.lxc else args.rounds):
                 figures.setdefault("live there, idle", []).append(migrate(folder, "--to", "kvmhost"))
                 figures.setdefault("live back, idle", []).append(migrate(folder, "--to", "qemu:///system"))
                 pid = env(folder, "ssh", "app", "--", DIRTY).stdout.strip()
@@ -98,7 +109,9 @@ def main() -> None:
             failed = 1  # the machine is lost (a guest that panicked): the rounds end here
         finally:
             subprocess.run([VBOX, "--plain", "destroy", "-f"], cwd=folder, capture_output=True)
-        print(f"a {args.memory} KVM machine (TCG where KVM does not work) between this host and an LXC kvm-host")
+        print(f"a {args.memory} LXC machine between this host and a KVM kvm-host (TCG where KVM does not work)"
+              if args.lxc else
+              f"a {args.memory} KVM machine (TCG where KVM does not work) between this host and an LXC kvm-host")
         for label, runs in figures.items():
             show(label, runs)
         moves = sum(len(runs) for runs in figures.values())

@@ -298,6 +298,8 @@ def run_checks(store: Path, cache_dir: Path | None, kernel: Path | None, needs_o
         _tool("dnsmasq", "dnsmasq", "dnsmasq-base", ("--version",)),
         _tool("iptables", "iptables", "iptables", ("--version",)),
         _tool("lxc", "lxc-start", "lxc"),
+        _tool("rsync", "rsync", "rsync"),  # an LXC machine moved back (env migrate)
+        _tool("fuse2fs", "fuse2fs", "fuse2fs", ()),  # ... read from its image without the kernel
         check_lxcfs(),
         check_cgroup_view(),
         users.check_subids_of(users.user_name()),

@@ -62,18 +62,39 @@ class LxcProvider(LocalPorts, ProviderBase):
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()
 
+    moves_live = False  # env migrate: cold, always (providers/lxc_move.py)
+    moves_snapshots = False  # ... and without its snapshots (copies of its layer, kept here)
+    remote = False
+
     def joins_networks(self) -> bool:
         return True
+
+    @property
+    def host(self):
+        """This host's system libvirt: the one whose network the machines join."""
+        from providers.hosts import local
+
+        return local()
+
+    # -- moving to another host and back (env migrate; providers/lxc_move.py) -------------
+    def migrate(self, spec: MachineSpec, target, target_spec: MachineSpec, cold: bool, progress=None):
+        """To another host's libvirt LXC driver (`target`: an LxcGuestProvider), cold."""
+        from providers.lxc_move import move_out
+
+        return move_out(self, spec, target, target_spec, progress)
+
+    def adopt(self, spec: MachineSpec, fetch) -> int:
+        """A machine coming back from another host: made here from its image (`fetch`)."""
+        from providers.lxc_move import move_in
+
+        return move_in(self, spec, fetch)
 
     def _unsupported(self, capability, spec: MachineSpec | None) -> str | None:
         return lxc_user.unsupported(capability)
 
     @property
     def network_host(self):
-        # the veth joins the bridge of the project network that this host's libvirt holds
-        from providers.hosts import local
-
-        return local()
+        return self.host  # the veth joins the bridge of the project network that this host's libvirt holds
 
     def folder(self, object_name: str) -> Path:
         return self.path / object_name

@@ -146,6 +146,8 @@ def unsupported(capability) -> str | None:
         Capability.NETWORKS: "a user's machine joins the project network only: lxc-user-nic puts veths only on "
                              "the bridges /etc/lxc/lxc-usernet lists (run as root)",
         Capability.SUSPEND: "CRIU checkpoints a container as root only (run as root)",
+        Capability.MIGRATE: "its files belong to her subordinate ids, which another host does not map (run as "
+                            "root)",
     }.get(capability)
 
 

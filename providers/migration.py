@@ -43,17 +43,14 @@ def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, tar
     into `target` (a volume made beforehand: a qcow2 overlay on the same base, whose
     backing the pool sees from the start), else into a new raw volume (libvirt finds a
     qcow2 in it when the pool is refreshed). Returns the bytes sent."""
-    from providers.storage import delete_volume, send_all
+    from providers.storage import create_raw, delete_volume, send_all
 
     info = ET.fromstring(vol.XMLDesc(0))
     size = int(info.findtext("physical") or 0) or vol.info()[1]  # the file's length (a qcow2's, not its disk's)
     mode = info.findtext("target/permissions/mode") or "0600"
     if target is None:
         delete_volume(dst_pool, name)
-        xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
-               f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
-               f"<permissions><mode>{int(mode, 8):04o}</mode></permissions></target></volume>")
-        target = dst_pool.createXML(xml, 0)
+        target = create_raw(dst_pool, name, size, int(mode, 8))
     down, up = src_conn.newStream(0), dst_conn.newStream(0)
     sent = 0
     try:

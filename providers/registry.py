@@ -23,12 +23,16 @@ class ProviderInfo:
     accel_labels: tuple[tuple[str, str], ...] = ()  # accelerator -> how `up` names it
     uri_schemes: tuple[str, ...] = ()  # libvirt drivers a `host` URI of its machines may name
     lacks: tuple[tuple[str, str], ...] = ()  # capability -> why none of its machines have it
+    # its machines that `env migrate` moved to another host (not `host`): the libvirt drivers
+    # a `--to` URI may name, the URI that names this host, and who runs them there
+    moved_schemes: tuple[str, ...] = ()
+    home_uri: str | None = None
+    moved_target: str | None = None  # "module:Class"
 
 
 REGISTRY: dict[str, ProviderInfo] = {
-    "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container",
-                        lacks=(("migrate", "vbox runs containers in this host's own LXC only: it has no other LXC "
-                                           "host to move one to"),)),
+    "lxc": ProviderInfo("lxc", "providers.lxc:LxcProvider", "LXC container", moved_schemes=("lxc",),
+                        home_uri="lxc:///system", moved_target="providers.lxc_guest:LxcGuestProvider"),
     "kvm": ProviderInfo("kvm", "providers.kvm:KvmProvider", "KVM machine", remote=True,
                         accel_labels=(("kvm", "KVM"), ("tcg", "TCG (software emulation)")), uri_schemes=("qemu",)),
     "xen": ProviderInfo("xen", "providers.xen:XenProvider", "Xen guest", remote=True,
@@ -72,7 +76,8 @@ def get(name: str, access=None):
     entry = info(name)
     key = (name, access.uri if access is not None else None)
     if key not in _instances:
-        module_name, class_name = entry.target.split(":")
+        target = entry.moved_target if access is not None and entry.moved_target else entry.target
+        module_name, class_name = target.split(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         _instances[key] = cls(access) if access is not None else cls()
     return _instances[key]

@@ -100,6 +100,8 @@ def machine_access(project, machines: dict, name: str) -> HostAccess | None:
     if isinstance(moved, str):  # `env migrate` put it elsewhere than the Envfile says: it is there
         host = moved
     entry = info(provider)
+    if isinstance(moved, str) and entry.moved_schemes:  # an LXC machine on another host's libvirt LXC
+        return resolve(moved, "", project, machines) if moved != entry.home_uri else None
     if not entry.remote or (not host and entry.default_uri is None):
         return None
     return resolve(host, entry.default_uri, project, machines)

@@ -159,29 +159,43 @@ def upload_volume(conn, pool, name: str, content: bytes | Path, mode: int = 0o64
     a secret (a machine's identity) gets mode 0600."""
     delete_volume(pool, name)
     size = len(content) if isinstance(content, bytes) else content.stat().st_size
-    xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
-           f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
-           f"<permissions><mode>{mode:04o}</mode></permissions></target></volume>")
-    vol = pool.createXML(xml, 0)
+    vol = create_raw(pool, name, size, mode)
+    try:
+        with streaming(conn) as stream:
+            vol.upload(stream, 0, size, 0)
+            if isinstance(content, bytes):
+                for offset in range(0, size, CHUNK):
+                    send_all(stream, content[offset:offset + CHUNK])
+            else:
+                with open(content, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        send_all(stream, chunk)
+    except BaseException:
+        delete_volume(pool, name)
+        raise
+    return vol
+
+
+def create_raw(pool, name: str, size: int, mode: int):
+    """A new raw volume of `size` bytes (sparse: nothing allocated yet)."""
+    return pool.createXML(f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
+                          f"<allocation unit='bytes'>0</allocation><target><format type='raw'/>"
+                          f"<permissions><mode>{mode:04o}</mode></permissions></target></volume>", 0)
+
+
+@contextmanager
+def streaming(conn):
+    """A libvirt stream of `conn`, finished when the block ends, aborted when it fails."""
     stream = conn.newStream(0)
     try:
-        vol.upload(stream, 0, size, 0)
-        if isinstance(content, bytes):
-            for offset in range(0, size, CHUNK):
-                send_all(stream, content[offset:offset + CHUNK])
-        else:
-            with open(content, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    send_all(stream, chunk)
+        yield stream
         stream.finish()
     except BaseException:
         try:
             stream.abort()
         except Exception:
             pass
-        delete_volume(pool, name)
         raise
-    return vol
 
 
 def send_all(stream, data: bytes) -> None:

@@ -163,3 +163,62 @@ def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
     assert "app is on this host already" in again.stderr
     wrong = project.env("migrate", "app", "--to", "nowhere", check_rc=2)
     assert "neither a machine of Envfile nor a libvirt URI" in wrong.stderr
+
+
+LXC_ENVFILE = """\
+[machines.kvmhost]
+box = "kvm-host"
+provider = "kvm"
+memory = "2G"
+cpus = 2
+folders = []
+
+[machines.app]
+memory = "512M"
+folders = []
+provision = [{ shell = "echo one | sudo tee /root/step1" }]
+"""
+
+
+def test_an_lxc_machine_moves_cold_to_a_libvirt_lxc_host_and_back(project):
+    """An LXC machine to the kvm-host box booted as a KVM machine (libvirt's LXC driver
+    needs the cgroups of a kernel of its own), where libvirt runs it from an image of its
+    root tree; halted and started there; then back into this host's LXC, its own layer
+    holding only what differs from the box."""
+    from pathlib import Path
+
+    project.write(LXC_ENVFILE)
+    project.env("up")
+    obj = f"vbox-{project.id}-app"
+    folder = Path("/var/lib/vbox/lxc") / obj
+    project.ssh("app", "echo before | sudo tee /root/data && sudo rm /etc/issue")
+    moved = project.env("migrate", "app", "--to", "kvmhost")
+    assert "moves cold" in moved.stdout, moved.stdout
+    assert "moved cold to lxc+ssh://kvmhost/system" in moved.stdout and "started there" in moved.stdout
+    assert not folder.exists()  # nothing of it stays here
+    status = project.status()["app"]
+    assert status["state"] == "running" and status["host"] == "lxc+ssh://kvmhost/system"
+    assert project.ssh("kvmhost", "sudo virsh -c lxc:///system list --name").split() == [obj]
+    assert project.ssh("app", "sudo cat /root/data /root/step1") == "before\none\n"
+    assert project.ssh("app", "test -e /etc/issue && echo kept || echo gone").strip() == "gone"
+    assert project.ssh("app", "hostname").strip() == "app"
+    assert f"inet {status['address']}/24" in project.ssh("app", "ip -4 -o addr show eth0")
+    # its life there: halted cleanly, started again, provisioned once only
+    halted = project.env("halt", "app")
+    assert "powered off" not in halted.stdout, halted.stdout
+    assert project.status()["app"]["state"] == "stopped"
+    project.env("up", "app")
+    assert project.ssh("app", "sudo cat /root/step1") == "one\n"
+    project.ssh("app", "echo there | sudo tee /root/there")
+    # back to this host's LXC
+    back = project.env("migrate", "app", "--to", "lxc:///system")
+    assert "moved cold to this host" in back.stdout, back.stdout
+    status = project.status()["app"]
+    assert status["state"] == "running" and status["host"] == ""
+    assert project.ssh("app", "sudo cat /root/data /root/there") == "before\nthere\n"
+    assert project.ssh("app", "test -e /etc/issue && echo kept || echo gone").strip() == "gone"
+    assert project.ssh("kvmhost", "sudo virsh -c lxc:///system list --all --name").split() == []
+    assert obj not in project.ssh("kvmhost", "sudo virsh vol-list vbox || true")
+    upper = subprocess.run(["du", "-sx", "--block-size=1M", str(folder / "delta/upper")], capture_output=True,
+                           text=True, check=True).stdout.split()[0]
+    assert int(upper) < 20  # what differs from the box (whose tree is hundreds of MiB)

@@ -109,12 +109,50 @@ def test_the_kvm_host_recipe_is_a_libvirt_host():
     assert not load("debian-12").libvirt_host
 
 
-def test_containers_and_xen_guests_say_why_they_do_not_move():
+def test_xen_guests_say_why_they_do_not_move():
     from providers.base import Capability
     from providers.registry import lacks
 
-    assert "no other LXC host" in lacks("lxc", Capability.MIGRATE.name.lower())
     assert "libxl" in lacks("xen", Capability.MIGRATE.name.lower())
+    assert lacks("lxc", Capability.MIGRATE.name.lower()) is None
+
+
+def test_an_lxc_machine_moves_to_a_libvirt_lxc_host_and_is_run_there_by_libvirt(tmp_path):
+    from providers import registry
+    from providers.lxc import LxcProvider
+    from providers.lxc_guest import LxcGuestProvider
+
+    session = _session({"app": "lxc", "kvmhost": "kvm"})
+    assert target_uri(session, "app", "kvmhost") == "lxc+ssh://kvmhost/system"
+    assert target_uri(session, "app", "lxc:///system") == "lxc:///system"
+    with pytest.raises(UsageError, match="an LXC container needs an lxc host"):
+        target_uri(session, "app", "qemu+ssh://server/system")
+    machines = {"app": {"provider": "lxc"}, "kvmhost": {"provider": "kvm"}}
+    records = {"kvmhost": {"address": "10.100.3.5", "host_key": "ssh-ed25519 AAAA", "user": "vbox"}}
+    assert machine_access(_Project(tmp_path, records), machines, "app") is None
+    records["app"] = {MIGRATED: "lxc+ssh://kvmhost/system"}
+    access = machine_access(_Project(tmp_path, records), machines, "app")
+    assert access.machine == "kvmhost" and access.ssh_host == "10.100.3.5"
+    assert access.uri.startswith("lxc+libssh2://vbox@10.100.3.5:22/system?")
+    assert isinstance(registry.get("lxc", access), LxcGuestProvider)  # libvirt runs it there
+    assert type(registry.get("lxc")) is LxcProvider
+    records["app"] = {MIGRATED: "lxc:///system"}  # back here: this host's own LXC
+    assert machine_access(_Project(tmp_path, records), machines, "app") is None
+
+
+def test_a_moved_container_can_only_be_started_stopped_moved_and_removed():
+    from providers.base import Capability, supports
+    from providers.lxc_guest import LxcGuestProvider
+    from providers.remote import HostAccess
+
+    guest = LxcGuestProvider(HostAccess(uri="lxc+libssh2://vbox@10.1.2.3:22/system", shown="lxc+ssh://h/system",
+                                        machine="h", ssh_host="10.1.2.3"))
+    for capability in (Capability.PORTS, Capability.FOLDERS, Capability.NETWORKS, Capability.SNAPSHOTS,
+                       Capability.LIVE, Capability.SUSPEND):
+        assert "another host's libvirt LXC driver" in guest.unsupported(capability)
+    for capability in (Capability.MIGRATE, Capability.RESOURCES, Capability.PREFLIGHT):
+        assert supports(guest, capability)
+    assert not guest.moves_live
 
 
 def test_a_forward_through_a_host_machine_is_its_own_rules_there_and_nothing_else():

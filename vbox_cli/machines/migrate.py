@@ -29,7 +29,7 @@ def target_uri(session, name: str, to: str) -> str:
     from vbox_cli.envfile.types import host_uri_parameters
 
     provider = session.machines[name].provider
-    schemes = info(provider).uri_schemes
+    schemes = info(provider).uri_schemes or info(provider).moved_schemes
     if to in session.machines:
         if to == name:
             raise UsageError(f"{name} cannot be moved onto itself")
@@ -40,7 +40,10 @@ def target_uri(session, name: str, to: str) -> str:
                               f"{schemes[0]}+ssh://root@HOST/system, {schemes[0]}:///system for this host")
     driver = to.split("://", 1)[0].partition("+")[0]
     if driver not in schemes:
-        raise UsageError(f"--to {to}: a {info(provider).label} needs a {' or '.join(schemes)} host")
+        from providers.base import a
+
+        article = "an" if schemes[0][:1] in "aeiou" or schemes[0] == "lxc" else "a"
+        raise UsageError(f"--to {to}: {a(info(provider).label)} needs {article} {' or '.join(schemes)} host")
     try:
         host_uri_parameters(to)
     except ValueError as exc:
@@ -49,7 +52,7 @@ def target_uri(session, name: str, to: str) -> str:
 
 
 def migrate(session, name: str, to: str, cold: bool = False) -> str:
-    from providers.base import NOT_CREATED, RUNNING, Capability, require
+    from providers.base import NOT_CREATED, RUNNING, Capability, a, require
     from providers.registry import get, info
     from providers.remote import MIGRATED, resolve
     from vbox_cli import folderwatch
@@ -65,9 +68,10 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
         raise VboxError(f"{name} is not created", hint=f"`env up {name}` makes it")
     uri = target_uri(session, name, to)
     entry = info(machine.provider)
+    home = entry.default_uri or entry.home_uri or SYSTEM_URI  # what names this host
     if urlsplit(uri).hostname is None:  # this host: its system libvirt, as for a machine without `host`
-        if uri != (entry.default_uri or SYSTEM_URI):
-            raise UsageError(f"--to {uri}: on this host, a machine moves to {entry.default_uri or SYSTEM_URI} only")
+        if uri != home:
+            raise UsageError(f"--to {uri}: on this host, a machine moves to {home} only")
         access = None
     else:
         access = resolve(uri, entry.default_uri or "", project, session.machines)
@@ -96,8 +100,9 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
         raise VboxError(f"{name}: its ports would be forwarded through {access.machine}, whose port 22 is its own SSH",
                         hint="forward another host port")
     running = state == RUNNING
-    if running and not cold:
-        _clear_snapshots(session, name, provider, obj)
+    live = running and not cold and getattr(provider, "moves_live", True)
+    if live or not getattr(provider, "moves_snapshots", True):
+        _clear_snapshots(session, name, provider, obj, "a live migration" if live else "a move of an LXC machine")
     # the project network on the target host, this machine's address on it
     host = target.network_host
     plan = host.plan_network(project, _subnets_in_use(session) if host.remote else ())
@@ -108,8 +113,11 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     host.ensure_network(plan, dns)
     target_spec = replace(spec, address=address, gateway=plan.gateway, network=plan.name, bridge=plan.bridge,
                           domain=plan.domain)
-    how = "cold" if cold or not running else "live"
+    how = "live" if live else "cold"
     there = target.host.shown if target.remote else "this host"
+    if running and not live and not cold:
+        events.note(f"{name}: {a(provider.label)} moves cold: shut down, its files copied, started there "
+                    "(vbox does not checkpoint a container's processes to another host)", name)
     events.phase(name, Phase.MIGRATING, f"to {there} ({how})")
 
     def progress(done: int, total: int) -> None:
@@ -121,7 +129,7 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     result = provider.migrate(spec, target, target_spec, cold, progress)
     ssh_host, ssh_port = target.ssh_endpoint(obj, address)
     own = machine.host or None  # where the Envfile puts it: no record needed when it is back there
-    back_home = _same_uri(uri, own, entry.default_uri)
+    back_home = _same_uri(uri, own, entry.default_uri or entry.home_uri)
 
     def moved(state: dict) -> None:
         record = state["machines"][name]
@@ -195,18 +203,19 @@ def _addresses_on(session, host_key: str) -> dict[str, str]:
     return {n: a for n, a in session.placements.addresses(names).items() if a}
 
 
-def _clear_snapshots(session, name: str, provider, obj: str) -> None:
-    """A machine moves live without snapshots (libvirt refuses one with any): vbox's own
-    step snapshots go (its steps, changed later, then run on top), the user's stop it."""
+def _clear_snapshots(session, name: str, provider, obj: str, move: str) -> None:
+    """A machine moves live without snapshots (libvirt refuses one with any), and an LXC
+    machine without its snapshots (copies of its layer, kept on this host): vbox's own step
+    snapshots go (its steps, changed later, then run on top), the user's stop it."""
     from vbox_cli.machines.incremental import PREFIX
     from vbox_cli.machines.snapshots import RECORD
 
     snapshots = [s.name for s in provider.snapshots(obj)]
     users = [s for s in snapshots if not s.startswith(PREFIX)]
     if users:
-        raise VboxError(f"{name} has snapshots ({', '.join(users)}), which a live migration cannot take along",
-                        hint=f"`env migrate {name} --cold ...` shuts it down and moves it with them, or "
-                             f"`env snapshot delete {name} NAME`")
+        raise VboxError(f"{name} has snapshots ({', '.join(users)}), which {move} cannot take along",
+                        hint=(f"`env migrate {name} --cold ...` shuts it down and moves it with them, or "
+                              if move == "a live migration" else "") + f"`env snapshot delete {name} NAME`")
     steps = [s for s in snapshots if s.startswith(PREFIX)]
     for snapshot in steps:
         provider.snapshot_delete(obj, snapshot)
@@ -218,7 +227,7 @@ def _clear_snapshots(session, name: str, provider, obj: str) -> None:
 
     if steps:
         session.project.update_state(forget)
-        session.events.note(f"{name}: its {len(steps)} step snapshots stay behind (a live migration cannot take "
+        session.events.note(f"{name}: its {len(steps)} step snapshots stay behind ({move} cannot take "
                             "them): a step changed later runs on top of the machine", name)
 
 
