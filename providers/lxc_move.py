@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from vbox_cli import proc
@@ -76,18 +76,39 @@ def write_inside(root: Path, relative: str, content: str) -> None:
         f.write(content)
 
 
+# A container boots no kernel: the box's kernel and modules (a third of debian-12's tree,
+# there for its KVM machines) stay behind, empty folders in the image, unless the machine
+# changed something in them; on the way back the box's are kept if they are still empty.
+KERNEL_FOLDERS = ("boot", "usr/lib/modules")
+
+
+def left_behind(upper: Path, lower: Path) -> list[str]:
+    """The box's kernel folders that the machine's layer does not touch."""
+    return [f for f in KERNEL_FOLDERS
+            if (lower / f).is_dir() and not (lower / f).is_symlink() and not os.path.lexists(upper / f)]
+
+
 def make_image(upper: Path, lower: Path, staging: Path, files: dict[str, str], minimum: int = 0) -> Path:
     """The merged tree of a stopped machine (its layer `upper` over the box's `lower`) as
-    an ext4 image in `staging`, with `files` (relative path -> content) written over it.
-    Its size: what the tree holds and half as much again free (at least 1 GiB free), or
-    `minimum` (the machine's `disk`), whichever is more; sparse."""
-    scratch, work, root = staging / "scratch", staging / "work", staging / "root"
-    for folder in (scratch, work):
+    an ext4 image in `staging`, with `files` (relative path -> content) written over it,
+    and the box's kernel folders empty (`left_behind`). Its size: what the tree holds and
+    half as much again free (at least 1 GiB free), or `minimum` (the machine's `disk`),
+    whichever is more; sparse."""
+    scratch, work, root, empty = staging / "scratch", staging / "work", staging / "root", staging / "empty"
+    for folder in (scratch, work, empty):
         folder.mkdir(parents=True, exist_ok=True)
     options = f"lowerdir={upper}:{lower},upperdir={scratch},workdir={work}"
-    with _mounted(["mount", "-t", "overlay", "overlay", "-o", options], root):
+    with ExitStack() as mounts:
+        mounts.enter_context(_mounted(["mount", "-t", "overlay", "overlay", "-o", options], root))
         for relative, content in files.items():
             write_inside(root, relative, content)
+        for i, folder in enumerate(left_behind(upper, lower)):  # an empty folder over it, as it is
+            st, stand_in = (root / folder).stat(), empty / str(i)
+            stand_in.mkdir()
+            os.chown(stand_in, st.st_uid, st.st_gid)
+            os.chmod(stand_in, st.st_mode & 0o7777)
+            os.utime(stand_in, ns=(st.st_atime_ns, st.st_mtime_ns))  # its time too: rsync leaves it alone later
+            mounts.enter_context(_mounted(["mount", "--bind", "-o", "ro", str(stand_in)], root / folder))
         used = int(proc.run(["du", "-sx", "--block-size=1", str(root)], timeout=600).stdout.split()[0])
         size = max(minimum, used + max(used // 2, 1024 * MIB))
         size = -(-size // MIB) * MIB
@@ -110,12 +131,16 @@ def unpack_image(image: Path, staging: Path, upper: Path, lower: Path, work: Pat
     with _mounted(["fuse2fs", "-o", "ro", str(image)], source), \
             _mounted(["mount", "-t", "overlay", "overlay", "-o",
                       f"lowerdir={lower},upperdir={upper},workdir={work}"], merged):
+        # the box's kernel folders, left behind empty and still empty: the box's are kept
+        kept = [f"--exclude=/{folder}/*" for folder in KERNEL_FOLDERS
+                if (lower / folder).is_dir() and (source / folder).is_dir() and not (source / folder).is_symlink()
+                and not any((source / folder).iterdir())]
         # -H links, -A ACLs, -X xattrs (file capabilities), numeric ids: the machine's, not
         # this host's names; --delete: what the machine removed goes (a whiteout above the box);
         # --modify-window=1: mke2fs -d keeps whole seconds of a time only, and a time set on a
         # file of the box would copy it up into the machine's layer (so would --checksum: it
         # sets the times of every file it finds the same)
-        result = subprocess.run(["rsync", "-aHAX", "--numeric-ids", "--delete", "--modify-window=1",
+        result = subprocess.run(["rsync", "-aHAX", "--numeric-ids", "--delete", "--modify-window=1", *kept,
                                  f"{source}/", f"{merged}/"],
                                 capture_output=True, text=True, timeout=3600)
         if result.returncode != 0:

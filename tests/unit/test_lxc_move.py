@@ -45,6 +45,10 @@ def machine(tmp_path):
     (lower / "usr/bin").mkdir(parents=True)
     (lower / "usr/bin/tool").write_bytes(b"\x7fELF" + b"x" * 70000)
     os.chmod(lower / "usr/bin/tool", 0o4755)
+    (lower / "usr/lib/modules/6.1.0").mkdir(parents=True)  # the box's kernel, for its KVM machines
+    (lower / "usr/lib/modules/6.1.0/virtio.ko").write_bytes(b"module" * 1000)
+    (lower / "boot").mkdir()
+    (lower / "boot/vmlinuz").write_bytes(b"kernel" * 1000)
     for path in lower.rglob("*"):  # a box's files are older than anything a machine writes
         os.utime(path, (1577934245, 1577934245))
     (upper / "etc").mkdir(parents=True)
@@ -53,6 +57,8 @@ def machine(tmp_path):
     os.chown(upper / "etc/new", 1000, 1000)
     os.mknod(upper / "etc/deleted", stat.S_IFCHR, os.makedev(0, 0))  # overlayfs's whiteout
     (upper / "etc/link").symlink_to("/etc/kept")
+    (upper / "boot").mkdir()  # the machine put something in /boot: that folder travels
+    (upper / "boot/custom").write_text("the machine's\n")
     return lower, upper
 
 
@@ -72,6 +78,14 @@ def test_a_machine_tree_made_an_image_comes_back_the_same_with_only_its_changes_
     image = lxc_move.make_image(upper, lower, tmp_path / "out", {"etc/systemd/network/10-vbox.network": network})
     assert image.stat().st_blocks * 512 < image.stat().st_size  # sparse: 1 GiB free, not written
     assert image.stat().st_size >= 1024**3
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    os.system(f"fuse2fs -o ro {image} {inside}")
+    try:  # the box's modules stay behind (an empty folder); its /boot, which the machine changed, goes
+        assert (inside / "usr/lib/modules").is_dir() and not any((inside / "usr/lib/modules").iterdir())
+        assert sorted(p.name for p in (inside / "boot").iterdir()) == ["custom", "vmlinuz"]
+    finally:
+        os.system(f"umount {inside}")
     assert not (upper / "etc/systemd").exists()  # the machine's own layer is not touched
     back = tmp_path / "upper2"
     back.mkdir()
@@ -86,6 +100,7 @@ def test_a_machine_tree_made_an_image_comes_back_the_same_with_only_its_changes_
     assert (back / "etc/changed").read_text() == "new\n" and (back / "etc/new").stat().st_uid == 1000
     assert stat.S_ISCHR((back / "etc/deleted").lstat().st_mode)  # deleted in the machine: still deleted
     assert not (back / "etc/kept").exists() and not (back / "usr/bin/tool").exists()
+    assert not (back / "usr/lib/modules").exists()  # the box's, kept: not a whiteout
     assert not (tmp_path / "work2").exists()
 
 
