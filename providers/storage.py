@@ -216,18 +216,27 @@ def create_overlay(pool, name: str, backing: str, capacity: int):
 
 
 def delete_volume(pool, name: str) -> bool:
-    from providers.hosts import find
+    import libvirt
+
+    from providers.hosts import find, gone
 
     vol = find(pool.storageVolLookupByName, name)
     if vol is None:
         return False
-    vol.delete(0)
+    try:
+        vol.delete(0)
+    except libvirt.libvirtError as exc:
+        if gone(exc):  # removed meanwhile (by a destroy beside this one)
+            return False
+        raise
     return True
 
 
 def unused_bases(pool) -> list[str]:
     """Base volumes that no machine volume is backed by any more."""
     import libvirt
+
+    from providers.hosts import gone
 
     pool.refresh(0)
     volumes = {}
@@ -239,7 +248,12 @@ def unused_bases(pool) -> list[str]:
     backing = set()
     for name, vol in volumes.items():
         if name.startswith("vbox-"):
-            path = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+            try:
+                path = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+            except libvirt.libvirtError as exc:
+                if gone(exc):  # a machine's volume that its own destroy, beside this one, removed
+                    continue
+                raise
             if path:
                 backing.add(Path(path).name)
     used_prefixes = {b.rsplit(".", 1)[0] for b in backing}
