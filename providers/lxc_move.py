@@ -20,6 +20,7 @@ of every file of the box, each then copied up into the machine's layer.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import time
 from contextlib import ExitStack, contextmanager
@@ -82,10 +83,26 @@ def write_inside(root: Path, relative: str, content: str) -> None:
 KERNEL_FOLDERS = ("boot", "usr/lib/modules")
 
 
-def left_behind(upper: Path, lower: Path) -> list[str]:
-    """The box's kernel folders that the machine's layer does not touch."""
+def plain_folder(root: Path, relative: str) -> bool:
+    """Whether `relative` is a folder under `root` through folders only: no link of the
+    machine's on the way (one would lead to this host's files)."""
+    current = root
+    for part in Path(relative).parts:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def left_behind(upper: Path, lower: Path, root: Path) -> list[str]:
+    """The box's kernel folders that the machine's layer does not touch: plain folders in
+    the box and in the machine's tree mounted at `root` (then no folder of its layer on the
+    way is a link either), with nothing of the machine's in them."""
     return [f for f in KERNEL_FOLDERS
-            if (lower / f).is_dir() and not (lower / f).is_symlink() and not os.path.lexists(upper / f)]
+            if plain_folder(lower, f) and plain_folder(root, f) and not os.path.lexists(upper / f)]
 
 
 def make_image(upper: Path, lower: Path, staging: Path, files: dict[str, str], minimum: int = 0) -> Path:
@@ -102,7 +119,7 @@ def make_image(upper: Path, lower: Path, staging: Path, files: dict[str, str], m
         mounts.enter_context(_mounted(["mount", "-t", "overlay", "overlay", "-o", options], root))
         for relative, content in files.items():
             write_inside(root, relative, content)
-        for i, folder in enumerate(left_behind(upper, lower)):  # an empty folder over it, as it is
+        for i, folder in enumerate(left_behind(upper, lower, root)):  # an empty folder over it, as it is
             st, stand_in = (root / folder).stat(), empty / str(i)
             stand_in.mkdir()
             os.chown(stand_in, st.st_uid, st.st_gid)
@@ -133,8 +150,7 @@ def unpack_image(image: Path, staging: Path, upper: Path, lower: Path, work: Pat
                       f"lowerdir={lower},upperdir={upper},workdir={work}"], merged):
         # the box's kernel folders, left behind empty and still empty: the box's are kept
         kept = [f"--exclude=/{folder}/*" for folder in KERNEL_FOLDERS
-                if (lower / folder).is_dir() and (source / folder).is_dir() and not (source / folder).is_symlink()
-                and not any((source / folder).iterdir())]
+                if plain_folder(lower, folder) and plain_folder(source, folder) and not any((source / folder).iterdir())]
         # -H links, -A ACLs, -X xattrs (file capabilities), numeric ids: the machine's, not
         # this host's names; --delete: what the machine removed goes (a whiteout above the box);
         # --modify-window=1: mke2fs -d keeps whole seconds of a time only, and a time set on a

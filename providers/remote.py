@@ -101,7 +101,13 @@ def machine_access(project, machines: dict, name: str) -> HostAccess | None:
         host = moved
     entry = info(provider)
     if isinstance(moved, str) and entry.moved_schemes:  # an LXC machine on another host's libvirt LXC
-        return resolve(moved, "", project, machines) if moved != entry.home_uri else None
+        if moved == entry.home_uri:
+            return None
+        if urlsplit(moved).scheme.partition("+")[0] not in entry.moved_schemes:  # .vbox/ is the project's
+            raise VboxError(f"{name}: its record says it moved to {moved.split('?')[0]}, which is not "
+                            f"an {' or '.join(entry.moved_schemes)} host",
+                            hint="`env destroy` it, or fix .vbox/state.json")
+        return resolve(moved, "", project, machines)
     if not entry.remote or (not host and entry.default_uri is None):
         return None
     return resolve(host, entry.default_uri, project, machines)

@@ -128,3 +128,23 @@ def test_files_vbox_writes_into_a_machine_tree_never_go_through_its_links(tmp_pa
 def test_the_network_file_names_the_machines_address_on_the_host_it_lands_on():
     text = lxc_move.network_file("10.7.8.3", "10.7.8.1", "proj.vbox")
     assert "Address=10.7.8.3/24\nGateway=10.7.8.1\nDNS=10.7.8.1\nDomains=proj.vbox\n" in text
+
+
+def test_a_link_the_machine_made_on_the_way_to_the_kernel_folders_is_not_mounted_over(machine, tmp_path):
+    lower, upper = machine
+    host = tmp_path / "host-folder"  # a folder of this host, which the machine's link names
+    host.mkdir()
+    (host / "keep").write_text("host's\n")
+    (upper / "usr").mkdir()
+    (upper / "usr/lib").symlink_to(host)
+    image = lxc_move.make_image(upper, lower, tmp_path / "out", {})
+    assert sorted(p.name for p in host.iterdir()) == ["keep"]  # nothing made, nothing mounted there
+    assert not lxc_move.plain_folder(tmp_path / "out/root", "usr/lib/modules")
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    os.system(f"fuse2fs -o ro {image} {inside}")
+    try:
+        assert os.readlink(inside / "usr/lib") == str(host)  # the machine's link, as a link
+    finally:
+        os.system(f"umount {inside}")
+    assert not os.path.ismount(host / "modules")

@@ -138,6 +138,11 @@ def test_an_lxc_machine_moves_to_a_libvirt_lxc_host_and_is_run_there_by_libvirt(
     assert type(registry.get("lxc")) is LxcProvider
     records["app"] = {MIGRATED: "lxc:///system"}  # back here: this host's own LXC
     assert machine_access(_Project(tmp_path, records), machines, "app") is None
+    from vbox_cli.errors import VboxError
+
+    records["app"] = {MIGRATED: "qemu+ssh://server/system"}  # a record .vbox/ was given: not an LXC host
+    with pytest.raises(VboxError, match="not an lxc host"):
+        machine_access(_Project(tmp_path, records), machines, "app")
 
 
 def test_a_moved_container_can_only_be_started_stopped_moved_and_removed():
