@@ -150,7 +150,8 @@ def unpack_image(image: Path, staging: Path, upper: Path, lower: Path, work: Pat
                       f"lowerdir={lower},upperdir={upper},workdir={work}"], merged):
         # the box's kernel folders, left behind empty and still empty: the box's are kept
         kept = [f"--exclude=/{folder}/*" for folder in KERNEL_FOLDERS
-                if plain_folder(lower, folder) and plain_folder(source, folder) and not any((source / folder).iterdir())]
+                if plain_folder(lower, folder) and plain_folder(source, folder)
+                and not any((source / folder).iterdir())]
         # -H links, -A ACLs, -X xattrs (file capabilities), numeric ids: the machine's, not
         # this host's names; --delete: what the machine removed goes (a whiteout above the box);
         # --modify-window=1: mke2fs -d keeps whole seconds of a time only, and a time set on a
