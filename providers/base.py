@@ -291,8 +291,11 @@ class Provider(Protocol):
         """Shut down cleanly within timeout, else power off; True if it was clean. A
         timeout of 0 powers off at once (False). MUST succeed on a stopped machine."""
 
-    def destroy(self, object_name: str) -> None:
-        """Remove every trace of the machine. MUST succeed when nothing is there."""
+    def destroy(self, object_name: str, network_going: bool = False) -> None:
+        """Remove every trace of the machine. MUST succeed when nothing is there.
+        `network_going`: the project network it joined is removed too (`env destroy` of the
+        whole project): what the machine has in it (a DHCP reservation) need not be
+        removed first."""
 
     def console_log(self, object_name: str) -> Path | None:
         """Where the machine's console output is written, if anywhere."""

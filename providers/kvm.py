@@ -229,10 +229,10 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         with virtiofs.served(spec, self._shares_dir(spec.object_name)):
             super().start(spec)
 
-    def destroy(self, object_name: str) -> None:
+    def destroy(self, object_name: str, network_going: bool = False) -> None:
         from providers import virtiofs
 
-        super().destroy(object_name)
+        super().destroy(object_name, network_going)
         if not self.remote:
             virtiofs.release(self._shares_dir(object_name))
 

@@ -320,7 +320,7 @@ class LxcProvider(LocalPorts, ProviderBase):
             return False
         return True
 
-    def destroy(self, object_name: str) -> None:
+    def destroy(self, object_name: str, network_going: bool = False) -> None:
         folder = self.folder(object_name)
         if (folder / CONFIG).is_file() and self.state(object_name) == RUNNING:
             self._drop_nic(object_name)
@@ -330,7 +330,7 @@ class LxcProvider(LocalPorts, ProviderBase):
                 time.sleep(0.1)
         remove_veths(object_name)  # before the container goes: a veth of no container is a leak
         layer.discard(folder)
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not network_going:
             import libvirt
 
             from providers.network import remove_dhcp_host

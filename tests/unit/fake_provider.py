@@ -31,6 +31,7 @@ class World:
     kill: set[tuple[str, str]] = field(default_factory=set)  # (point, machine): the process dies there
     clock: itertools.count = field(default_factory=itertools.count)
     timeline: list[str] = field(default_factory=list)  # "point:machine", in the order they happened
+    network_going: dict[str, bool] = field(default_factory=dict)  # object -> what destroy was told
 
     def hit(self, point: str, machine: str) -> None:
         from vbox_cli.errors import VboxError
@@ -117,8 +118,9 @@ class FakeProvider(ProviderBase):
             WORLD.machines[object_name]["state"] = STOPPED
         return True
 
-    def destroy(self, object_name):
+    def destroy(self, object_name, network_going=False):
         WORLD.calls.append(("destroy", object_name))
+        WORLD.network_going[object_name] = network_going
         WORLD.hit("destroy", self._machine(object_name))
         WORLD.machines.pop(object_name, None)
 

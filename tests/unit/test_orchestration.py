@@ -204,6 +204,18 @@ def test_destroy_keeps_the_project_key_when_a_machine_could_not_be_destroyed(wor
     nothing_left(world, env)
 
 
+def test_a_machine_leaves_its_network_entries_to_the_network_only_when_the_network_goes(world, tmp_path):
+    env = Env(tmp_path / "proj")
+    env.run("up")
+    web, db = env.project.object_name("web"), env.project.object_name("db")
+    env.run("destroy", "web")  # the network stays for db: web's entries in it go first
+    assert world.network_going == {web: False}
+    world.network_going.clear()
+    env.run("destroy")  # the whole project: the network goes, and what each machine had in it
+    assert world.network_going == {web: True, db: True}
+    nothing_left(world, env)
+
+
 def test_drift_between_the_records_and_the_hypervisor(world, tmp_path):
     env = Env(tmp_path / "proj")
     env.run("up")

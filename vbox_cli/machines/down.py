@@ -121,10 +121,10 @@ def destroy(session, names: list[str], jobs: int | None = None, force_protected:
         pending = name in session.machines and placements[name].pending
         folderwatch.stop(project, name)
         if not pending:  # a guest whose host machine is gone went with it
-            provider.destroy(obj)
+            provider.destroy(obj, network_going=everything)  # the networks go too: no entry of it first
             ports.remove(session, name, provider)
         if name in made_before:
-            made_before[name].destroy(obj)
+            made_before[name].destroy(obj, network_going=everything)
         for box in session.store.boxes():
             session.store.remove_user(box.name, obj)
         project.console_log(name, make=False).unlink(missing_ok=True)
