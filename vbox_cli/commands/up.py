@@ -174,18 +174,21 @@ def migrate(
     name: Annotated[str, typer.Argument(help="The machine to move.", show_default=False)],
     to: Annotated[str, typer.Option(
         "--to", metavar="HOST", help="Where to: a machine of the Envfile that is a libvirt host (the kvm-host box), "
-                                     "or a libvirt URI (qemu+ssh://root@HOST/system; qemu:///system: this host).",
+                                     "or a libvirt URI (qemu+ssh://root@HOST/system; qemu:///system: this host; "
+                                     "for an LXC machine lxc+ssh://root@HOST/system, and lxc:///system: this host).",
         show_default=False)],
     cold: Annotated[bool, typer.Option(
         "--cold", help="Shut a running machine down, move it with its disk whole (and its snapshots), start it "
                        "there. Without it a running machine moves live.")] = False,
     events: Events = False,
 ) -> None:
-    """Move a KVM machine to another libvirt host. A running machine moves live: its memory
+    """Move a machine to another libvirt host. A running KVM machine moves live: its memory
     and its disk's own layer are copied while it runs, and it pauses only for the last
     round. A stopped one (or one moved with --cold) goes with its disk whole and its
-    snapshots. It joins the project's network there, and `status`, `ssh` and every other
-    verb find it there afterwards."""
+    snapshots. An LXC machine moves cold, to libvirt's LXC driver there (a kvm-host booted
+    as a KVM machine): shut down, its files copied as one image, started there. It joins
+    the project's network there, and `status`, `ssh` and every other verb find it there
+    afterwards."""
     from vbox_cli.machines.migrate import migrate as migrate_machine
     from vbox_cli.machines.migrate import target_uri
     from vbox_cli.machines.runner import run_each
