@@ -164,7 +164,7 @@ def _made_by_another(session, targets: dict) -> dict:
     whose Envfile now names another provider: destroy removes the machine it made too."""
     from providers.registry import get, info
     from providers.remote import MIGRATED, resolve
-    from vbox_cli.machines.up import made_by_another
+    from vbox_cli.machines.drift import made_by_another
 
     found = {}
     for name, (provider, _obj) in targets.items():

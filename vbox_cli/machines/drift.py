@@ -32,15 +32,21 @@ def _size(value) -> str:
     return str(value)
 
 
+def made_by_another(record: dict, provider: str | None) -> str | None:
+    """The provider that made this machine, when it is not `provider` (the Envfile's
+    `provider` changed after it was made); None otherwise (or when vbox made nothing)."""
+    was = record.get("provider")
+    return was if record.get("host_key") and isinstance(was, str) and provider and was != provider else None
+
+
 def drift(name: str, settings: dict, record: dict) -> list[str]:
     """One line per difference, each saying what applies it; [] when the machine matches
     (or was never made)."""
     if not record.get("host_key"):
         return []
     found = []
-    if isinstance(record.get("provider"), str) and settings.get("provider") not in (None, record["provider"]):
-        found.append(f"provider {record['provider']} -> {settings.get('provider')}: "
-                     f"`env destroy {name}` and `env up {name}`")
+    if was := made_by_another(record, settings.get("provider")):
+        found.append(f"provider {was} -> {settings['provider']}: `env destroy {name}` and `env up {name}`")
     if record.get("box") and settings.get("box") != record["box"]:
         found.append(f"box {record['box']} -> {settings.get('box')}: `env destroy {name}` and `env up {name}`")
     elif settings.get("box_version") and record.get("box_version"):

@@ -102,7 +102,7 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     running = state == RUNNING
     live = running and not cold and getattr(provider, "moves_live", True)
     if live or not getattr(provider, "moves_snapshots", True):
-        _clear_snapshots(session, name, provider, obj, "a live migration" if live else "a move of an LXC machine")
+        _clear_snapshots(session, name, provider, obj, live)
     # the project network on the target host, this machine's address on it
     host = target.network_host
     plan = host.plan_network(project, _subnets_in_use(session) if host.remote else ())
@@ -203,19 +203,21 @@ def _addresses_on(session, host_key: str) -> dict[str, str]:
     return {n: a for n, a in session.placements.addresses(names).items() if a}
 
 
-def _clear_snapshots(session, name: str, provider, obj: str, move: str) -> None:
+def _clear_snapshots(session, name: str, provider, obj: str, live: bool) -> None:
     """A machine moves live without snapshots (libvirt refuses one with any), and an LXC
     machine without its snapshots (copies of its layer, kept on this host): vbox's own step
     snapshots go (its steps, changed later, then run on top), the user's stop it."""
+    from providers.base import a
     from vbox_cli.machines.incremental import PREFIX
     from vbox_cli.machines.snapshots import RECORD
 
+    move = "a live migration" if live else f"a move of {a(provider.label)}"
     snapshots = [s.name for s in provider.snapshots(obj)]
     users = [s for s in snapshots if not s.startswith(PREFIX)]
     if users:
         raise VboxError(f"{name} has snapshots ({', '.join(users)}), which {move} cannot take along",
                         hint=(f"`env migrate {name} --cold ...` shuts it down and moves it with them, or "
-                              if move == "a live migration" else "") + f"`env snapshot delete {name} NAME`")
+                              if live else "") + f"`env snapshot delete {name} NAME`")
     steps = [s for s in snapshots if s.startswith(PREFIX)]
     for snapshot in steps:
         provider.snapshot_delete(obj, snapshot)

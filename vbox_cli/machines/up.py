@@ -116,10 +116,11 @@ def preflight(session, names: list[str]) -> None:
     from providers.base import Capability, supports
 
     from providers import ovs
+    from vbox_cli.machines import drift
 
     for name in names:
         provider = session.provider(name)
-        made_with = made_by_another(session.project.machine_state(name), provider.name)
+        made_with = drift.made_by_another(session.project.machine_state(name), provider.name)
         if made_with:
             raise VboxError(f"{name} was made by the {made_with} provider, and the Envfile now says "
                             f"{provider.name}: nothing was done",
@@ -129,13 +130,6 @@ def preflight(session, names: list[str]) -> None:
             provider.preflight(name)
         for network in session.machines[name].networks:  # the bridges are there, or vbox may make them
             ovs.check("ovs" if network.ovs else "bridge", network.ovs or network.bridge, name)
-
-
-def made_by_another(record: dict, provider: str) -> str | None:
-    """The provider that made this machine, when it is not `provider` (the Envfile's
-    `provider` changed after it was made); None otherwise."""
-    was = record.get("provider")
-    return was if record.get("host_key") and isinstance(was, str) and was != provider else None
 
 
 def ensure_networks(session, names: list[str]) -> None:
