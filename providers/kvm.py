@@ -292,11 +292,6 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
         return libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 
-    def _existing(self, object_name: str):
-        dom = self._domain(object_name)
-        if dom is None:
-            raise VboxError(f"{object_name} does not exist on {self.host.shown}")
-        return dom
 
     def snapshots(self, object_name: str):
         from providers import disk_snapshots

@@ -110,6 +110,12 @@ class LibvirtDomainProvider(ProviderBase):
 
         return find(self.conn.lookupByName, object_name)
 
+    def _existing(self, object_name: str):
+        dom = self._domain(object_name)
+        if dom is None:
+            raise VboxError(f"{object_name} does not exist on {self.host.shown}")
+        return dom
+
     def state(self, object_name: str) -> str:
         dom = self._domain(object_name)
         if dom is None:

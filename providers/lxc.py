@@ -62,8 +62,10 @@ class LxcProvider(LocalPorts, ProviderBase):
     def __init__(self, path: Path | None = None):
         self.path = path or lxc_path()
 
-    moves_live = False  # env migrate: cold, always (providers/lxc_move.py)
-    moves_snapshots = False  # ... and without its snapshots (copies of its layer, kept here)
+    # env migrate: cold, always (providers/lxc_move.py), and without its snapshots (copies of
+    # its layer, kept here)
+    moves_cold = "vbox does not checkpoint a container's processes to another host"
+    moves_snapshots = False
     remote = False
 
     def joins_networks(self) -> bool:

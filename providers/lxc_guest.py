@@ -26,7 +26,7 @@ class LxcGuestProvider(LibvirtDomainProvider):
     needs = ("rootfs",)
     host_types = ("lxc",)
     extra_volumes = (IMAGE_SUFFIX,)
-    moves_live = False  # env migrate: cold, always
+    moves_cold = "vbox does not checkpoint a container's processes to another host"  # env migrate: always
 
     def __init__(self, access):
         super().__init__(access.uri, access)

@@ -87,12 +87,17 @@ def own_disks(root: ET.Element, volume: str) -> list[ET.Element]:
 
 def target_xml(xml: str, paths: dict[str, str], volume_paths: dict[str, str], console_log: str) -> str:
     """The domain's definition for the target host: the box's kernel and initrd there, its
-    identity file there, its console logged where the target keeps logs ("" for none)."""
+    identity file there, its disks given by path (a Xen guest's) there, its console logged
+    where the target keeps logs ("" for none)."""
     root = ET.fromstring(xml)
     for tag, kind in (("os/kernel", "kernel"), ("os/initrd", "initrd")):
         element = root.find(tag)
         if element is not None and kind in paths:
             element.text = paths[kind]
+    for source in root.findall("devices/disk[@type='file']/source"):
+        name = (source.get("file") or "").rsplit("/", 1)[-1]
+        if name in volume_paths:
+            source.set("file", volume_paths[name])
     for entry in root.findall("sysinfo/entry"):
         name = entry.get("file", "").rsplit("/", 1)[-1]
         if name in volume_paths:
@@ -241,11 +246,11 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
 
     obj = spec.object_name
     dom = provider._existing(obj)
-    if provider.session_mode or target.session_mode:
+    if getattr(provider, "session_mode", False) or getattr(target, "session_mode", False):
         raise VboxError(f"{obj}: a user's libvirt session has no project network to move a machine in or out of")
     if spec.box.meta.boot.hypervisor:
         raise VboxError(f"{obj} boots Xen: a Xen host machine is not moved (its guests would be left behind)")
-    if provider.suspended(obj):
+    if getattr(provider, "suspended", None) and provider.suspended(obj):
         raise VboxError(f"{obj} is suspended: its saved memory does not move", hint="`env resume` it first")
     if ET.fromstring(dom.XMLDesc(0)).find("devices/filesystem/driver[@type='virtiofs']") is not None:
         raise VboxError(f"{obj} has synced folders (virtiofs), whose state QEMU cannot move",
@@ -272,7 +277,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
         for name in extra:  # the identity credential, a cloud image's seed: small, copied whole
             copy_volume(provider.conn, src_pool.storageVolLookupByName(name), target.conn, pool, name)
             made.append(name)
-        volume_paths = {name: pool.storageVolLookupByName(name).path() for name in extra}
+        volume_paths = {name: pool.storageVolLookupByName(name).path() for name in (disk, *extra)}
         source_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
                                  | (0 if running else libvirt.VIR_DOMAIN_XML_INACTIVE))
         console = "" if target.remote else str(target_spec.console_log)
@@ -281,7 +286,6 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
             add_dhcp_host(target.conn, target_spec.network, mac_address(obj), target_spec.address,
                           target_spec.machine.hostname.split(".")[0])
         if running and not cold:  # QEMU fills the overlay made there with what its disk's own layer holds
-            volume_paths[disk] = overlay.path()
             result = live(dom, target.conn, as_files(persist, volume_paths), persist,
                                     _disk_targets(dom, disk), migration_address(target, provider), progress)
         else:
@@ -291,7 +295,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
             vol = src_pool.storageVolLookupByName(disk)
             check_backing(vol, paths["disk"])
             copied = copy_volume(provider.conn, vol, target.conn, pool, disk, progress, target=overlay)
-            snapshots = snapshot_definitions(dom)
+            snapshots = snapshot_definitions(dom) if hasattr(provider, "snapshots") else []  # Xen: none
             moved = target.conn.defineXML(persist)
             try:
                 define_snapshots(moved, snapshots)
@@ -318,7 +322,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
     remove_dhcp_host(provider.conn, mac_address(obj))
     for name in (disk, *extra):
         delete_volume(src_pool, name)
-    if not provider.remote:
+    if not provider.remote and hasattr(provider, "_shares_dir"):  # a KVM machine's synced folders
         from providers import virtiofs
 
         virtiofs.release(provider._shares_dir(obj))

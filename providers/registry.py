@@ -42,8 +42,7 @@ REGISTRY: dict[str, ProviderInfo] = {
                                ("networks", "a Xen guest's network is on its Xen host, not on this one"),
                                ("folders", "a Xen guest runs on its Xen host, which does not see this project "
                                            "folder"),
-                               ("snapshots", "libvirt's Xen driver (libxl) keeps no snapshots"),
-                               ("migrate", "vbox has not tried libxl's migration between two Xen hosts"))),
+                               ("snapshots", "libvirt's Xen driver (libxl) keeps no snapshots"))),
 }
 DEFAULT = "lxc"  # the provider of a machine that names none
 _instances: dict = {}

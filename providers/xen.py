@@ -64,6 +64,9 @@ class XenProvider(LibvirtDomainProvider):
     needs = ("disk", "kernel", "initrd")  # PV guests: no bootloader
     host_types = ("xen", "libxl")
     extra_volumes = (".seed",)
+    # env migrate: libxl's migration (LIBXL_MIGRATION_FLAGS in libvirt) sends memory, not disks
+    moves_cold = ("libvirt's Xen driver moves a running guest's memory only, and its disk is on its own "
+                  "host's storage, which the other host does not share")
 
     def __init__(self, access=None):
         from providers.remote import HostAccess
@@ -83,6 +86,14 @@ class XenProvider(LibvirtDomainProvider):
 
         seed = upload_volume(self.conn, pool, f"{spec.object_name}.seed", seed_image(spec), mode=0o600)
         return render_domain(spec, spec.machine.mode, paths, overlay.path(), seed.path())
+
+    def migrate(self, spec: MachineSpec, target: "XenProvider", target_spec: MachineSpec, cold: bool,
+                progress=None):
+        """To `target`'s Xen host, cold (providers/migration.py): shut down, its disk's own
+        layer and seed copied, defined there; the caller starts it."""
+        from providers.migration import move
+
+        return move(self, spec, target, target_spec, True, progress)
 
     def console_log(self, object_name: str):
         return None  # the console is on the Xen host: `env console` attaches to it

@@ -1,7 +1,8 @@
 """Xen end to end on a Xen host that vbox brings up itself: the xen-host box (Xen 4.17 and
 a Debian dom0) as a KVM machine of the Envfile, under TCG where KVM does not work, and a
-Xen guest hosted on it through libvirt's libxl driver. Slow: it builds the xen-host box
-the first time, and everything runs under emulation."""
+Xen guest hosted on it through libvirt's libxl driver, then moved (cold) to a second such
+host. Slow: it builds the xen-host box the first time, and everything runs under
+emulation."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ provider = "kvm"
 cpus = 2
 memory = "3G"
 boot_timeout = 600
+
+[machines.xenhost2]
+box = "xen-host"
+provider = "kvm"
+cpus = 2
+memory = "2G"
+boot_timeout = 900
 
 [machines.guest]
 provider = "xen"
@@ -50,8 +58,8 @@ def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
     project.folder.mkdir()
     project.write(ENVFILE.format(mode="pv", memory="512M"))
     try:
-        # `env up guest` brings its host up first
-        result = project.env("up", "guest", timeout=2400)
+        # `env up` brings the guest's host up first (and the second host beside it)
+        result = project.env("up", timeout=3600)
         assert "xenhost" in result.stdout and "guest" in result.stdout
         # the host: Xen with HVM support, and libvirt's Xen driver answering
         assert _on_host(project, "cat /sys/hypervisor/type") == "xen\n"
@@ -78,10 +86,23 @@ def test_a_xen_guest_on_a_xen_host_that_vbox_brings_up(xen_host_box, tmp_path):
         mem_kib = int(project.ssh("guest", "awk '/MemTotal/ {print $2}' /proc/meminfo"))
         assert 540 * 1024 < mem_kib <= 640 * 1024, mem_kib
         assert project.ssh("guest", "sudo cat /root/mark /root/kept") == "provisioned-on-xen\nkept\n"
-        # destroy the guest: nothing of it is left on the Xen host
-        project.env("destroy", "-f", "guest", timeout=600)
+        # moved to the other Xen host: cold, and said why; the same machine there, nothing of
+        # it left on the first host
+        boot_id = project.ssh("guest", "cat /proc/sys/kernel/random/boot_id")
+        moved = project.env("migrate", "guest", "--to", "xenhost2", timeout=2400)
+        assert "moves cold" in moved.stdout and "memory only" in moved.stdout, moved.stdout
+        assert "moved cold to xen+ssh://xenhost2/system" in moved.stdout, moved.stdout
+        assert project.ssh("guest", "sudo cat /root/mark /root/kept; hostname") == "provisioned-on-xen\nkept\nguest\n"
+        assert project.ssh("guest", "cat /proc/sys/kernel/random/boot_id") != boot_id  # shut down, booted there
+        assert project.status()["guest"]["host"] == "xen+ssh://xenhost2/system"
+        assert obj in project.ssh("xenhost2", "virsh -c xen:///system list --name")
         assert obj not in _on_host(project, "virsh -c xen:///system list --all --name")
         volumes = _on_host(project, "virsh -c xen:///system vol-list vbox")
+        assert project.id not in volumes and "box-" not in volumes, volumes
+        # destroy the guest: nothing of it is left on the Xen host it is on
+        project.env("destroy", "-f", "guest", timeout=600)
+        assert obj not in project.ssh("xenhost2", "virsh -c xen:///system list --all --name")
+        volumes = project.ssh("xenhost2", "virsh -c xen:///system vol-list vbox")
         assert project.id not in volumes and "box-" not in volumes, volumes
     finally:
         project.env("destroy", "-f", check_rc=None, timeout=900)

@@ -109,12 +109,29 @@ def test_the_kvm_host_recipe_is_a_libvirt_host():
     assert not load("debian-12").libvirt_host
 
 
-def test_xen_guests_say_why_they_do_not_move():
-    from providers.base import Capability
-    from providers.registry import lacks
+def test_a_xen_guest_moves_cold_with_its_disk_and_seed_at_the_target_paths(monkeypatch):
+    from providers.base import Capability, supports
+    from providers.remote import HostAccess
+    from providers.xen import XenProvider, render_domain
+    from tests.unit.test_templates import spec
 
-    assert "libxl" in lacks("xen", Capability.MIGRATE.name.lower())
-    assert lacks("lxc", Capability.MIGRATE.name.lower()) is None
+    here = "/var/lib/vbox/images"
+    source = render_domain(spec(monkeypatch), "pv", {"kernel": f"{here}/box.vmlinuz", "initrd": f"{here}/box.initrd"},
+                           f"{here}/vbox-demo-abc123-web.qcow2", f"{here}/vbox-demo-abc123-web.seed")
+    there = {"kernel": "/there/box.vmlinuz", "initrd": "/there/box.initrd", "disk": "/there/box.qcow2"}
+    volumes = {"vbox-demo-abc123-web.qcow2": "/there/vbox-demo-abc123-web.qcow2",
+               "vbox-demo-abc123-web.seed": "/there/vbox-demo-abc123-web.seed"}
+    persist = ET.fromstring(migration.target_xml(source, there, volumes, ""))
+    assert persist.findtext("os/kernel") == "/there/box.vmlinuz" and persist.findtext("os/initrd") == "/there/box.initrd"
+    assert [d.get("file") for d in persist.findall("devices/disk/source")] == \
+        ["/there/vbox-demo-abc123-web.qcow2", "/there/vbox-demo-abc123-web.seed"]
+    # a file of another name is not the machine's: left as it is
+    other = ET.fromstring(migration.target_xml(source, there, {}, ""))
+    assert other.find("devices/disk/source").get("file") == f"{here}/vbox-demo-abc123-web.qcow2"
+    guest = XenProvider(HostAccess(uri="xen+libssh2://vbox@10.1.2.3:22/system", shown="xen+ssh://h/system",
+                                   machine="h", ssh_host="10.1.2.3"))
+    assert supports(guest, Capability.MIGRATE)
+    assert "memory only" in guest.moves_cold  # `env migrate` says why it moves cold
 
 
 def test_an_lxc_machine_moves_to_a_libvirt_lxc_host_and_is_run_there_by_libvirt(tmp_path):
@@ -157,7 +174,7 @@ def test_a_moved_container_can_only_be_started_stopped_moved_and_removed():
         assert "another host's libvirt LXC driver" in guest.unsupported(capability)
     for capability in (Capability.MIGRATE, Capability.RESOURCES, Capability.PREFLIGHT):
         assert supports(guest, capability)
-    assert not guest.moves_live
+    assert "checkpoint" in guest.moves_cold
 
 
 def test_a_forward_through_a_host_machine_is_its_own_rules_there_and_nothing_else():

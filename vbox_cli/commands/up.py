@@ -175,7 +175,8 @@ def migrate(
     to: Annotated[str, typer.Option(
         "--to", metavar="HOST", help="Where to: a machine of the Envfile that is a libvirt host (the kvm-host box), "
                                      "or a libvirt URI (qemu+ssh://root@HOST/system; qemu:///system: this host; "
-                                     "for an LXC machine lxc+ssh://root@HOST/system, and lxc:///system: this host).",
+                                     "for an LXC machine lxc+ssh://root@HOST/system, and lxc:///system: this host; for a "
+                                     "Xen guest xen+ssh://root@HOST/system).",
         show_default=False)],
     cold: Annotated[bool, typer.Option(
         "--cold", help="Shut a running machine down, move it with its disk whole (and its snapshots), start it "
@@ -186,7 +187,8 @@ def migrate(
     and its disk's own layer are copied while it runs, and it pauses only for the last
     round. A stopped one (or one moved with --cold) goes with its disk whole and its
     snapshots. An LXC machine moves cold, to libvirt's LXC driver there (a kvm-host booted
-    as a KVM machine): shut down, its files copied as one image, started there. It joins
+    as a KVM machine): shut down, its files copied as one image, started there. A Xen guest
+    moves cold to another Xen host (libvirt's Xen driver sends memory, not disks). It joins
     the project's network there, and `status`, `ssh` and every other verb find it there
     afterwards."""
     from vbox_cli.machines.migrate import migrate as migrate_machine

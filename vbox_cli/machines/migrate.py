@@ -100,7 +100,8 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
         raise VboxError(f"{name}: its ports would be forwarded through {access.machine}, whose port 22 is its own SSH",
                         hint="forward another host port")
     running = state == RUNNING
-    live = running and not cold and getattr(provider, "moves_live", True)
+    always_cold = getattr(provider, "moves_cold", None)  # why its machines never move live
+    live = running and not cold and not always_cold
     if live or not getattr(provider, "moves_snapshots", True):
         _clear_snapshots(session, name, provider, obj, live)
     # the project network on the target host, this machine's address on it
@@ -117,7 +118,7 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
     there = target.host.shown if target.remote else "this host"
     if running and not live and not cold:
         events.note(f"{name}: {a(provider.label)} moves cold: shut down, its files copied, started there "
-                    "(vbox does not checkpoint a container's processes to another host)", name)
+                    f"({always_cold})", name)
     events.phase(name, Phase.MIGRATING, f"to {there} ({how})")
 
     def progress(done: int, total: int) -> None:
