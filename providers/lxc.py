@@ -36,6 +36,7 @@ from providers.lxc_config import (
     UPPER,
     folder_ids_maps,
     guest_files,
+    masked_units,
     mac_address,
     machine_ids,
     network_files,
@@ -186,6 +187,8 @@ class LxcProvider(LocalPorts, ProviderBase):
         if ids:
             os.chown(upper, *ids.shift(0, 0))
         layer.write_files(upper, lower, guest_files(spec), ids, lambda owner: user_ids(spec.box, owner), durable=False)
+        for unit in masked_units(spec):
+            layer.mask_unit(upper, lower, unit, ids)
         if ids:
             layer.mask_unit(upper, lower, "sys-kernel-debug.mount", ids)  # no debugfs in a user namespace
             # last but the config: what makes the machine unprivileged, for its whole life

@@ -192,8 +192,26 @@ def guest_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
         **{path.lstrip("/"): entry for path, entry in identity_files(spec).items()},
         # no block device holds the root of a container: nothing to remount
         "etc/fstab": ("# the root of an LXC machine is an overlay set up by LXC\n", 0o644, "root"),
-        # its address is static, set by LXC at start and kept by networkd
-        "etc/systemd/network/10-vbox.network": (
-            f"[Match]\nName=eth0\n\n[Network]\nAddress={spec.address}/24\nGateway={spec.gateway}\n"
-            f"DNS={spec.gateway}\nDomains={spec.domain}\n", 0o644, "root"),
+        **{path: (content, 0o644, "root") for path, content in
+           address_files(spec.address, spec.gateway, spec.domain, bool(spec.box.meta.recipe)).items()},
     }
+
+
+def address_files(address: str, gateway: str, domain: str, own_resolver: bool) -> dict[str, str]:
+    """The machine's address on the network of the host it runs on: static (set by LXC at
+    start here, by networkd where libvirt's LXC driver runs it) and, in a box vbox built
+    (`own_resolver`), the resolver: that network's DNS in /etc/resolv.conf, for
+    systemd-resolved, which the machine does not start (masked_units): it was on every
+    boot's way to sshd, 0.1 to 0.4 s of an LXC machine's 0.5 to 1 s boot here."""
+    files = {"etc/systemd/network/10-vbox.network":
+             f"[Match]\nName=eth0\n\n[Network]\nAddress={address}/24\nGateway={gateway}\n"
+             f"DNS={gateway}\nDomains={domain}\n"}
+    if own_resolver:
+        files["etc/resolv.conf"] = f"# written by vbox: the project network's DNS\nnameserver {gateway}\nsearch {domain}\n"
+    return files
+
+
+def masked_units(spec: MachineSpec) -> tuple[str, ...]:
+    """Units of the box a new machine does not start: systemd-resolved in a box vbox built
+    (its resolver is /etc/resolv.conf, address_files)."""
+    return ("systemd-resolved.service",) if spec.box.meta.recipe else ()

@@ -48,13 +48,6 @@ def _mounted(argv: list[str], point: Path):
         proc.run(["umount", str(point)], check=False, timeout=120)
 
 
-def network_file(address: str, gateway: str, domain: str) -> str:
-    """The machine's eth0 on the network of the host it lands on (static, as an LXC
-    machine's always is)."""
-    return (f"[Match]\nName=eth0\n\n[Network]\nAddress={address}/24\nGateway={gateway}\n"
-            f"DNS={gateway}\nDomains={domain}\n")
-
-
 def write_inside(root: Path, relative: str, content: str) -> None:
     """A file written into a machine's tree mounted at `root` (a root:root 0644 file),
     through none of the machine's links: a link it made in the way (to a file of this
@@ -173,7 +166,7 @@ def move_out(provider, spec, target, target_spec, progress=None):
     defined there; removed here once it is. The caller starts it there."""
     from providers import lxc_layer as layer
     from providers.base import RUNNING
-    from providers.lxc_config import UPPER, machine_ids, user_map_lines
+    from providers.lxc_config import UPPER, address_files, machine_ids, user_map_lines
     from providers.migration import Migration
 
     began = time.monotonic()
@@ -190,8 +183,8 @@ def move_out(provider, spec, target, target_spec, progress=None):
     staging = folder / STAGING
     layer.discard(staging)
     try:
-        files = {"etc/systemd/network/10-vbox.network": network_file(target_spec.address, target_spec.gateway,
-                                                                     target_spec.domain)}
+        files = address_files(target_spec.address, target_spec.gateway, target_spec.domain,
+                              bool(spec.box.meta.recipe))
         image = make_image(folder / UPPER, spec.box.artefact("rootfs"), staging, files,
                            spec.machine.disk if spec.machine.disk_set else 0)
         copied = target.receive_image(target_spec, image, progress)
@@ -211,7 +204,7 @@ def move_in(provider, spec, fetch) -> int:
     writes the image there, returns the bytes it received). Its config is written last: a
     folder with a config is a complete machine."""
     from providers import lxc_layer as layer
-    from providers.lxc_config import UPPER
+    from providers.lxc_config import UPPER, address_files
 
     obj = spec.object_name
     folder = provider.folder(obj)
@@ -232,8 +225,9 @@ def move_in(provider, spec, fetch) -> int:
         unpack_image(image, staging, upper, lower, upper.with_name("moving-work"))
     finally:
         layer.discard(staging)
-    layer.write_files(upper, lower, {"etc/systemd/network/10-vbox.network": (
-        network_file(spec.address, spec.gateway, spec.domain), 0o644, "root")}, None, lambda owner: (0, 0))
+    files = address_files(spec.address, spec.gateway, spec.domain, bool(spec.box.meta.recipe))
+    layer.write_files(upper, lower, {path: (content, 0o644, "root") for path, content in files.items()}, None,
+                      lambda owner: (0, 0))
     if spec.network and not spec.box.meta.recipe:  # as at its creation (LxcProvider.create)
         from providers.network import add_dhcp_host
 

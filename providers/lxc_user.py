@@ -156,7 +156,7 @@ def create(spec, folder: Path, lower: Path) -> None:
     layer written from her user namespace, its id map recorded (what makes it hers, for its
     whole life)."""
     from providers.guest import user_ids
-    from providers.lxc_config import guest_files
+    from providers.lxc_config import guest_files, masked_units
     from providers.lxc_layer import LAYER
     from providers.subids import user_map
 
@@ -167,7 +167,7 @@ def create(spec, folder: Path, lower: Path) -> None:
     (folder / USERMAP).write_text("\n".join(umap.lxc_lines()) + "\n")
     files = guest_files(spec)
     owners = {owner: user_ids(spec.box, owner) for _, _, owner in files.values()}
-    write_layer(umap, folder, lower, files, owners, masks=("sys-kernel-debug.mount",))
+    write_layer(umap, folder, lower, files, owners, masks=("sys-kernel-debug.mount", *masked_units(spec)))
 
 def preflight(machine_name: str) -> None:
     """What every machine of hers needs of this host."""

@@ -103,6 +103,11 @@ def test_up_provisions_two_machines_reachable_by_ssh_and_by_name(project):
     # machines reach each other by name on the project network
     assert project.ssh("db", "getent ahostsv4 web | head -1").split()[0] == web
     assert project.ssh("web", "ping -c 1 -W 5 db >/dev/null && echo ok") == "ok\n"
+    # ... through the project network's DNS, without systemd-resolved (not on its boot's way)
+    gateway = web.rsplit(".", 1)[0] + ".1"
+    assert f"nameserver {gateway}\n" in project.ssh("web", "cat /etc/resolv.conf")
+    assert project.ssh("web", "systemctl is-enabled systemd-resolved || true") == "masked\n"
+    assert project.ssh("web", f"getent ahostsv4 db.{project.id}.vbox | head -1").split()[0] == db
     assert project.ssh("web", "hostname") == "web\n"
     assert db != web
     # limits from the Envfile, seen inside through lxcfs

@@ -125,9 +125,15 @@ def test_files_vbox_writes_into_a_machine_tree_never_go_through_its_links(tmp_pa
         lxc_move.write_inside(root, "etc/systemd/network/10-vbox.network", "x")
 
 
-def test_the_network_file_names_the_machines_address_on_the_host_it_lands_on():
-    text = lxc_move.network_file("10.7.8.3", "10.7.8.1", "proj.vbox")
-    assert "Address=10.7.8.3/24\nGateway=10.7.8.1\nDNS=10.7.8.1\nDomains=proj.vbox\n" in text
+def test_the_network_files_name_the_machines_address_on_the_host_it_lands_on():
+    from providers.lxc_config import address_files
+
+    files = address_files("10.7.8.3", "10.7.8.1", "proj.vbox", True)
+    assert "Address=10.7.8.3/24\nGateway=10.7.8.1\nDNS=10.7.8.1\nDomains=proj.vbox\n" in \
+        files["etc/systemd/network/10-vbox.network"]
+    assert "nameserver 10.7.8.1\nsearch proj.vbox\n" in files["etc/resolv.conf"]
+    # a box vbox did not build keeps its own resolver
+    assert "etc/resolv.conf" not in address_files("10.7.8.3", "10.7.8.1", "proj.vbox", False)
 
 
 def test_a_link_the_machine_made_on_the_way_to_the_kernel_folders_is_not_mounted_over(machine, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from boxes.store import Box
 from providers.base import MachineSpec
-from providers.lxc_config import cpuset, guest_files, mac_address, render_config, veth_name
+from providers.lxc_config import cpuset, guest_files, mac_address, masked_units, render_config, veth_name
 from providers.network import NetworkPlan, bridge_name, choose_subnet, network_name
 from vbox_cli.envfile.load import parse
 
@@ -70,6 +70,13 @@ def test_guest_files_carry_keys_address_and_names(monkeypatch):
     assert files["etc/hostname"][0] == "web\n"
     assert "127.0.1.1\tweb.dev.test web" in files["etc/hosts"][0]
     assert "Address=10.101.7.2/24" in files["etc/systemd/network/10-vbox.network"][0]
+    # a box vbox did not build keeps its resolver; one it built gets the project network's
+    # DNS, without systemd-resolved
+    assert "etc/resolv.conf" not in files and masked_units(spec(monkeypatch)) == ()
+    plain = spec(monkeypatch)
+    built = replace(plain, box=replace(plain.box, meta=replace(plain.box.meta, recipe="debian-12")))
+    assert guest_files(built)["etc/resolv.conf"][0].endswith("nameserver 10.101.7.1\nsearch demo-abc123.vbox\n")
+    assert masked_units(built) == ("systemd-resolved.service",)
 
 
 def test_names_fit_linux_interface_names():
