@@ -18,7 +18,7 @@ from tests.integration import foreign_boxes
 from tests.integration.conftest import vbox
 from tests.integration.test_lxc import Project
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=8)]
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from providers.leaks import find as find_leaks
 from tests.integration.test_libvirtd_restart import ENVFILE  # an LXC and a KVM machine, one step each
 from tests.integration.test_lxc import Project
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=5)
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS = "ee5198efd14cbe9c69c6540bbc926229b148b60a"  # vbox 0.1 as it stood before the machines/ package
