@@ -203,6 +203,10 @@ def test_an_lxc_machine_moves_cold_to_a_libvirt_lxc_host_and_back(project):
     assert project.ssh("app", "test -e /etc/issue && echo kept || echo gone").strip() == "gone"
     assert project.ssh("app", "hostname").strip() == "app"
     assert f"inet {status['address']}/24" in project.ssh("app", "ip -4 -o addr show eth0")
+    # its resolver is that network's DNS, which names it
+    gateway = status["address"].rsplit(".", 1)[0] + ".1"
+    assert f"nameserver {gateway}\n" in project.ssh("app", "cat /etc/resolv.conf")
+    assert project.ssh("app", f"getent ahostsv4 app.{project.id}.vbox | head -1").split()[0] == status["address"]
     # its life there: halted cleanly, started again, provisioned once only
     halted = project.env("halt", "app")
     assert "powered off" not in halted.stdout, halted.stdout
@@ -217,6 +221,7 @@ def test_an_lxc_machine_moves_cold_to_a_libvirt_lxc_host_and_back(project):
     assert status["state"] == "running" and status["host"] == ""
     assert project.ssh("app", "sudo cat /root/data /root/there") == "before\nthere\n"
     assert project.ssh("app", "test -e /etc/issue && echo kept || echo gone").strip() == "gone"
+    assert f"nameserver {status['address'].rsplit('.', 1)[0]}.1\n" in project.ssh("app", "cat /etc/resolv.conf")
     assert project.ssh("kvmhost", "sudo virsh -c lxc:///system list --all --name").split() == []
     assert obj not in project.ssh("kvmhost", "sudo virsh vol-list vbox || true")
     upper = subprocess.run(["du", "-sx", "--block-size=1M", str(folder / "delta/upper")], capture_output=True,
