@@ -292,7 +292,6 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
 
         return libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 
-
     def snapshots(self, object_name: str):
         from providers import disk_snapshots
 

@@ -239,6 +239,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
     volumes and snapshots copied whole; the caller starts it there)."""
     import libvirt
 
+    from providers.base import Capability, supports
     from providers.libvirt_domain import mac_address
     from providers.network import add_dhcp_host, remove_dhcp_host
     from providers.storage import (POOL, base_volumes, bases_lock, create_overlay, delete_volume, ensure_pool,
@@ -250,7 +251,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
         raise VboxError(f"{obj}: a user's libvirt session has no project network to move a machine in or out of")
     if spec.box.meta.boot.hypervisor:
         raise VboxError(f"{obj} boots Xen: a Xen host machine is not moved (its guests would be left behind)")
-    if getattr(provider, "suspended", None) and provider.suspended(obj):
+    if supports(provider, Capability.SUSPEND) and provider.suspended(obj):
         raise VboxError(f"{obj} is suspended: its saved memory does not move", hint="`env resume` it first")
     if ET.fromstring(dom.XMLDesc(0)).find("devices/filesystem/driver[@type='virtiofs']") is not None:
         raise VboxError(f"{obj} has synced folders (virtiofs), whose state QEMU cannot move",
@@ -295,7 +296,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
             vol = src_pool.storageVolLookupByName(disk)
             check_backing(vol, paths["disk"])
             copied = copy_volume(provider.conn, vol, target.conn, pool, disk, progress, target=overlay)
-            snapshots = snapshot_definitions(dom) if hasattr(provider, "snapshots") else []  # Xen: none
+            snapshots = snapshot_definitions(dom) if supports(provider, Capability.SNAPSHOTS) else []  # Xen: none
             moved = target.conn.defineXML(persist)
             try:
                 define_snapshots(moved, snapshots)
