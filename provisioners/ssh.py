@@ -156,8 +156,12 @@ class Connection:
         a machine whose sshd does not answer (a container left frozen, an overloaded guest)."""
         import paramiko
 
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():  # paramiko: "SSH session not active"
+            raise VboxError(f"{self.name}: its SSH connection was closed (by its sshd, or on the way) before "
+                            "the next command", hint="`env status`; `env up` again goes on where this stopped")
         try:
-            return self.client.get_transport().open_session(timeout=CHANNEL_TIMEOUT)
+            return transport.open_session(timeout=CHANNEL_TIMEOUT)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise VboxError(f"{self.name}: its sshd did not open a session within {CHANNEL_TIMEOUT:g} s "
                             f"({str(exc) or type(exc).__name__})",

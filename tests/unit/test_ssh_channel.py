@@ -53,3 +53,24 @@ def test_a_session_that_does_not_open_is_an_error_in_bounded_time(monkeypatch):
         interface.release.set()
         client.close()
         server.close()
+
+
+def test_a_connection_closed_by_the_machine_is_said_so_not_a_slow_session():
+    near, far = socket.socketpair()
+    server = paramiko.Transport(far)
+    server.add_server_key(paramiko.RSAKey.generate(1024))
+    server.start_server(event=threading.Event(), server=Unanswering())
+    client = paramiko.Transport(near)
+    client.start_client(timeout=10)
+    client.auth_none("vbox")
+    holder = type("Client", (), {"get_transport": lambda self: client})()
+    server.close()  # the machine's end goes
+    deadline = time.monotonic() + 5
+    while client.is_active() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        with pytest.raises(VboxError) as info:
+            ssh.Connection(holder, "web").run("true", lambda line: None)
+        assert info.value.message.startswith("web: its SSH connection was closed"), info.value.message
+    finally:
+        client.close()
