@@ -3,12 +3,17 @@
 KVM machine moved between this host and a kvm-host machine of the same Envfile (an LXC
 machine running libvirt and QEMU); prints the figures, asserts nothing.
 
-    .venv/bin/python benchmarks/migrate.py [--memory 512M] [--rounds 2] [--lxc]
+    .venv/bin/python benchmarks/migrate.py [--memory 512M] [--rounds 2] [--lxc | --xen]
 
 --lxc: an LXC machine instead, moved cold (the only way it moves) to libvirt's LXC driver
 on a kvm-host booted as a KVM machine, and back: `copy` is the move (image made, sent,
 defined; fetched and unpacked back), `total` adds its boot until SSH answers (under TCG
 there).
+
+--xen: a Xen PV guest, moved cold (the only way it moves: libxl sends memory, not disks)
+between two Xen hosts that are KVM machines of the xen-host box, there and back; `total`
+includes its boot there until SSH answers (under Xen under TCG here: minutes). Needs the
+xen-host box (`env box build xen-host`).
 
 Each round: live there and live back with the machine idle, live there and back while a
 process in it keeps rewriting 64 MiB of its memory, a tmpfs file (pages dirtied during
@@ -36,8 +41,11 @@ DIRTY = ("nohup sh -c 'head -c 64M /dev/urandom > /dev/shm/src; while :; do cp /
          "</dev/null >/dev/null 2>&1 & echo $!")
 
 
-def env(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([VBOX, "--plain", *args], cwd=folder, check=True, capture_output=True, text=True)
+def env(folder: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([VBOX, "--plain", *args], cwd=folder, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        sys.exit(f"env {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result
 
 
 class Failed(Exception):
@@ -77,23 +85,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", default="512M")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--lxc", action="store_true", help="an LXC machine, to a KVM kvm-host")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--lxc", action="store_true", help="an LXC machine, to a KVM kvm-host")
+    kind.add_argument("--xen", action="store_true", help="a Xen guest, between two Xen hosts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vbox-bench-migrate-") as tmp:
         folder = Path(tmp)
         host_provider = 'provider = "kvm"\n' if args.lxc else ""  # libvirt's LXC driver needs a kernel of its own
         (folder / "Envfile").write_text(
+            "".join(f'[machines.{host}]\nbox = "xen-host"\nprovider = "kvm"\ncpus = 2\nmemory = "2G"\n'
+                    'boot_timeout = 900\n\n' for host in ("xenhost", "xenhost2"))
+            + f'[machines.app]\nprovider = "xen"\nhost = "xen+ssh://xenhost/system"\nmode = "pv"\n'
+              f'memory = "{args.memory}"\nboot_timeout = 900\n'
+            if args.xen else
             f'[machines.kvmhost]\nbox = "kvm-host"\n{host_provider}memory = "2G"\ncpus = 2\nfolders = []\n\n'
             f'[machines.app]\nprovider = "{"lxc" if args.lxc else "kvm"}"\nmemory = "{args.memory}"\n'
             'folders = []\n')
         figures: dict[str, list[dict]] = {}
         failed = 0
         try:
-            env(folder, "up")
+            env(folder, "up", timeout=3600)
             for _ in range(args.rounds if args.lxc else 0):
                 figures.setdefault("cold there (boot there incl.)", []).append(migrate(folder, "--to", "kvmhost"))
                 figures.setdefault("cold back (boot incl.)", []).append(migrate(folder, "--to", "lxc:///system"))
-            for _ in range(0 if args.lxc else args.rounds):
+            for _ in range(args.rounds if args.xen else 0):
+                figures.setdefault("cold there (boot there incl.)", []).append(migrate(folder, "--to", "xenhost2"))
+                figures.setdefault("cold back (boot incl.)", []).append(migrate(folder, "--to", "xenhost"))
+            for _ in range(0 if args.lxc or args.xen else args.rounds):
                 figures.setdefault("live there, idle", []).append(migrate(folder, "--to", "kvmhost"))
                 figures.setdefault("live back, idle", []).append(migrate(folder, "--to", "qemu:///system"))
                 pid = env(folder, "ssh", "app", "--", DIRTY).stdout.strip()
@@ -111,6 +129,8 @@ def main() -> None:
             subprocess.run([VBOX, "--plain", "destroy", "-f"], cwd=folder, capture_output=True)
         print(f"a {args.memory} LXC machine between this host and a KVM kvm-host (TCG where KVM does not work)"
               if args.lxc else
+              f"a {args.memory} Xen PV guest between two Xen hosts (KVM machines, TCG where KVM does not work)"
+              if args.xen else
               f"a {args.memory} KVM machine (TCG where KVM does not work) between this host and an LXC kvm-host")
         for label, runs in figures.items():
             show(label, runs)
