@@ -2,8 +2,11 @@
 """Machine life-cycle timings from a cached box; prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/lifecycle.py [--runs N] [--provider lxc|kvm] [--unprivileged]
-                                             [--user NAME [--user-vbox PATH]]
+                                             [--user NAME [--user-vbox PATH]] [--warm]
 
+--warm (kvm): machines without synced folders (`folders = []`), booted (VBOX_WARM=0) and
+started warm from the box's memory image (providers/kvm_warm.py) in turn, side by side
+with their ratio; the up that makes the image first is timed apart.
 --unprivileged (lxc): a privileged and an unprivileged machine (`unprivileged = true`) in
 turn, each verb's medians side by side with their ratio.
 --user NAME: root's machine and the same machine of the user NAME (run as her, through
@@ -40,9 +43,9 @@ VBOX = str(Path(sys.executable).parent / "vbox")
 TEN = "".join(f"[machines.m{i}]\n" for i in range(10))
 
 
-def one(provider: str, unprivileged: bool = False) -> str:
+def one(provider: str, unprivileged: bool = False, folders: bool = True) -> str:
     return (f'[machines.web]\nprovider = "{provider}"\nprovision = [{{ shell = "true" }}]\n'
-            + ("unprivileged = true\n" if unprivileged else ""))
+            + ("unprivileged = true\n" if unprivileged else "") + ("" if folders else "folders = []\n"))
 
 
 def machine_disk(provider: str, object_name: str, home: Path | None = None) -> Path:
@@ -54,13 +57,13 @@ def machine_disk(provider: str, object_name: str, home: Path | None = None) -> P
 class Runner:
     """How vbox is run: as root, or as a user (runuser, her own environment)."""
 
-    def __init__(self, user: str | None = None, vbox: str = VBOX):
-        self.user, self.vbox = user, vbox
+    def __init__(self, user: str | None = None, vbox: str = VBOX, environ: dict[str, str] | None = None):
+        self.user, self.vbox, self.environ = user, vbox, environ or {}
         self.home = Path(pwd.getpwnam(user).pw_dir) if user else None
 
     def argv(self, args) -> list[str]:
         if not self.user:
-            return [self.vbox, "--plain", *args]
+            return ["env", *(f"{k}={v}" for k, v in self.environ.items()), self.vbox, "--plain", *args]
         environ = [f"HOME={self.home}", f"PATH={Path(self.vbox).parent}:/usr/bin:/bin", "LANG=C.UTF-8"]
         return ["runuser", "-u", self.user, "--", "env", "-i", *environ, self.vbox, "--plain", *args]
 
@@ -126,6 +129,8 @@ def main() -> None:
                         help="lxc: privileged and unprivileged machines in turn, side by side with their ratio")
     parser.add_argument("--user", help="root's machine and this user's in turn, side by side with their ratio")
     parser.add_argument("--user-vbox", help="the user's vbox (default: installed for the run)")
+    parser.add_argument("--warm", action="store_true",
+                        help="kvm: booted and warm-started machines (no synced folders) in turn, side by side")
     args = parser.parse_args()
     compiled.ensure()
     if args.user and args.unprivileged:
@@ -134,6 +139,8 @@ def main() -> None:
     variants = {"root": ("privileged" if args.unprivileged else "root", False, ROOT)}
     if args.unprivileged and args.provider == "lxc":
         variants["unprivileged"] = ("unprivileged", True, ROOT)
+    if args.warm and args.provider == "kvm":
+        variants = {"root": ("booted", False, Runner(environ={"VBOX_WARM": "0"})), "warm": ("warm", False, ROOT)}
     figures = {v: {k: [] for k in LABELS} for v in variants}
     disk: dict[str, list[int]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="vbox-bench-") as tmp:
@@ -146,10 +153,15 @@ def main() -> None:
         from vbox_cli.project import project_id
 
         folders = {v: runner.folder(base / v) for v, (_, _, runner) in variants.items()}
+        first_up = None
+        if "warm" in variants:  # the up that makes the image, if there is none of this shape
+            (folders["warm"] / "Envfile").write_text(one(args.provider, folders=False))
+            first_up = timed(folders["warm"], "up")
+            timed(folders["warm"], "destroy", "-f")
         for _ in range(args.runs):
             for v, (_, unprivileged, runner) in variants.items():  # in turn, so that all see the same noise
                 folder = folders[v]
-                (folder / "Envfile").write_text(one(args.provider, unprivileged))
+                (folder / "Envfile").write_text(one(args.provider, unprivileged, folders=not args.warm))
                 if runner.user:
                     shutil.chown(folder / "Envfile", args.user)
                 container = machine_disk(args.provider, f"vbox-{project_id(folder)}-web", runner.home)
@@ -173,6 +185,8 @@ def main() -> None:
             print(f"  {label:20s} {a:8.2f} s {b:10.2f} s {b / a:6.2f}")
         a, b = (statistics.median(disk[v]) / 1024**2 for v in (first, second))
         print(f"  {'fresh machine disk':20s} {a:7.1f} MB {b:9.1f} MB")
+        if first_up is not None:
+            print(f"  first warm up (its memory image made if missing): {first_up:.2f} s")
         return
     for label, values in figures["root"].items():
         print(f"  {label:20s} {statistics.median(values):6.2f} s")

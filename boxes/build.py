@@ -163,7 +163,7 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
         boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
         kernel_version=kernel.name.removeprefix("vmlinuz-"),
-        features=["virtiofs", "static-addresses", *(["libvirt-host"] if recipe.libvirt_host else [])],
+        features=["virtiofs", "static-addresses", "identity-channel", *(["libvirt-host"] if recipe.libvirt_host else [])],
         packages=packages,
         built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),

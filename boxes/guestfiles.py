@@ -131,6 +131,73 @@ FILES = {
         "done\n",
         0o755,
     ),
+    # A KVM machine started from a memory image of its box booted once (providers/kvm_warm.py)
+    # gets its identity there, on a virtio port: that boot waits here, before its network
+    # and sshd, until the host sends it (the image is saved while it waits)
+    "etc/systemd/system/vbox-identity.service": (
+        "[Unit]\nDescription=vbox: the machine's identity from its host, on a virtio port (a warm start)\n"
+        "ConditionKernelCommandLine=vbox.identity=channel\nDefaultDependencies=no\n"
+        "After=basic.target\n"
+        "Before=systemd-networkd.service network-pre.target ssh.service vbox-host-keys.service "
+        "systemd-user-sessions.service\nWants=network-pre.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nTimeoutStartSec=infinity\n"
+        "ExecStart=/usr/local/lib/vbox/identity\n\n"
+        "[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    ),
+    "usr/local/lib/vbox/identity": (
+        "#!/bin/sh\n"
+        "# Say on the virtio port org.vbox.identity that this boot waits; read what the host\n"
+        "# sends (a line each: time EPOCH, mac OLD NEW, machine-id HEX, random BASE64,\n"
+        "# tmpfiles BASE64, end), apply it, answer ok or the error.\n"
+        "set -u\n"
+        "port=; i=0\n"
+        "while [ -z \"$port\" ] && [ $i -lt 300 ]; do\n"
+        "  for name in /sys/class/virtio-ports/*/name; do\n"
+        "    [ -r \"$name\" ] && [ \"$(cat \"$name\")\" = org.vbox.identity ] || continue\n"
+        "    dir=${name%/name}; port=/dev/${dir##*/}\n"
+        "  done\n"
+        "  [ -n \"$port\" ] && [ -c \"$port\" ] || { port=; i=$((i + 1)); sleep 0.1; }\n"
+        "done\n"
+        "[ -n \"$port\" ] || { echo 'vbox-identity: no virtio port org.vbox.identity' >&2; exit 1; }\n"
+        "exec 3<>\"$port\"\n"
+        "# what of the boot does not wait for this is done first, so that the image holds it\n"
+        "udevadm settle --timeout=60 || :\n"
+        "i=0\n"
+        "while [ $i -lt 600 ] && systemctl list-jobs --no-legend 2>/dev/null |\n"
+        "    awk '$4 == \"running\" && $2 != \"vbox-identity.service\" { busy = 1 } END { exit !busy }'; do\n"
+        "  i=$((i + 1)); sleep 0.1\n"
+        "done\n"
+        "# a port whose host is not connected reads as its end, and what is written to it is\n"
+        "# lost: say so again until the host's lines come\n"
+        "failed=; got=\n"
+        "while [ -z \"$got\" ]; do\n"
+        "  echo waiting >&3 2>/dev/null || :\n"
+        "  while IFS=' ' read -r key value rest <&3; do\n"
+        "    case \"$key\" in\n"
+        "      time) echo \"$value\" | grep -Eqx '[0-9]+' && date -u -s \"@$value\" >/dev/null || failed=\"$failed time\" ;;\n"
+        "      mac)\n"
+        "        echo \"$value $rest\" | grep -Eqx '([0-9a-f]{2}:){5}[0-9a-f]{2} ([0-9a-f]{2}:){5}[0-9a-f]{2}' || { failed=\"$failed mac\"; continue; }\n"
+        "        for dev in /sys/class/net/*; do\n"
+        "          [ \"$(cat \"$dev/address\")\" = \"$value\" ] && { ip link set dev \"${dev##*/}\" address \"$rest\" || failed=\"$failed mac\"; }\n"
+        "        done ;;\n"
+        "      machine-id) echo \"$value\" | grep -Eqx '[0-9a-f]{32}' && echo \"$value\" > /etc/machine-id || failed=\"$failed machine-id\" ;;\n"
+        "      random) printf '%s' \"$value\" | base64 -d > /dev/urandom || failed=\"$failed random\" ;;\n"
+        "      tmpfiles)\n"
+        "        (umask 077; printf '%s' \"$value\" | base64 -d > /run/vbox-identity.conf) &&\n"
+        "          systemd-tmpfiles --create /run/vbox-identity.conf || failed=\"$failed tmpfiles\"\n"
+        "        rm -f /run/vbox-identity.conf ;;\n"
+        "      end) got=1; break ;;\n"
+        "      \"\") ;;\n"
+        "      *) failed=\"$failed $key\" ;;\n"
+        "    esac\n"
+        "  done\n"
+        "  [ -n \"$got\" ] || sleep 0.05\n"
+        "done\n"
+        "if [ -n \"$failed\" ]; then echo \"error:$failed\" >&3; exit 1; fi\n"
+        "echo ok >&3\n",
+        0o755,
+    ),
     "etc/hostname": ("debian\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
 }
@@ -150,11 +217,15 @@ LIBVIRT_HOST_FILES = {
 }
 LIBVIRT_HOST_SERVICES = ("vbox-tun",)
 SERVICES = ("systemd-networkd", "systemd-resolved", "ssh", "vbox-host-keys", "vbox-seed", "vbox-folders",
-            "vbox-network")
+            "vbox-network", "vbox-identity")
 # Units that do nothing in a machine, masked: each is a program at every boot, which under
 # TCG is seconds of the only vCPU (benchmarks/lifecycle.py --provider kvm). e2scrub_reap
 # looks for LVM snapshots (there is no LVM); pstore and its EFI module: there is no EFI
 # (direct kernel boot); the DRM module logind asks for: there is no display; the loop and
-# device-mapper modules load by themselves when their device is first opened.
+# device-mapper modules load by themselves when their device is first opened. The
+# calendar timers (package lists, dpkg's backup, fstrim) would run at once in a machine
+# started warm, whose clock jumps from the image's time to now, and apt's lock would then
+# meet the machine's own provisioning steps; a machine made for a project does not need them.
 MASKED = ("e2scrub_reap.service", "e2scrub_all.timer", "systemd-pstore.service", "modprobe@efi_pstore.service",
-          "modprobe@drm.service", "modprobe@dm_mod.service", "modprobe@loop.service")
+          "modprobe@drm.service", "modprobe@dm_mod.service", "modprobe@loop.service",
+          "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "fstrim.timer")

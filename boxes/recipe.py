@@ -13,7 +13,7 @@ from vbox_cli.errors import UsageError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Bump when the builder's output changes, so cached boxes are rebuilt.
-BUILDER_VERSION = "11"
+BUILDER_VERSION = "12"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")

@@ -284,8 +284,9 @@ class Provider(Protocol):
         failure, something `destroy` removes. Called on a machine that a creation cut
         short, it MUST remove what is there first."""
 
-    def start(self, spec: MachineSpec) -> None:
-        """Start a created machine; returns once it is booting."""
+    def start(self, spec: MachineSpec) -> str | None:
+        """Start a created machine; returns once it is booting, with a line for the user on
+        how it started where that is worth saying (a KVM machine started warm), or None."""
 
     def halt(self, object_name: str, timeout: float) -> bool:
         """Shut down cleanly within timeout, else power off; True if it was clean. A

@@ -207,7 +207,8 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                            "sees them after a restart",
                            hint=f"`env up --restart-if-needed {spec.machine.name}` or `env reload {spec.machine.name}`")
 
-    def start(self, spec: MachineSpec) -> None:
+    def start(self, spec: MachineSpec) -> str:
+        """Start the machine; what to tell the user of how ("" for nothing)."""
         import libvirt
 
         from providers import virtiofs
@@ -227,7 +228,38 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             raise VboxError(f"{spec.machine.name}: {self.host.shown} refused the synced folders: "
                             f"{exc.get_error_message()}") from None
         with virtiofs.served(spec, self._shares_dir(spec.object_name)):
+            said = ""
+            if self._first_start(dom):  # a new machine: from its box's warm image where it can
+                from providers import kvm_warm
+
+                self.apply_resources(spec)
+                warm, said = kvm_warm.start(self, spec)
+                if warm:
+                    return said
             super().start(spec)
+            return said
+
+    # a new machine's domain is marked until its first start (its disk is the box's as yet)
+    _NEW = ("https://vbox.dev/xmlns/new/1", "vboxnew")
+
+    def create(self, spec: MachineSpec) -> None:
+        import libvirt
+
+        super().create(spec)
+        self._existing(spec.object_name).setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<new/>", self._NEW[1],
+                                                     self._NEW[0], libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def _first_start(self, dom) -> bool:
+        """Whether the domain was never started; its mark goes."""
+        import libvirt
+
+        try:
+            dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, self._NEW[0], libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        except libvirt.libvirtError:
+            return False
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, self._NEW[0],
+                        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return True
 
     def destroy(self, object_name: str, network_going: bool = False) -> None:
         from providers import virtiofs

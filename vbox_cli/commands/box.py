@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -174,6 +176,11 @@ def remove(
     for box in targets:
         store.remove(box, force=force)
         out.success(f"removed box {box.name} {box.version}")
+        if os.geteuid() == 0:  # KVM machines' memory images of it (providers/kvm_warm.py): system ones
+            from providers.kvm_warm import forget
+
+            if count := forget(box):
+                out.line(f"removed the {count} memory image{'s' if count != 1 else ''} its KVM machines started from")
 
 
 class ByteProgress:

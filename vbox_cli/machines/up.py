@@ -243,7 +243,9 @@ def boot(session, name: str, box, address: str) -> None:
     session.events.phase(name, Phase.STARTING)
     spec = session.spec(name, box, address)
     _ensure_bridges(session, name, spec)
-    session.provider(name).start(spec)
+    said = session.provider(name).start(spec)
+    if isinstance(said, str) and said:  # how it started, where a provider says (a KVM machine's warm start)
+        session.events.note(f"{name}: {said}", name)
     settings = session.machines[name].model_dump(mode="json", exclude={"name"})
     session.project.set_machine(name, applied=drift.applied(settings))
 

@@ -1,0 +1,485 @@
+"""Warm starts: a new KVM machine restored from a memory image of its box, booted once,
+instead of booting (20 to 30 s under TCG here; a restore takes about a second).
+
+The image is made the first time a machine of its shape needs it. The box boots as a
+transient domain `vbox-warm-KEY` with `vbox.identity=channel` on its command line; its
+vbox-identity.service (boxes/guestfiles.py) says "waiting" on the virtio port
+org.vbox.identity before the network and sshd start, and libvirt saves the domain there:
+its memory image (in /var/lib/vbox/warm/) and its disk, an overlay on the box's disk with
+what the boot wrote (the volume `warm-KEY.qcow2` of the vbox pool).
+
+A new machine's disk is then a copy of that overlay (on the box's disk, as a cold machine's
+is), and libvirt restores the image as the machine's own domain: its domain XML (name, UUID,
+disk, MAC, console log, credential, command line) is written into the image's header, the
+one place libvirt takes it from without comparing its UUID with the saved one. The host then
+sends the machine its identity on the port: the clock, its MAC (the network card's state
+came with the image), its machine-id, fresh randomness, and its credential's tmpfiles lines
+(its SSH host key, the project's key, its names). Its network and sshd start as in a boot.
+A reboot of it is a cold boot: its command line and credential are its own.
+
+Only where that is the machine a cold boot would make: this host's system libvirt, a box
+vbox built with the identity service, a kernel beside the disk, the project network only,
+no synced folders (virtiofs, named on the command line). One image per box, shape (memory,
+vCPUs and their maxima, disk size, accelerator) and libvirt and QEMU version; an image that
+fails to restore is removed and the machine boots cold.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+import struct
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from vbox_cli.errors import VboxError
+
+FEATURE = "identity-channel"  # in a box's features: it has vbox-identity.service
+CHANNEL = "org.vbox.identity"
+CMDLINE_WORD = "vbox.identity=channel"
+METADATA_NS = "https://vbox.dev/xmlns/machine/1"
+KEEP = 4  # images kept (about 200 MB each for a 512M machine): the ones used last
+BOOT_TIMEOUT = 900.0  # seconds for the image's boot to reach the port (TCG on a loaded host)
+ANSWER_TIMEOUT = 60.0  # seconds for a restored machine to apply its identity
+
+# libvirt's header of a saved domain (src/qemu/qemu_saveimage.h, virQEMUSaveHeader):
+# magic, version, data_len (the XML and the cookie, NUL-terminated, padded), was_running,
+# format (0: raw), cookieOffset, 14 unused words; QEMU's migration stream follows the data.
+_HEADER = struct.Struct("<16s5I56s")
+_MAGIC = b"LibvirtQemudSave"
+
+
+def warm_dir() -> Path:
+    from vbox_cli.paths import vbox_home
+
+    return vbox_home() / "warm"
+
+
+def why_not(provider, spec) -> str | None:
+    """Why this machine starts cold (None: it can start warm)."""
+    if provider.remote or provider.session_mode or provider.group_mode:
+        return "not this host's system libvirt"
+    if os.environ.get("VBOX_WARM", "1") == "0":
+        return "VBOX_WARM=0"
+    if FEATURE not in spec.box.meta.features:
+        return f"its box {spec.box.name} {spec.box.version} has no identity service"
+    if not spec.box.artefact("kernel").is_file() or spec.box.meta.boot.hypervisor:
+        return "its box boots from its own bootloader or boots Xen"
+    if spec.folders or spec.networks or not spec.network:
+        return "it has synced folders or extra networks, which its command line names"
+    return None
+
+
+# -- the image's key and its domain ----------------------------------------------------
+
+def key_of(root: ET.Element, capacity: int, versions: tuple[int, int]) -> str:
+    """What makes two machines' boots the same: their domain without what is theirs alone,
+    their disk's size, libvirt's and QEMU's versions."""
+    shape = _generic(root)
+    text = ET.tostring(shape, encoding="unicode") + f"\ncapacity={capacity}\nversions={versions}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _generic(root: ET.Element) -> ET.Element:
+    root = ET.fromstring(ET.tostring(root))
+    for tag in ("name", "uuid", "metadata"):
+        for element in root.findall(tag):
+            root.remove(element)
+    for entry in root.findall("sysinfo/entry"):
+        entry.set("file", "")
+    cmdline = root.find("os/cmdline")
+    if cmdline is not None:
+        cmdline.text = " ".join(w for w in (cmdline.text or "").split() if not w.startswith("systemd.hostname="))
+    for source in root.findall("devices/disk/source"):
+        source.attrib = {}
+    for interface in root.findall("devices/interface"):
+        for child in list(interface):
+            if child.tag in ("mac", "source"):
+                interface.remove(child)
+    for log in root.findall("devices/serial/log") + root.findall("devices/console/log"):
+        log.set("file", "")
+    return root
+
+
+def image_domain(root: ET.Element, key: str, disk: str, credential: str, log: str) -> str:
+    """The domain the image is made from: the machine's, named for the image, waiting for
+    its identity on the port."""
+    root = ET.fromstring(ET.tostring(root))
+    name = f"vbox-warm-{key}"
+    root.find("name").text = name
+    root.find("uuid").text = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{METADATA_NS}#{name}"))
+    for element in root.findall("metadata"):
+        root.remove(element)
+    for entry in root.findall("sysinfo/entry"):
+        entry.set("file", credential)
+    cmdline = root.find("os/cmdline")
+    words = [w for w in (cmdline.text or "").split() if not w.startswith("systemd.hostname=")]
+    cmdline.text = " ".join([*words, "systemd.hostname=vbox-warm", CMDLINE_WORD])
+    for element in root.findall("devices/disk"):
+        if element.find("target").get("dev") == "vda":
+            element.set("type", "file")
+            element.find("source").attrib = {"file": disk}
+    for interface in root.findall("devices/interface"):
+        interface.find("mac").set("address", image_mac(key))
+    for element in root.findall("devices/serial/log") + root.findall("devices/console/log"):
+        element.set("file", log)
+    devices = root.find("devices")
+    channel = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(channel, "target", type="virtio", name=CHANNEL)
+    return ET.tostring(root, encoding="unicode")
+
+
+def image_mac(key: str) -> str:
+    digest = hashlib.sha256(f"warm-{key}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def machine_domain(saved: str, persistent: ET.Element) -> str:
+    """The image's saved domain made the machine's: its name, UUID, metadata, disk,
+    network card, console log, credential and command line (what a reboot uses)."""
+    root = ET.fromstring(saved)
+    for tag in ("name", "uuid"):
+        root.find(tag).text = persistent.find(tag).text
+    for element in root.findall("metadata"):
+        root.remove(element)
+    metadata = persistent.find("metadata")
+    if metadata is not None:
+        root.insert(2, ET.fromstring(ET.tostring(metadata)))
+    for entry, own in zip(root.findall("sysinfo/entry"), persistent.findall("sysinfo/entry")):
+        entry.set("file", own.get("file"))
+    root.find("os/cmdline").text = persistent.find("os/cmdline").text
+    own_disk = next(d for d in persistent.findall("devices/disk") if d.find("target").get("dev") == "vda")
+    for element in root.findall("devices/disk"):
+        if element.find("target").get("dev") == "vda":
+            element.set("type", own_disk.get("type"))
+            source = element.find("source")
+            source.attrib = dict(own_disk.find("source").attrib)
+            for child in list(source):
+                source.remove(child)
+            for child in element.findall("backingStore"):
+                element.remove(child)
+    for interface, own in zip(root.findall("devices/interface"), persistent.findall("devices/interface")):
+        interface.find("mac").set("address", own.find("mac").get("address"))
+        source = interface.find("source")
+        source.attrib = {"network": own.find("source").get("network")}
+        for child in ("target", "alias"):  # the host's tap device and libvirt's alias: made anew
+            for element in interface.findall(child):
+                interface.remove(element)
+    own_log = persistent.find("devices/serial/log")
+    for serial in root.findall("devices/serial") + root.findall("devices/console"):
+        log = serial.find("log")
+        if log is not None and own_log is not None:
+            log.set("file", own_log.get("file"))
+        elif log is not None:
+            serial.remove(log)
+    for channel in root.findall("devices/channel"):  # libvirt makes the socket's path
+        for source in channel.findall("source"):
+            channel.remove(source)
+    return ET.tostring(root, encoding="unicode")
+
+
+# -- libvirt's image file ------------------------------------------------------------------
+
+def read_header(path: Path) -> tuple[str, bytes, int]:
+    """(domain XML, cookie, data length) of a saved domain."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            raise VboxError(f"{path}: not a saved domain (too short)")
+        magic, version, length, _running, fmt, cookie_at, _ = _HEADER.unpack(head)
+        if magic != _MAGIC or version != 2 or fmt != 0:
+            raise VboxError(f"{path}: not a saved domain vbox can rewrite (magic {magic!r}, version {version}, "
+                            f"format {fmt})")
+        data = f.read(length)
+    xml = data[:data.index(b"\0")].decode()
+    cookie = data[cookie_at:data.index(b"\0", cookie_at)] if cookie_at else b""
+    return xml, cookie, length
+
+
+def write_header(path: Path, xml: str) -> None:
+    """Put `xml` in place of the saved domain's XML; QEMU's stream after it is not touched."""
+    _, cookie, length = read_header(path)
+    data = xml.encode() + b"\0"
+    cookie_at = len(data) if cookie else 0
+    if cookie:
+        data += cookie + b"\0"
+    if len(data) > length:
+        raise VboxError(f"{path}: the machine's domain is longer than the room the image has for it")
+    with open(path, "r+b") as f:
+        head = f.read(_HEADER.size)
+        magic, version, _length, running, fmt, _cookie_at, unused = _HEADER.unpack(head)
+        f.seek(0)
+        f.write(_HEADER.pack(magic, version, length, running, fmt, cookie_at, unused))
+        f.write(data.ljust(length, b"\0"))
+
+
+# -- the identity channel ------------------------------------------------------------------
+
+def _channel(conn, dom):
+    import libvirt
+
+    stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+    dom.openChannel(CHANNEL, stream, 0)
+    return stream
+
+
+class _Lines:
+    """Lines read from a non-blocking libvirt stream."""
+
+    def __init__(self, stream):
+        self.stream, self.pending = stream, b""
+
+    def next(self, deadline: float, alive) -> str:
+        while b"\n" not in self.pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            chunk = self.stream.recv(4096)
+            if chunk == -2:  # nothing yet
+                if not alive():
+                    raise ConnectionError("the domain stopped")
+                time.sleep(0.02)
+                continue
+            if not chunk:
+                raise ConnectionError("the port closed")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
+
+
+def _send(stream, data: bytes, deadline: float) -> None:
+    while data:
+        sent = stream.send(data)
+        if sent == -2:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.01)
+            continue
+        data = data[sent:]
+
+
+def identity_message(credential: bytes, image_mac_address: str, mac: str, machine_id: str) -> bytes:
+    lines = [
+        f"time {int(time.time())}",
+        f"mac {image_mac_address} {mac}",
+        f"machine-id {machine_id}",
+        f"random {base64.b64encode(secrets.token_bytes(64)).decode()}",
+        f"tmpfiles {base64.b64encode(credential).decode()}",
+        "end",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+# -- making an image, and starting from it --------------------------------------------------
+
+@contextlib.contextmanager
+def _locked(key: str, wait: bool = True):
+    """The image's lock (made, rewritten and restored under it); without `wait`, None
+    is yielded when another command holds it."""
+    import fcntl
+
+    folder = warm_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / f"{key}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        yield lock
+
+
+def _prune(conn, pool, keep: int = KEEP) -> None:
+    """The images beyond the `keep` used last go (a restore rewrites its image's header)."""
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile
+            return 0.0
+
+    saves = sorted(warm_dir().glob("*.save"), key=used, reverse=True)
+    for save in saves[keep:]:
+        with _locked(save.stem, wait=False) as held:
+            if held is not None:
+                remove_image(conn, pool, save.stem)
+
+
+def _paths(key: str) -> dict[str, Path]:
+    folder = warm_dir()
+    return {"save": folder / f"{key}.save", "log": folder / f"{key}.log", "meta": folder / f"{key}.json"}
+
+
+def remove_image(conn, pool, key: str) -> None:
+    from providers.storage import delete_volume
+
+    for path in _paths(key).values():
+        path.unlink(missing_ok=True)
+    for suffix in (".qcow2", ".cred"):
+        delete_volume(pool, f"warm-{key}{suffix}")
+
+
+def make_image(conn, pool, root: ET.Element, key: str, base_disk: str, capacity: int, box) -> None:
+    """Boot the box as the image's domain until it waits for its identity; save it."""
+    import json
+
+    import libvirt
+
+    from providers.hosts import find
+    from providers.storage import bases_lock, create_overlay, delete_volume, upload_volume
+
+    paths = _paths(key)
+    name = f"vbox-warm-{key}"
+    old = find(conn.lookupByName, name)  # a making cut short
+    if old is not None:
+        with contextlib.suppress(libvirt.libvirtError):
+            old.destroy()
+    delete_volume(pool, f"warm-{key}.qcow2")
+    with bases_lock():
+        disk = create_overlay(pool, f"warm-{key}.qcow2", base_disk, capacity).path()
+    credential = upload_volume(conn, pool, f"warm-{key}.cred",
+                               b"# a warm image's boot: its machine's identity comes on its virtio port\n").path()
+    paths["save"].unlink(missing_ok=True)
+    started = time.monotonic()
+    dom = conn.createXML(image_domain(root, key, disk, credential, str(paths["log"])), 0)
+    try:
+        stream = _channel(conn, dom)
+        try:
+            line = _Lines(stream).next(started + BOOT_TIMEOUT, dom.isActive)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+        if line != "waiting":
+            raise VboxError(f"the warm image's boot said {line!r} on its port, not 'waiting'")
+        tmp = paths["save"].with_suffix(".part")
+        tmp.unlink(missing_ok=True)
+        dom.save(str(tmp))
+        paths["meta"].write_text(json.dumps({"box": box.name, "version": box.version, "digest": box.meta.digest,
+                                             "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        os.replace(tmp, paths["save"])
+    except BaseException as exc:
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+        remove_image(conn, pool, key)
+        if isinstance(exc, (TimeoutError, ConnectionError)):
+            raise VboxError(f"the warm image's boot did not reach its identity service ({exc or 'time-out'})",
+                            hint=f"its console: {paths['log']}") from None
+        raise
+
+
+def start(provider, spec) -> tuple[bool, str]:
+    """Start the created, never started machine warm: (whether it was; what to tell the user).
+    Not started: it boots cold."""
+    import libvirt
+
+    from providers.storage import POOL, base_volumes, bases_lock
+
+    if why_not(provider, spec) is not None:
+        return False, ""
+    conn = provider.conn
+    dom = provider._existing(spec.object_name)
+    persistent = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    pool = conn.storagePoolLookupByName(POOL)
+    volume = pool.storageVolLookupByName(f"{spec.object_name}.qcow2")
+    capacity = volume.info()[1]
+    key = key_of(persistent, capacity, (conn.getLibVersion(), conn.getVersion()))
+    paths = _paths(key)
+    said = f"started warm, from a memory image of {spec.box.name} {spec.box.version}"
+    with _locked(key):
+        with bases_lock():
+            base = base_volumes(conn, pool, spec.box)["disk"]
+        if not paths["save"].is_file():
+            started = time.monotonic()
+            make_image(conn, pool, persistent, key, base, capacity, spec.box)
+            _prune(conn, pool)
+            said += f" made now ({time.monotonic() - started:.0f} s; the next machines of its shape start from it)"
+        saved, _, _ = read_header(paths["save"])
+        with bases_lock():  # its disk: the image's (on the box's disk, which is there again)
+            base_volumes(conn, pool, spec.box)
+            image_disk = pool.storageVolLookupByName(f"warm-{key}.qcow2").path()
+            tmp = Path(volume.path()).with_name(f".{spec.object_name}.qcow2.warm")
+            import shutil
+
+            shutil.copyfile(image_disk, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, volume.path())
+        write_header(paths["save"], machine_domain(saved, persistent))
+        try:
+            conn.restoreFlags(str(paths["save"]), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        except libvirt.libvirtError as exc:
+            remove_image(conn, pool, key)
+            _fresh_disk(pool, spec, base, capacity)
+            return False, f"the memory image of its box did not restore ({exc.get_error_message()}): removed; it boots"
+    dom = provider._existing(spec.object_name)
+    credential = Path(next(e.get("file") for e in persistent.findall("sysinfo/entry"))).read_bytes()
+    machine_id = persistent.find("uuid").text.replace("-", "")
+    mac = persistent.find("devices/interface/mac").get("address")
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    try:
+        stream = _channel(conn, dom)
+        try:
+            _send(stream, identity_message(credential, image_mac(key), mac, machine_id), deadline)
+            lines = _Lines(stream)
+            answer = "waiting"
+            while answer == "waiting":  # what it said before the host was there to hear it
+                answer = lines.next(deadline, dom.isActive)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+    except (TimeoutError, ConnectionError, libvirt.libvirtError) as exc:
+        raise VboxError(f"{spec.machine.name}: started warm, it did not take its identity ({exc or 'time-out'})",
+                        hint="`env destroy` it; VBOX_WARM=0 `env up` boots machines cold") from None
+    if answer != "ok":
+        raise VboxError(f"{spec.machine.name}: started warm, it could not apply its identity ({answer})",
+                        hint="`env destroy` it; VBOX_WARM=0 `env up` boots machines cold")
+    return True, said
+
+
+def _fresh_disk(pool, spec, base: str, capacity: int) -> None:
+    from providers.storage import bases_lock, create_overlay, delete_volume
+
+    with bases_lock():
+        delete_volume(pool, f"{spec.object_name}.qcow2")
+        create_overlay(pool, f"{spec.object_name}.qcow2", base, capacity)
+
+
+def forget(box) -> int:
+    """Remove the memory images made from a box (with the box); how many there were."""
+    import json
+
+    from providers.hosts import SYSTEM_URI, find, open_libvirt
+    from providers.storage import POOL
+
+    folder = warm_dir()
+    keys = []
+    for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            made_from = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if (made_from.get("box"), made_from.get("version")) == (box.name, box.version):
+            keys.append(meta.stem)
+    if not keys:
+        return 0
+    try:
+        conn = open_libvirt(SYSTEM_URI)
+    except VboxError:
+        conn = None
+    try:
+        pool = find(conn.storagePoolLookupByName, POOL) if conn is not None else None
+        for key in keys:
+            with _locked(key):
+                if pool is not None:
+                    remove_image(conn, pool, key)
+                else:  # libvirt is not there: its files here, its volumes when it is
+                    for path in _paths(key).values():
+                        path.unlink(missing_ok=True)
+            (folder / f"{key}.lock").unlink(missing_ok=True)
+    finally:
+        if conn is not None:
+            conn.close()
+    return len(keys)
