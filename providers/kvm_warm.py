@@ -5,8 +5,9 @@ The image is made the first time a machine of its shape needs it. The box boots 
 transient domain `vbox-warm-KEY` with `vbox.identity=channel` on its command line; its
 vbox-identity.service (boxes/guestfiles.py) says "waiting" on the virtio port
 org.vbox.identity before the network and sshd start, and libvirt saves the domain there:
-its memory image (in /var/lib/vbox/warm/) and its disk, an overlay on the box's disk with
-what the boot wrote (the volume `warm-KEY.qcow2` of the vbox pool).
+its memory image and its disk, an overlay on the box's disk with what the boot wrote, in
+/var/lib/vbox/warm/ (not in the vbox pool: a box's base volume there still goes with the
+last machine on it, and comes back, the same file, with the next).
 
 A new machine's disk is then a copy of that overlay (on the box's disk, as a cold machine's
 is), and libvirt restores the image as the machine's own domain: its domain XML (name, UUID,
@@ -293,7 +294,7 @@ def _locked(key: str, wait: bool = True):
         yield lock
 
 
-def _prune(conn, pool, keep: int = KEEP) -> None:
+def _prune(keep: int = KEEP) -> None:
     """The images beyond the `keep` used last go (a restore rewrites its image's header)."""
     def used(path: Path) -> float:
         try:
@@ -305,31 +306,28 @@ def _prune(conn, pool, keep: int = KEEP) -> None:
     for save in saves[keep:]:
         with _locked(save.stem, wait=False) as held:
             if held is not None:
-                remove_image(conn, pool, save.stem)
+                remove_image(save.stem)
 
 
 def _paths(key: str) -> dict[str, Path]:
     folder = warm_dir()
-    return {"save": folder / f"{key}.save", "log": folder / f"{key}.log", "meta": folder / f"{key}.json"}
+    return {"save": folder / f"{key}.save", "log": folder / f"{key}.log", "meta": folder / f"{key}.json",
+            "disk": folder / f"{key}.qcow2", "cred": folder / f"{key}.cred"}
 
 
-def remove_image(conn, pool, key: str) -> None:
-    from providers.storage import delete_volume
-
+def remove_image(key: str) -> None:
     for path in _paths(key).values():
         path.unlink(missing_ok=True)
-    for suffix in (".qcow2", ".cred"):
-        delete_volume(pool, f"warm-{key}{suffix}")
 
 
-def make_image(conn, pool, root: ET.Element, key: str, base_disk: str, capacity: int, box) -> None:
+def make_image(conn, root: ET.Element, key: str, base_disk: str, capacity: int, box) -> None:
     """Boot the box as the image's domain until it waits for its identity; save it."""
     import json
 
     import libvirt
 
     from providers.hosts import find
-    from providers.storage import bases_lock, create_overlay, delete_volume, upload_volume
+    from vbox_cli import proc
 
     paths = _paths(key)
     name = f"vbox-warm-{key}"
@@ -337,12 +335,16 @@ def make_image(conn, pool, root: ET.Element, key: str, base_disk: str, capacity:
     if old is not None:
         with contextlib.suppress(libvirt.libvirtError):
             old.destroy()
-    delete_volume(pool, f"warm-{key}.qcow2")
-    with bases_lock():
-        disk = create_overlay(pool, f"warm-{key}.qcow2", base_disk, capacity).path()
-    credential = upload_volume(conn, pool, f"warm-{key}.cred",
-                               b"# a warm image's boot: its machine's identity comes on its virtio port\n").path()
-    paths["save"].unlink(missing_ok=True)
+    remove_image(key)
+    # QEMU reads the image's disk and credential as it boots (libvirt lends it the disk);
+    # the folder lets it through to them, and lists nothing
+    warm_dir().chmod(0o711)
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1", "-F", "qcow2", "-b", base_disk,
+              str(paths["disk"]), str(capacity)])
+    paths["cred"].write_text("# a warm image's boot: its machine's identity comes on its virtio port\n")
+    paths["cred"].chmod(0o644)
+    credential = str(paths["cred"])
+    disk = str(paths["disk"])
     started = time.monotonic()
     dom = conn.createXML(image_domain(root, key, disk, credential, str(paths["log"])), 0)
     try:
@@ -364,7 +366,7 @@ def make_image(conn, pool, root: ET.Element, key: str, base_disk: str, capacity:
         with contextlib.suppress(libvirt.libvirtError):
             if dom.isActive():
                 dom.destroy()
-        remove_image(conn, pool, key)
+        remove_image(key)
         if isinstance(exc, (TimeoutError, ConnectionError)):
             raise VboxError(f"the warm image's boot did not reach its identity service ({exc or 'time-out'})",
                             hint=f"its console: {paths['log']}") from None
@@ -392,26 +394,25 @@ def start(provider, spec) -> tuple[bool, str]:
     with _locked(key):
         with bases_lock():
             base = base_volumes(conn, pool, spec.box)["disk"]
-        if not paths["save"].is_file():
+        if not (paths["save"].is_file() and paths["disk"].is_file()):
             started = time.monotonic()
-            make_image(conn, pool, persistent, key, base, capacity, spec.box)
-            _prune(conn, pool)
+            make_image(conn, persistent, key, base, capacity, spec.box)
+            _prune()
             said += f" made now ({time.monotonic() - started:.0f} s; the next machines of its shape start from it)"
         saved, _, _ = read_header(paths["save"])
         with bases_lock():  # its disk: the image's (on the box's disk, which is there again)
             base_volumes(conn, pool, spec.box)
-            image_disk = pool.storageVolLookupByName(f"warm-{key}.qcow2").path()
             tmp = Path(volume.path()).with_name(f".{spec.object_name}.qcow2.warm")
             import shutil
 
-            shutil.copyfile(image_disk, tmp)
+            shutil.copyfile(paths["disk"], tmp)
             os.chmod(tmp, 0o600)
             os.replace(tmp, volume.path())
         write_header(paths["save"], machine_domain(saved, persistent))
         try:
             conn.restoreFlags(str(paths["save"]), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
         except libvirt.libvirtError as exc:
-            remove_image(conn, pool, key)
+            remove_image(key)
             _fresh_disk(pool, spec, base, capacity)
             return False, f"the memory image of its box did not restore ({exc.get_error_message()}): removed; it boots"
     dom = provider._existing(spec.object_name)
@@ -451,9 +452,6 @@ def forget(box) -> int:
     """Remove the memory images made from a box (with the box); how many there were."""
     import json
 
-    from providers.hosts import SYSTEM_URI, find, open_libvirt
-    from providers.storage import POOL
-
     folder = warm_dir()
     keys = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -463,23 +461,7 @@ def forget(box) -> int:
             continue
         if (made_from.get("box"), made_from.get("version")) == (box.name, box.version):
             keys.append(meta.stem)
-    if not keys:
-        return 0
-    try:
-        conn = open_libvirt(SYSTEM_URI)
-    except VboxError:
-        conn = None
-    try:
-        pool = find(conn.storagePoolLookupByName, POOL) if conn is not None else None
-        for key in keys:
-            with _locked(key):
-                if pool is not None:
-                    remove_image(conn, pool, key)
-                else:  # libvirt is not there: its files here, its volumes when it is
-                    for path in _paths(key).values():
-                        path.unlink(missing_ok=True)
-            (folder / f"{key}.lock").unlink(missing_ok=True)
-    finally:
-        if conn is not None:
-            conn.close()
+    for key in keys:
+        with _locked(key):
+            remove_image(key)
     return len(keys)

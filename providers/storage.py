@@ -247,7 +247,7 @@ def unused_bases(pool) -> list[str]:
             continue
     backing = set()
     for name, vol in volumes.items():
-        if name.startswith(("vbox-", "warm-")):  # a machine's disk, a warm image's (providers/kvm_warm.py)
+        if name.startswith("vbox-"):
             try:
                 path = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
             except libvirt.libvirtError as exc:

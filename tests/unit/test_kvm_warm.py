@@ -161,11 +161,22 @@ def test_only_the_images_used_last_are_kept(tmp_path, monkeypatch):
         for suffix in (".save", ".log", ".json"):
             (folder / f"{key}{suffix}").write_text(key)
         os.utime(folder / f"{key}.save", (1000 + i, 1000 + i))  # f used last
-    asked = []
-    pool = SimpleNamespace(storageVolLookupByName=lambda name: asked.append(name))
+    (folder / "c.qcow2").write_text("its disk")
     with kvm_warm._locked("b"):  # in use by another command: kept
-        kvm_warm._prune(None, pool, keep=2)
+        kvm_warm._prune(keep=2)
     assert sorted(p.name for p in folder.glob("*.save")) == ["b.save", "e.save", "f.save"]
-    assert not (folder / "a.log").exists() and not (folder / "c.json").exists()
-    assert sorted(asked) == ["warm-a.cred", "warm-a.qcow2", "warm-c.cred", "warm-c.qcow2", "warm-d.cred",
-                             "warm-d.qcow2"]
+    assert not (folder / "a.log").exists() and not (folder / "c.json").exists() and not (folder / "c.qcow2").exists()
+    assert (folder / "b.log").exists()
+
+
+def test_a_box_s_images_go_with_it(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("VBOX_HOME", str(tmp_path))
+    folder = kvm_warm.warm_dir()
+    folder.mkdir()
+    for key, version in (("old", "12.0.14"), ("new", "12.0.15")):
+        (folder / f"{key}.save").write_text(key)
+        (folder / f"{key}.json").write_text(json.dumps({"box": "debian-12", "version": version}))
+    assert kvm_warm.forget(SimpleNamespace(name="debian-12", version="12.0.14")) == 1
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == ["new.json", "new.save"]
