@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/lifecycle.py [--runs N] [--provider lxc|kvm] [--unprivileged]
                                              [--user NAME [--user-vbox PATH]] [--warm]
 
---warm (kvm): machines without synced folders (`folders = []`), booted (VBOX_WARM=0) and
-started warm from the box's memory image (providers/kvm_warm.py) in turn, side by side
-with their ratio; the up that makes the image first is timed apart.
+--warm (kvm): machines booted (VBOX_WARM=0) and started warm from the box's memory image
+(providers/kvm_warm.py) in turn, side by side with their ratio; the up that makes the
+image first is timed apart.
 --unprivileged (lxc): a privileged and an unprivileged machine (`unprivileged = true`) in
 turn, each verb's medians side by side with their ratio.
 --user NAME: root's machine and the same machine of the user NAME (run as her, through
@@ -43,9 +43,9 @@ VBOX = str(Path(sys.executable).parent / "vbox")
 TEN = "".join(f"[machines.m{i}]\n" for i in range(10))
 
 
-def one(provider: str, unprivileged: bool = False, folders: bool = True) -> str:
+def one(provider: str, unprivileged: bool = False) -> str:
     return (f'[machines.web]\nprovider = "{provider}"\nprovision = [{{ shell = "true" }}]\n'
-            + ("unprivileged = true\n" if unprivileged else "") + ("" if folders else "folders = []\n"))
+            + ("unprivileged = true\n" if unprivileged else ""))
 
 
 def machine_disk(provider: str, object_name: str, home: Path | None = None) -> Path:
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--user", help="root's machine and this user's in turn, side by side with their ratio")
     parser.add_argument("--user-vbox", help="the user's vbox (default: installed for the run)")
     parser.add_argument("--warm", action="store_true",
-                        help="kvm: booted and warm-started machines (no synced folders) in turn, side by side")
+                        help="kvm: booted and warm-started machines in turn, side by side")
     args = parser.parse_args()
     compiled.ensure()
     if args.user and args.unprivileged:
@@ -155,13 +155,13 @@ def main() -> None:
         folders = {v: runner.folder(base / v) for v, (_, _, runner) in variants.items()}
         first_up = None
         if "warm" in variants:  # the up that makes the image, if there is none of this shape
-            (folders["warm"] / "Envfile").write_text(one(args.provider, folders=False))
+            (folders["warm"] / "Envfile").write_text(one(args.provider))
             first_up = timed(folders["warm"], "up")
             timed(folders["warm"], "destroy", "-f")
         for _ in range(args.runs):
             for v, (_, unprivileged, runner) in variants.items():  # in turn, so that all see the same noise
                 folder = folders[v]
-                (folder / "Envfile").write_text(one(args.provider, unprivileged, folders=not args.warm))
+                (folder / "Envfile").write_text(one(args.provider, unprivileged))
                 if runner.user:
                     shutil.chown(folder / "Envfile", args.user)
                 container = machine_disk(args.provider, f"vbox-{project_id(folder)}-web", runner.home)

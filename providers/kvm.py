@@ -214,6 +214,9 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         from providers import virtiofs
 
         dom = self._domain(spec.object_name)
+        new = self._is_new(dom)
+        if new and dom.isActive():  # a first start cut short: from the top
+            dom.destroy()
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         virtiofs.apply(root, spec, self._shares_dir(spec.object_name))
         if any(net.address for net in spec.networks) and "static-addresses" not in spec.box.meta.features:
@@ -228,18 +231,20 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
             raise VboxError(f"{spec.machine.name}: {self.host.shown} refused the synced folders: "
                             f"{exc.get_error_message()}") from None
         with virtiofs.served(spec, self._shares_dir(spec.object_name)):
-            said = ""
-            if self._first_start(dom):  # a new machine: from its box's warm image where it can
+            said, started = "", False
+            if new:  # a new machine: from its box's warm image where it can
                 from providers import kvm_warm
 
                 self.apply_resources(spec)
-                warm, said = kvm_warm.start(self, spec)
-                if warm:
-                    return said
-            super().start(spec)
-            return said
+                started, said = kvm_warm.start(self, spec)
+            if not started:
+                super().start(spec)
+        if new:
+            self._not_new(dom)
+        return said
 
-    # a new machine's domain is marked until its first start (its disk is the box's as yet)
+    # A new machine's domain is marked until its first start is done (its identity given):
+    # one found running with the mark is a first start cut short, which the next starts again.
     _NEW = ("https://vbox.dev/xmlns/new/1", "vboxnew")
 
     def create(self, spec: MachineSpec) -> None:
@@ -249,17 +254,28 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         self._existing(spec.object_name).setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<new/>", self._NEW[1],
                                                      self._NEW[0], libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
-    def _first_start(self, dom) -> bool:
-        """Whether the domain was never started; its mark goes."""
+    def _is_new(self, dom) -> bool:
         import libvirt
 
         try:
             dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, self._NEW[0], libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         except libvirt.libvirtError:
             return False
+        return True
+
+    def _not_new(self, dom) -> None:
+        import libvirt
+
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, self._NEW[0],
                         libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-        return True
+
+    def state(self, object_name: str) -> str:
+        from providers.base import RUNNING, STOPPED
+
+        state = super().state(object_name)
+        if state == RUNNING and self._is_new(self._domain(object_name)):
+            return STOPPED  # its first start was cut short (killed before its identity was given): not usable
+        return state
 
     def destroy(self, object_name: str, network_going: bool = False) -> None:
         from providers import virtiofs
@@ -267,6 +283,10 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         super().destroy(object_name, network_going)
         if not self.remote:
             virtiofs.release(self._shares_dir(object_name))
+        if not (self.remote or self.session_mode or self.group_mode):
+            from providers import kvm_warm
+
+            kvm_warm.sweep(self.conn)
 
     def leaks(self, prefix: str) -> list[str]:
         from providers import virtiofs

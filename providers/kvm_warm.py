@@ -19,8 +19,9 @@ came with the image), its machine-id, fresh randomness, and its credential's tmp
 A reboot of it is a cold boot: its command line and credential are its own.
 
 Only where that is the machine a cold boot would make: this host's system libvirt, a box
-vbox built with the identity service, a kernel beside the disk, the project network only,
-no synced folders (virtiofs, named on the command line). One image per box, shape (memory,
+vbox built with the identity service, a kernel beside the disk, the project network only
+(an extra network's address is on the command line). Synced folders (virtiofs, which QEMU
+cannot save) are plugged in after the restore and named in the identity, which mounts them. One image per box, shape (memory,
 vCPUs and their maxima, disk size, accelerator) and libvirt and QEMU version; an image that
 fails to restore is removed and the machine boots cold.
 """
@@ -71,8 +72,13 @@ def why_not(provider, spec) -> str | None:
         return f"its box {spec.box.name} {spec.box.version} has no identity service"
     if not spec.box.artefact("kernel").is_file() or spec.box.meta.boot.hypervisor:
         return "its box boots from its own bootloader or boots Xen"
-    if spec.folders or spec.networks or not spec.network:
-        return "it has synced folders or extra networks, which its command line names"
+    if spec.networks or not spec.network:
+        return "it has extra networks, whose addresses its command line names"
+    if spec.folders:
+        from providers import virtiofs
+
+        if virtiofs.BOX_FEATURE not in spec.box.meta.features or virtiofs.missing():
+            return "its synced folders are not served here"
     return None
 
 
@@ -95,7 +101,8 @@ def _generic(root: ET.Element) -> ET.Element:
         entry.set("file", "")
     cmdline = root.find("os/cmdline")
     if cmdline is not None:
-        cmdline.text = " ".join(w for w in (cmdline.text or "").split() if not w.startswith("systemd.hostname="))
+        cmdline.text = " ".join(_shared_words(cmdline.text))
+    _unplug_folders(root)
     for source in root.findall("devices/disk/source"):
         source.attrib = {}
     for interface in root.findall("devices/interface"):
@@ -105,6 +112,30 @@ def _generic(root: ET.Element) -> ET.Element:
     for log in root.findall("devices/serial/log") + root.findall("devices/console/log"):
         log.set("file", "")
     return root
+
+
+def _shared_words(cmdline: str | None) -> list[str]:
+    """The kernel command line's words but the machine's own: its name, its folders."""
+    from providers.virtiofs import KEY
+
+    return [w for w in (cmdline or "").split() if not w.startswith(("systemd.hostname=", KEY))]
+
+
+def _unplug_folders(root: ET.Element) -> list[ET.Element]:
+    """The synced folders' devices taken out of a domain (QEMU cannot save them: they are
+    plugged in after the restore); those devices."""
+    devices = root.find("devices")
+    taken = [fs for fs in devices.findall("filesystem") if fs.find("driver[@type='virtiofs']") is not None]
+    for fs in taken:
+        devices.remove(fs)
+    return taken
+
+
+def folder_words(persistent: ET.Element) -> list[str]:
+    """TAG,MODE,PATH of each synced folder, as the machine's command line names them."""
+    from providers.virtiofs import KEY
+
+    return [w[len(KEY):] for w in (persistent.findtext("os/cmdline") or "").split() if w.startswith(KEY)]
 
 
 def image_domain(root: ET.Element, key: str, disk: str, credential: str, log: str) -> str:
@@ -119,8 +150,8 @@ def image_domain(root: ET.Element, key: str, disk: str, credential: str, log: st
     for entry in root.findall("sysinfo/entry"):
         entry.set("file", credential)
     cmdline = root.find("os/cmdline")
-    words = [w for w in (cmdline.text or "").split() if not w.startswith("systemd.hostname=")]
-    cmdline.text = " ".join([*words, "systemd.hostname=vbox-warm", CMDLINE_WORD])
+    cmdline.text = " ".join([*_shared_words(cmdline.text), "systemd.hostname=vbox-warm", CMDLINE_WORD])
+    _unplug_folders(root)
     for element in root.findall("devices/disk"):
         if element.find("target").get("dev") == "vda":
             element.set("type", "file")
@@ -149,8 +180,12 @@ def machine_domain(saved: str, persistent: ET.Element) -> str:
     for element in root.findall("metadata"):
         root.remove(element)
     metadata = persistent.find("metadata")
-    if metadata is not None:
-        root.insert(2, ET.fromstring(ET.tostring(metadata)))
+    if metadata is not None:  # vbox's record of the machine (not the mark of a first start)
+        metadata = ET.fromstring(ET.tostring(metadata))
+        for element in list(metadata):
+            if not element.tag.startswith(f"{{{METADATA_NS}}}"):
+                metadata.remove(element)
+        root.insert(2, metadata)
     for entry, own in zip(root.findall("sysinfo/entry"), persistent.findall("sysinfo/entry")):
         entry.set("file", own.get("file"))
     root.find("os/cmdline").text = persistent.find("os/cmdline").text
@@ -263,13 +298,15 @@ def _send(stream, data: bytes, deadline: float) -> None:
         data = data[sent:]
 
 
-def identity_message(credential: bytes, image_mac_address: str, mac: str, machine_id: str) -> bytes:
+def identity_message(credential: bytes, image_mac_address: str, mac: str, machine_id: str,
+                     folders: list[str] = ()) -> bytes:
     lines = [
         f"time {int(time.time())}",
         f"mac {image_mac_address} {mac}",
         f"machine-id {machine_id}",
         f"random {base64.b64encode(secrets.token_bytes(64)).decode()}",
         f"tmpfiles {base64.b64encode(credential).decode()}",
+        *(f"folder {words}" for words in folders),
         "end",
     ]
     return ("\n".join(lines) + "\n").encode()
@@ -416,6 +453,15 @@ def start(provider, spec) -> tuple[bool, str]:
             _fresh_disk(pool, spec, base, capacity)
             return False, f"the memory image of its box did not restore ({exc.get_error_message()}): removed; it boots"
     dom = provider._existing(spec.object_name)
+    for fs in _unplug_folders(ET.fromstring(ET.tostring(persistent))):  # its virtiofsd start with them
+        for child in fs.findall("address") + fs.findall("alias"):  # libvirt gives it a free slot
+            fs.remove(child)
+        try:
+            dom.attachDeviceFlags(ET.tostring(fs, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise VboxError(f"{spec.machine.name}: started warm, its synced folder {fs.find('target').get('dir')} "
+                            f"could not be plugged in: {exc.get_error_message()}",
+                            hint="`env destroy` it; VBOX_WARM=0 `env up` boots machines cold") from None
     credential = Path(next(e.get("file") for e in persistent.findall("sysinfo/entry"))).read_bytes()
     machine_id = persistent.find("uuid").text.replace("-", "")
     mac = persistent.find("devices/interface/mac").get("address")
@@ -423,7 +469,8 @@ def start(provider, spec) -> tuple[bool, str]:
     try:
         stream = _channel(conn, dom)
         try:
-            _send(stream, identity_message(credential, image_mac(key), mac, machine_id), deadline)
+            _send(stream, identity_message(credential, image_mac(key), mac, machine_id, folder_words(persistent)),
+                  deadline)
             lines = _Lines(stream)
             answer = "waiting"
             while answer == "waiting":  # what it said before the host was there to hear it
@@ -446,6 +493,24 @@ def _fresh_disk(pool, spec, base: str, capacity: int) -> None:
     with bases_lock():
         delete_volume(pool, f"{spec.object_name}.qcow2")
         create_overlay(pool, f"{spec.object_name}.qcow2", base, capacity)
+
+
+def sweep(conn) -> None:
+    """Image domains whose making was cut short (vbox killed while the box booted): the
+    lock of a making in progress is held, theirs is not."""
+    import libvirt
+
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            name = dom.name()
+        except libvirt.libvirtError:
+            continue
+        if not name.startswith("vbox-warm-"):
+            continue
+        with _locked(name.removeprefix("vbox-warm-"), wait=False) as held:
+            if held is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
 
 
 def forget(box) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ class Target:
 class SshTimeout(VboxError):
     pass
 
+
+# paramiko imports `invoke` where it is installed (a dependency of its own package), only
+# for ssh_config's `Match exec`, and vbox hands paramiko no ssh_config: 0.17 s of every
+# command that opens an SSH connection here
+sys.modules.setdefault("invoke", None)
 
 # paramiko logs failed attempts (with tracebacks) from its own threads; vbox retries and
 # reports what matters itself

@@ -20,19 +20,21 @@ TWO = """
 [defaults]
 provider = "kvm"
 memory = "512M"
-folders = []
 
 [machines.a]
+folders = []
 provision = [{ shell = "echo provisioned > /root/once.log" }]
 
 [machines.b]
+folders = [{ host = ".", guest = "/vbox" }, { host = "docs", guest = "/srv/the docs", readonly = true }]
 """
 
 
 @pytest.fixture
 def project(debian12, tmp_path):
     folder = tmp_path / "warmproj"
-    folder.mkdir()
+    (folder / "docs").mkdir(parents=True)
+    (folder / "docs" / "readme").write_text("read me\n")
     p = Project(folder)
     p.write(TWO)
     yield p
@@ -63,6 +65,11 @@ def test_new_machines_start_warm_each_with_its_own_identity(project):
         assert abs(int(project.ssh(name, "date +%s")) - time.time()) < 60  # its clock set, not the image's
         assert project.ssh(name, "systemctl is-system-running").strip() == "running"
     assert project.ssh("a", "sudo cat /root/once.log") == "provisioned\n"
+    # b's synced folders, plugged in after its restore and mounted by its identity service
+    assert project.ssh("b", "cat '/srv/the docs/readme'") == "read me\n"
+    assert "Read-only" in project.env("ssh", "b", "--", "touch '/srv/the docs/x'", check_rc=None).stderr
+    project.ssh("b", "echo from-b > /vbox/from-b")
+    assert (project.folder / "from-b").read_text() == "from-b\n"
     # two machines of one image: their own randomness, and each other's names and addresses
     assert project.ssh("a", "cat /proc/sys/kernel/random/uuid") != project.ssh("b", "cat /proc/sys/kernel/random/uuid")
     assert project.ssh("a", "getent ahostsv4 b | head -1").split()[0] == status["b"]["address"]
@@ -84,12 +91,31 @@ def test_new_machines_start_warm_each_with_its_own_identity(project):
     assert "vbox.identity" not in project.ssh("a", "cat /proc/cmdline")
     assert project.ssh("a", "hostname") == "a\n"
     assert project.ssh("a", "sudo cat /root/once.log") == "provisioned\n"
+    # b's synced folders, plugged in after its restore and mounted by its identity service
+    assert project.ssh("b", "cat '/srv/the docs/readme'") == "read me\n"
+    assert "Read-only" in project.env("ssh", "b", "--", "touch '/srv/the docs/x'", check_rc=None).stderr
+    project.ssh("b", "echo from-b > /vbox/from-b")
+    assert (project.folder / "from-b").read_text() == "from-b\n"
 
 
 def test_an_image_that_does_not_restore_goes_and_the_machine_boots_cold(project):
-    project.write(TWO.split("[machines.b]")[0])
+    project.write(TWO.split("[machines.b]")[0])  # a alone
     started = time.time() - 1
     project.env("up")  # the image is there (made now or by an earlier test)
+    # a first start cut short (an up killed before the machine had its identity) keeps the
+    # domain's mark of a new machine: it shows as stopped, and the next up starts it again
+    conn = libvirt.open("qemu:///system")
+    try:
+        conn.lookupByName(f"vbox-{project.id}-a").setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<new/>", "vboxnew", "https://vbox.dev/xmlns/new/1",
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    finally:
+        conn.close()
+    assert project.status()["a"]["state"] == "stopped"
+    again = project.env("up", "--no-provision")
+    assert "started warm" in again.stdout + again.stderr
+    assert project.status()["a"]["state"] == "running"
+    assert project.ssh("a", "hostname") == "a\n"
     project.env("destroy", "-f")
     images = [p for p in warm_dir().glob("*.save") if p.stat().st_mtime >= started]  # its own: written at its start
     assert len(images) == 1

@@ -15,7 +15,8 @@ from vbox_cli.errors import VboxError
 MACHINE = """<domain type='qemu'>
   <name>vbox-p-abc-web</name>
   <uuid>11111111-2222-3333-4444-555555555555</uuid>
-  <metadata><vbox:machine xmlns:vbox='https://vbox.dev/xmlns/machine/1' project='p-abc' machine='web'/></metadata>
+  <metadata><vbox:machine xmlns:vbox='https://vbox.dev/xmlns/machine/1' project='p-abc' machine='web'/>
+    <vboxnew:new xmlns:vboxnew='https://vbox.dev/xmlns/new/1'/></metadata>
   <memory unit='KiB'>1048576</memory>
   <currentMemory unit='KiB'>524288</currentMemory>
   <vcpu placement='static' current='1'>2</vcpu>
@@ -71,6 +72,7 @@ def test_a_machine_domain_from_the_saved_one_is_the_machine_s():
     mine = ET.fromstring(kvm_warm.machine_domain(ET.tostring(root, encoding="unicode"), persistent))
     assert (mine.findtext("name"), mine.findtext("uuid")) == ("vbox-p-abc-web", "11111111-2222-3333-4444-555555555555")
     assert mine.find("metadata/{https://vbox.dev/xmlns/machine/1}machine").get("machine") == "web"
+    assert [e.tag for e in mine.find("metadata")] == ["{https://vbox.dev/xmlns/machine/1}machine"]  # not the mark
     assert mine.find("devices/disk").get("type") == "volume"
     assert mine.find("devices/disk/source").attrib == {"pool": "vbox", "volume": "vbox-p-abc-web.qcow2"}
     assert mine.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"
@@ -142,7 +144,11 @@ def test_who_starts_warm(tmp_path, monkeypatch):
     assert kvm_warm.why_not(here, _spec(tmp_path)) is None
     assert "system libvirt" in kvm_warm.why_not(SimpleNamespace(remote=True, session_mode=False, group_mode=False),
                                                  _spec(tmp_path))
-    assert "synced folders" in kvm_warm.why_not(here, _spec(tmp_path, folders=("x",)))
+    assert kvm_warm.why_not(here, _spec(tmp_path, folders=("x",))) is None  # plugged in after the restore
+    from providers import virtiofs
+
+    monkeypatch.setattr(virtiofs, "missing", lambda: "no virtiofsd")
+    assert "not served here" in kvm_warm.why_not(here, _spec(tmp_path, folders=("x",)))
     assert "extra networks" in kvm_warm.why_not(here, _spec(tmp_path, networks=("x",)))
     old = _spec(tmp_path)
     old.box.meta.features = ["virtiofs"]
@@ -180,3 +186,21 @@ def test_a_box_s_images_go_with_it(tmp_path, monkeypatch):
         (folder / f"{key}.json").write_text(json.dumps({"box": "debian-12", "version": version}))
     assert kvm_warm.forget(SimpleNamespace(name="debian-12", version="12.0.14")) == 1
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == ["new.json", "new.save"]
+
+
+FOLDERS = MACHINE.replace("net.ifnames=0</cmdline>", "net.ifnames=0 vbox.folder=vbox0,rw,vbox</cmdline>").replace(
+    "  </devices>", """    <filesystem type='mount' accessmode='passthrough'><driver type='virtiofs' queue='1024'/>
+      <source dir='/var/lib/vbox/shares/vbox-p-abc-web/vbox0'/><target dir='vbox0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x06' function='0x0'/></filesystem>
+  </devices>""")
+
+
+def test_synced_folders_are_plugged_in_after_the_restore():
+    root = ET.fromstring(FOLDERS)
+    two = ET.fromstring(FOLDERS.replace("vbox.folder=vbox0,rw,vbox", "vbox.folder=vbox0,rw,vbox vbox.folder=vbox1,ro,srv"))
+    assert kvm_warm.key_of(root, 1, (1, 2)) == kvm_warm.key_of(two, 1, (1, 2))  # folders are not the image's
+    image = ET.fromstring(kvm_warm.image_domain(root, "k", "/d", "/c", "/l"))
+    assert image.find("devices/filesystem") is None and "vbox.folder" not in image.findtext("os/cmdline")
+    assert kvm_warm.folder_words(root) == ["vbox0,rw,vbox"]
+    message = kvm_warm.identity_message(b"", "a", "b", "c", kvm_warm.folder_words(two)).decode().splitlines()
+    assert message[-3:] == ["folder vbox0,rw,vbox", "folder vbox1,ro,srv", "end"]
