@@ -46,7 +46,6 @@ CHANNEL = "org.vbox.identity"
 CMDLINE_WORD = "vbox.identity=channel"
 METADATA_NS = "https://vbox.dev/xmlns/machine/1"
 KEEP = 4  # images kept (about 200 MB each for a 512M machine): the ones used last
-BOOT_TIMEOUT = 900.0  # seconds for the image's boot to reach the port (TCG on a loaded host)
 ANSWER_TIMEOUT = 60.0  # seconds for a restored machine to apply its identity
 
 # libvirt's header of a saved domain (src/qemu/qemu_saveimage.h, virQEMUSaveHeader):
@@ -352,13 +351,17 @@ def _paths(key: str) -> dict[str, Path]:
             "disk": folder / f"{key}.qcow2", "cred": folder / f"{key}.cred"}
 
 
-def remove_image(key: str) -> None:
-    for path in _paths(key).values():
-        path.unlink(missing_ok=True)
+def remove_image(key: str, keep_log: bool = False) -> None:
+    for kind, path in _paths(key).items():
+        if not (keep_log and kind == "log"):
+            path.unlink(missing_ok=True)
+    _paths(key)["save"].with_suffix(".part").unlink(missing_ok=True)
 
 
-def make_image(conn, root: ET.Element, key: str, base_disk: str, capacity: int, box) -> None:
-    """Boot the box as the image's domain until it waits for its identity; save it."""
+def make_image(conn, root: ET.Element, key: str, base_disk: str, capacity: int, box, timeout: float) -> None:
+    """Boot the box as the image's domain until it waits for its identity (within
+    `timeout` seconds, the machine's boot_timeout); save it. A failure leaves nothing but
+    the console log of that boot."""
     import json
 
     import libvirt
@@ -384,10 +387,27 @@ def make_image(conn, root: ET.Element, key: str, base_disk: str, capacity: int, 
     disk = str(paths["disk"])
     started = time.monotonic()
     dom = conn.createXML(image_domain(root, key, disk, credential, str(paths["log"])), 0)
+    checked = [started]
+
+    def booting() -> bool:
+        """Whether it still boots towards its identity service: running, and (its console
+        looked at every second) that service has not failed."""
+        if not dom.isActive():
+            return False
+        if time.monotonic() - checked[0] > 1.0:
+            checked[0] = time.monotonic()
+            try:
+                console = paths["log"].read_text(errors="replace")
+            except OSError:
+                return True
+            if "Failed to start vbox-identity" in console or "vbox-identity: no virtio port" in console:
+                raise ConnectionError("its identity service failed")
+        return True
+
     try:
         stream = _channel(conn, dom)
         try:
-            line = _Lines(stream).next(started + BOOT_TIMEOUT, dom.isActive)
+            line = _Lines(stream).next(started + timeout, booting)
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 stream.abort()
@@ -403,10 +423,13 @@ def make_image(conn, root: ET.Element, key: str, base_disk: str, capacity: int, 
         with contextlib.suppress(libvirt.libvirtError):
             if dom.isActive():
                 dom.destroy()
-        remove_image(key)
-        if isinstance(exc, (TimeoutError, ConnectionError)):
-            raise VboxError(f"the warm image's boot did not reach its identity service ({exc or 'time-out'})",
-                            hint=f"its console: {paths['log']}") from None
+        remove_image(key, keep_log=True)
+        if isinstance(exc, TimeoutError):
+            raise VboxError(f"its box's boot did not reach its identity service within {timeout:g} s") from None
+        if isinstance(exc, ConnectionError):
+            raise VboxError(f"its box's boot did not reach its identity service ({exc})") from None
+        if isinstance(exc, libvirt.libvirtError):
+            raise VboxError(f"libvirt: {exc.get_error_message()}") from None
         raise
 
 
@@ -433,7 +456,11 @@ def start(provider, spec) -> tuple[bool, str]:
             base = base_volumes(conn, pool, spec.box)["disk"]
         if not (paths["save"].is_file() and paths["disk"].is_file()):
             started = time.monotonic()
-            make_image(conn, persistent, key, base, capacity, spec.box)
+            try:
+                make_image(conn, persistent, key, base, capacity, spec.box, spec.machine.boot_timeout)
+            except VboxError as exc:  # a faster start missed, not the machine: it boots
+                return False, (f"the memory image of its box could not be made ({exc}): it boots "
+                               f"(the console of that image's boot: {paths['log']})")
             _prune()
             said += f" made now ({time.monotonic() - started:.0f} s; the next machines of its shape start from it)"
         saved, _, _ = read_header(paths["save"])
