@@ -70,7 +70,9 @@ def lost_connection(exc: BaseException) -> str | None:
         if seen is None:
             return None
         if isinstance(seen, libvirt.libvirtError) and seen.get_error_domain() == libvirt.VIR_FROM_RPC:
-            return seen.get_error_message()
+            # libvirt's own wording ("internal error: client socket is closed" when a stream
+            # of it broke): what happened, not an error of vbox's
+            return seen.get_error_message().removeprefix("internal error: ")
         seen = seen.__cause__ or seen.__context__
     return None
 

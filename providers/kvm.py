@@ -216,7 +216,11 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
         dom = self._domain(spec.object_name)
         new = self._is_new(dom)
         if new and dom.isActive():  # a first start cut short: from the top
-            dom.destroy()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if dom.isActive():  # not one that went meanwhile (libvirtd ends a restore it finds cut short)
+                    raise
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         virtiofs.apply(root, spec, self._shares_dir(spec.object_name))
         if any(net.address for net in spec.networks) and "static-addresses" not in spec.box.meta.features:

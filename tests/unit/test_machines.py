@@ -94,6 +94,8 @@ def test_only_a_broken_connection_counts_as_one():
     finally:
         conn.close()
     assert lost_connection(_rpc_error("Broken pipe")) == "Broken pipe"
+    # a stream of it that broke: libvirt's words, without its "internal error" (not vbox's)
+    assert lost_connection(_rpc_error("internal error: client socket is closed")) == "client socket is closed"
     assert lost_connection(OSError("Broken pipe")) is None
 
 
