@@ -147,7 +147,12 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
     report.phase(Phase.KERNEL, "extracting the kernel and initrd")
     kernel, initrd = _kernel_files(rootfs)
     shutil.copy2(kernel, staged / ARTEFACTS["kernel"])
-    shutil.copy2(initrd, staged / ARTEFACTS["initrd"])
+    if recipe.initrd == "small":
+        from boxes import initrd as small_initrd
+
+        (staged / ARTEFACTS["initrd"]).write_bytes(small_initrd.make(rootfs, kernel.name.removeprefix("vmlinuz-")))
+    else:
+        shutil.copy2(initrd, staged / ARTEFACTS["initrd"])
     if recipe.hypervisor:
         _extract_hypervisor(rootfs, staged / ARTEFACTS["hypervisor"])
     report.phase(Phase.DISK, "making the disk image")
@@ -163,7 +168,8 @@ def _build_into(staged: Path, recipe: Recipe, report: Reporter, mirror: str, cac
         recipe_digest=recipe.digest, recipe=recipe.source, suite=recipe.suite, mirror=mirror, user=recipe.user,
         boot=Boot(root_label=ROOT_LABEL, hypervisor="hypervisor" if recipe.hypervisor else None),
         kernel_version=kernel.name.removeprefix("vmlinuz-"),
-        features=["virtiofs", "static-addresses", "identity-channel", *(["libvirt-host"] if recipe.libvirt_host else [])],
+        features=["virtiofs", "static-addresses", "identity-channel", "static-resolver",
+                  *(["libvirt-host"] if recipe.libvirt_host else [])],
         packages=packages,
         built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(time.monotonic() - started, 1), size=_tree_size(staged),

@@ -43,6 +43,16 @@ FILES = {
     "etc/systemd/journald.conf.d/vbox.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n", 0o644),
     # names come from the project network's DNS, not from multicast guesses
     "etc/systemd/resolved.conf.d/vbox.conf": ("[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644),
+    # a VM vbox makes resolves through /etc/resolv.conf (providers/guest.py, static_resolver):
+    # resolved, before sysinit.target, was 3.5 s of every TCG boot's way to sshd. A box
+    # booted without that word (by its own bootloader, elsewhere) keeps resolved.
+    "etc/systemd/system/systemd-resolved.service.d/vbox.conf": (
+        "[Unit]\nConditionKernelCommandLine=!vbox.resolver=static\n", 0o644),
+    # resolved's own tmpfiles line would put its link back at every boot, before (and instead
+    # of) the one in the machine's credential; the disk keeps that link for a box booted alone
+    "etc/tmpfiles.d/systemd-resolve.conf": (
+        "# vbox: /etc/resolv.conf stays as it is; a machine vbox makes links it to its own (vbox.resolver=static)\n",
+        0o644),
     # Xen guests have no SMBIOS strings: vbox gives them the same tmpfiles lines as KVM's
     # credential on a small raw disk that starts with "# vbox-seed " (see providers/xen.py)
     "etc/systemd/system/vbox-seed.service": (

@@ -387,6 +387,13 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                              ssh_port, console_log=not (self.remote or self.group_mode), seed=seed,
                              host=self._host_size())
 
+    def identity_volume(self, suffix: str, spec: MachineSpec) -> bytes | None:
+        """A volume of extra_volumes written anew for `spec` (a move to another host's network,
+        providers/migration.py): the credential; None: copied as it is (a cloud image's seed)."""
+        from providers.guest import tmpfiles_lines
+
+        return tmpfiles_lines(spec).encode() if suffix == ".cred" else None
+
     def _host_size(self) -> tuple[int, int]:
         info = self.conn.getInfo()  # [model, memory MiB, CPUs, ...]
         return info[1] * 1024**2, info[2]

@@ -32,11 +32,14 @@ def render_domain(spec: MachineSpec, domain_type: str, paths: dict[str, str], vo
     `seed` the volume of a cloud image's NoCloud seed (a second, read-only disk).
     `console_log`: the console is logged to the project's .vbox/console/ (this host only).
     `host`: its host's memory (bytes) and CPUs, which bound what it may grow to live."""
+    from providers.guest import RESOLVER_WORD, static_resolver
     from providers.storage import POOL
 
     short = spec.machine.hostname.split(".")[0]
     linux_cmdline = (f"root=LABEL={spec.box.meta.boot.root_label} rw console=ttyS0 "
                      f"systemd.hostname={short} net.ifnames=0")
+    if static_resolver(spec):  # not in session mode: no project network there (QEMU's own DNS)
+        linux_cmdline += f" {RESOLVER_WORD}"
     # a box with no kernel beside its disk (a Vagrant box) boots from the disk's own bootloader
     kernel, initrd, cmdline = paths.get("kernel", ""), paths.get("initrd", ""), linux_cmdline
     qemu_args = []

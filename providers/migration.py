@@ -243,7 +243,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
     from providers.libvirt_domain import mac_address
     from providers.network import add_dhcp_host, remove_dhcp_host
     from providers.storage import (POOL, base_volumes, bases_lock, create_overlay, delete_volume, ensure_pool,
-                                   remove_unused_bases)
+                                   remove_unused_bases, upload_volume)
 
     obj = spec.object_name
     dom = provider._existing(obj)
@@ -275,8 +275,14 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
             paths = base_volumes(target.conn, pool, spec.box)
             overlay = create_overlay(pool, disk, paths["disk"], capacity)
             made.append(disk)
-        for name in extra:  # the identity credential, a cloud image's seed: small, copied whole
-            copy_volume(provider.conn, src_pool.storageVolLookupByName(name), target.conn, pool, name)
+        for name in extra:  # the identity credential, a cloud image's seed: small
+            # written anew for the target's network where the provider says (its resolver
+            # names the network's DNS), else copied whole
+            fresh = getattr(provider, "identity_volume", lambda suffix, spec: None)(name[len(obj):], target_spec)
+            if fresh is not None:
+                upload_volume(target.conn, pool, name, fresh, mode=0o600)
+            else:
+                copy_volume(provider.conn, src_pool.storageVolLookupByName(name), target.conn, pool, name)
             made.append(name)
         volume_paths = {name: pool.storageVolLookupByName(name).path() for name in (disk, *extra)}
         source_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE

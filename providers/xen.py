@@ -15,7 +15,7 @@ files go up through libvirt's storage API and the project network is made there 
 from __future__ import annotations
 
 from providers.base import MachineSpec
-from providers.guest import tmpfiles_lines
+from providers.guest import RESOLVER_WORD, static_resolver, tmpfiles_lines
 from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
 from providers.registry import REGISTRY
 from providers.render import render
@@ -40,7 +40,7 @@ def kernel_cmdline(spec: MachineSpec, mode: str) -> str:
     short = spec.machine.hostname.split(".")[0]
     console = "ttyS0" if mode == "hvm" else "hvc0"
     return (f"root=LABEL={spec.box.meta.boot.root_label} rw console={console} "
-            f"systemd.hostname={short} net.ifnames=0")
+            f"systemd.hostname={short} net.ifnames=0" + (f" {RESOLVER_WORD}" if static_resolver(spec) else ""))
 
 
 def render_domain(spec: MachineSpec, mode: str, paths: dict[str, str], disk: str, seed: str) -> str:
@@ -94,6 +94,10 @@ class XenProvider(LibvirtDomainProvider):
         from providers.migration import move
 
         return move(self, spec, target, target_spec, True, progress)
+
+    def identity_volume(self, suffix: str, spec: MachineSpec) -> bytes | None:
+        """The seed written anew for `spec` on a move (providers/migration.py)."""
+        return seed_image(spec) if suffix == ".seed" else None
 
     def console_log(self, object_name: str):
         return None  # the console is on the Xen host: `env console` attaches to it

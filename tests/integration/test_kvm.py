@@ -131,6 +131,11 @@ def test_lxc_and_kvm_machines_reach_each_other_by_name(project):
     status = project.status()
     assert project.ssh("ct", "getent ahostsv4 vm | head -1").split()[0] == status["vm"]["address"]
     assert project.ssh("vm", "getent ahostsv4 ct | head -1").split()[0] == status["ct"]["address"]
+    # the VM resolves through its network's DNS in /etc/resolv.conf, without systemd-resolved
+    # (the box's static resolver, not on its boot's way)
+    gateway = status["vm"]["address"].rsplit(".", 1)[0] + ".1"
+    assert f"nameserver {gateway}\n" in project.ssh("vm", "cat /etc/resolv.conf")
+    assert project.ssh("vm", "systemctl is-active systemd-resolved || true") == "inactive\n"
     assert project.ssh("ct", "ping -c 1 -W 5 vm > /dev/null && echo ok") == "ok\n"
     assert project.ssh("vm", "ping -c 1 -W 5 ct > /dev/null && echo ok") == "ok\n"
 

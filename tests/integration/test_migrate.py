@@ -118,6 +118,8 @@ def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
     assert project.ssh("app", "ip -4 -o addr show eth0").split()[3].split("/")[0] == status["address"]
     assert boot_id(project) == before  # the same boot: it was not restarted
     assert served(project) == "served-by-app\n"  # its forward follows it, through kvmhost
+    # its resolver names the DNS of the network it is on now (said live; its credential too)
+    assert f"nameserver {status['address'].rsplit('.', 1)[0]}.1\n" in project.ssh("app", "cat /etc/resolv.conf")
     assert project.ssh("app", f"cat /proc/{pid}/comm").strip() == "sleep"
     project.ssh("app", "echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null")  # read back from its disk
     assert project.ssh("app", "sudo cat /root/data /root/step1") == "written-before\none\n"
@@ -155,6 +157,7 @@ def test_a_kvm_machine_migrates_live_to_a_second_host_and_cold_back(project):
     status = project.status()["app"]
     assert status["address"].rsplit(".", 1)[0] == kvmhost.rsplit(".", 1)[0]
     assert boot_id(project) != before
+    assert f"nameserver {status['address'].rsplit('.', 1)[0]}.1\n" in project.ssh("app", "cat /etc/resolv.conf")
     assert project.ssh("app", "sudo cat /root/data /root/after") == "written-before\nafter\n"
     project.ssh("app", SERVE)
     assert served(project) == "served-by-app\n"

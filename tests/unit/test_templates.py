@@ -313,3 +313,49 @@ def test_a_box_without_a_kernel_boots_its_disk_and_a_cloud_image_gets_its_seed(m
         assert json.loads(out.getvalue()) == {"instance-id": "vbox-demo-abc123-web", "local-hostname": "web"}
     finally:
         iso.close()
+
+
+def test_vms_of_a_box_with_a_static_resolver_skip_resolved_and_name_the_network_dns(monkeypatch):
+    import base64
+
+    from providers.guest import RESOLV_CONF, RESOLVER_WORD, resolver_command, tmpfiles_lines
+    from providers.kvm_domain import render_domain
+    from providers.xen import kernel_cmdline
+
+    plain = spec(monkeypatch)
+    paths = {"kernel": "/k", "initrd": "/i"}
+    featured = replace(plain, box=replace(plain.box, meta=replace(plain.box.meta, features=["static-resolver"])))
+    # without the box's feature (an older box, a box vbox did not build): resolved as before
+    assert RESOLVER_WORD not in render_domain(plain, "qemu", paths, "v.qcow2", "/c")
+    assert RESOLV_CONF not in tmpfiles_lines(plain) and RESOLVER_WORD not in kernel_cmdline(plain, "pv")
+    cmdline = ET.fromstring(render_domain(featured, "qemu", paths, "v.qcow2", "/c")).findtext("os/cmdline")
+    assert RESOLVER_WORD in cmdline.split() and RESOLVER_WORD in kernel_cmdline(featured, "pv").split()
+    lines = tmpfiles_lines(featured).splitlines()
+    assert f"L+ /etc/resolv.conf - - - - {RESOLV_CONF}" in lines
+    written = next(line for line in lines if line.startswith(f"f+~ {RESOLV_CONF} "))
+    assert base64.b64decode(written.split()[-1]).decode().endswith("nameserver 10.101.7.1\nsearch demo-abc123.vbox\n")
+    # no project network (a user's libvirt session: QEMU's own DNS): resolved as before
+    alone = replace(featured, network="", gateway="")
+    assert RESOLV_CONF not in tmpfiles_lines(alone) and RESOLVER_WORD not in kernel_cmdline(alone, "pv")
+    # a live move says the new network's DNS, quoted for the shell
+    odd = replace(featured, domain="x'; reboot; '")
+    assert resolver_command(odd).startswith("printf %s '") and "'\"'\"'" in resolver_command(odd)
+
+
+def test_a_moved_vm_gets_an_identity_volume_for_its_new_network(monkeypatch):
+    import base64
+
+    from providers.guest import tmpfiles_lines
+    from providers.kvm import KvmProvider
+    from providers.xen import XenProvider, seed_image
+
+    plain = spec(monkeypatch)
+    there = replace(plain, box=replace(plain.box, meta=replace(plain.box.meta, features=["static-resolver"])),
+                    gateway="10.77.0.1", network="vbox-demo-abc123")
+    kvm, xen = KvmProvider.__new__(KvmProvider), XenProvider.__new__(XenProvider)
+    credential = kvm.identity_volume(".cred", there).decode()
+    assert credential == tmpfiles_lines(there)
+    resolver = next(line for line in credential.splitlines() if line.startswith("f+~ /run/vbox/resolv.conf "))
+    assert "nameserver 10.77.0.1\n" in base64.b64decode(resolver.split()[-1]).decode()
+    assert kvm.identity_volume(".seed", there) is None  # a cloud image's seed: copied as it is
+    assert xen.identity_volume(".seed", there) == seed_image(there)

@@ -154,7 +154,12 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
 
         boot(session, name, box, address)
     if target.state(obj) == RUNNING:
-        session.connect(name).close()  # it answers there, with its own host key
+        connection = session.connect(name)  # it answers there, with its own host key
+        try:
+            if result.kind == "live":
+                _resolver_follows(session, name, connection, target_spec)
+        finally:
+            connection.close()
         if machine.ports:  # its forwards follow it (through the host machine it went to)
             ports.apply(session, name, address, ports.plan(session, [name]).get(name, []))
     session.events.phase(name, Phase.READY if target.state(obj) == RUNNING else Phase.MIGRATED, address)
@@ -164,6 +169,19 @@ def migrate(session, name: str, to: str, cold: bool = False) -> str:
             f"moved cold to {there} in {result.seconds:.1f} s ({_size(result.copied)} copied)"
             + (", started there" if running else ""))
     return what
+
+
+def _resolver_follows(session, name: str, connection, spec) -> None:
+    """A VM moved live that resolves through its network's DNS (a static resolver,
+    providers/guest.py) names the DNS of the network it is on now."""
+    from providers.guest import resolver_command, static_resolver
+
+    if not static_resolver(spec):
+        return
+    output: list[str] = []
+    if connection.run(resolver_command(spec), output.append) != 0:
+        session.events.warning(f"{name}: its resolver still names the DNS of the network it left until its next "
+                               f"boot ({' '.join(output)[-200:] or 'no output'})", name)
 
 
 def _same_uri(uri: str, own: str | None, default: str | None) -> bool:
