@@ -33,6 +33,7 @@ from providers.lxc_config import (
     CONSOLE_LOG,
     IDMAP,
     IDS,
+    NETWORKD_UNITS,
     UPPER,
     folder_ids_maps,
     guest_files,
@@ -224,11 +225,19 @@ class LxcProvider(LocalPorts, ProviderBase):
         folder = self.folder(spec.object_name)
         if user_map_lines(folder):
             return  # a user's machine has no extra network (lxc_user.check_spec)
-        network_dir = folder / UPPER / "etc/systemd/network"
-        for old in network_dir.glob("11-vbox-net*.network") if network_dir.is_dir() else ():
+        upper, lower, ids = folder / UPPER, spec.box.artefact("rootfs"), machine_ids(folder)
+        network_dir = upper / "etc/systemd/network"
+        # through folders only: the machine's root may have made a link of one (to this host's)
+        for old in network_dir.glob("11-vbox-net*.network") if layer.plain_folder(upper, "etc/systemd/network") else ():
             old.unlink()
-        layer.write_files(folder / UPPER, spec.box.artefact("rootfs"), network_files(spec), machine_ids(folder),
-                          lambda owner: (0, 0))
+        layer.write_files(upper, lower, network_files(spec), ids, lambda owner: (0, 0))
+        if spec.box.meta.recipe:  # networkd as its networks need it now (masked_units)
+            masked = masked_units(spec)
+            for unit in NETWORKD_UNITS:
+                if unit in masked:
+                    layer.mask_unit(upper, lower, unit, ids)
+                else:
+                    layer.unmask_unit(upper, unit)
 
     def apply_resources(self, spec: MachineSpec) -> None:
         """Before a start: the config (cpus, memory, folders, networks) as the spec says."""

@@ -57,10 +57,18 @@ def network_entries(spec: MachineSpec, folder: Path) -> list[dict]:
     """The machine's extra networks as the config template takes them: a Linux bridge is
     LXC's own link; an Open vSwitch bridge is joined by the scripts `_write_config`
     puts in the machine's folder (LXC has no VLAN tags for Open vSwitch ports)."""
-    return [{"index": i, "mac": net.mac, "veth": veth_name(spec.object_name, i), "address": net.address,
+    return [{"index": i, "mac": net.mac, "veth": veth_name(spec.object_name, i), "address": with_broadcast(net.address) if net.address else "",
              "link": net.bridge if net.kind == "bridge" else "",
              "up": folder / f"ovs-up-{i}", "down": folder / "ovs-down"}
             for i, net in enumerate(spec.networks, start=1)]
+
+
+def with_broadcast(address: str) -> str:
+    """An address with its prefix, as LXC takes it, with its broadcast address: LXC 5.0
+    works out 0.0.0.255 for 10.103.6.2/24 by itself."""
+    import ipaddress
+
+    return f"{address} {ipaddress.ip_interface(address).network.broadcast_address}"
 
 
 def network_files(spec: MachineSpec) -> dict[str, tuple[str, int, str]]:
@@ -169,7 +177,7 @@ def render_config(spec: MachineSpec, folder: Path) -> str:
         bridge=spec.bridge,
         mac=mac_address(spec.object_name),
         veth=veth_name(spec.object_name),
-        address=spec.address,
+        address=with_broadcast(f"{spec.address}/24"),
         gateway=spec.gateway,
         cgroup_memory=memory_key,
         memory=spec.machine.memory,
@@ -207,11 +215,24 @@ def address_files(address: str, gateway: str, domain: str, own_resolver: bool) -
              f"[Match]\nName=eth0\n\n[Network]\nAddress={address}/24\nGateway={gateway}\n"
              f"DNS={gateway}\nDomains={domain}\n"}
     if own_resolver:
-        files["etc/resolv.conf"] = f"# written by vbox: the project network's DNS\nnameserver {gateway}\nsearch {domain}\n"
+        from providers.guest import resolver_conf
+
+        files["etc/resolv.conf"] = resolver_conf(gateway, domain)
     return files
 
 
+# networkd in an LXC machine: LXC sets its addresses (eth0's, a static extra network's) and
+# its route before its init starts, and networkd only set them again while sshd waited for
+# it (network.target): 80 ms of a 0.5 s boot to sshd here. It runs where a network of the
+# machine asks DHCP, and where the machine moves to libvirt's LXC driver (lxc_move), which
+# sets no address.
+NETWORKD_UNITS = ("systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service")
+
+
 def masked_units(spec: MachineSpec) -> tuple[str, ...]:
-    """Units of the box a new machine does not start: systemd-resolved in a box vbox built
-    (its resolver is /etc/resolv.conf, address_files)."""
-    return ("systemd-resolved.service",) if spec.box.meta.recipe else ()
+    """Units of the box a machine does not start, in a box vbox built: systemd-resolved (its
+    resolver is /etc/resolv.conf, address_files), and networkd unless a network asks DHCP
+    (NETWORKD_UNITS; decided again at every start, as its networks may change)."""
+    if not spec.box.meta.recipe:
+        return ()
+    return ("systemd-resolved.service", *(() if any(not net.address for net in spec.networks) else NETWORKD_UNITS))

@@ -42,6 +42,12 @@ def make_parents(upper: Path, lower: Path | None, relative: Path, ids=None) -> N
         # the lower folder's attributes, never through a link of the box's tree (it may lead
         # out of the tree, to this host's files)
         current_lower = current_lower / part if current_lower and not current_lower.is_symlink() else None
+        # nor through a link the machine made in its layer (its root may have replaced a
+        # folder with a link to one of this host's)
+        if current_upper.is_symlink() or (current_upper.exists() and not current_upper.is_dir()):
+            raise VboxError(f"the machine's /{current_upper.relative_to(upper)} is not a folder: vbox does not "
+                            f"write its /{relative} through it",
+                            hint="make it a folder again in the machine, or `env destroy` and `env up` it")
         if current_upper.exists():
             continue
         current_upper.mkdir()
@@ -70,6 +76,30 @@ def write_files(upper: Path, lower: Path | None, files: dict, ids, owner_ids: Ca
         make_parents(upper, lower, Path(relative), ids)
         atomic_write(upper / relative, content, mode, durable=durable)
         os.chown(upper / relative, *shift(ids, *owner_ids(owner)))
+
+
+def plain_folder(root: Path, relative: str) -> bool:
+    """Whether `relative` is a folder under `root` through folders only: no link of the
+    machine's on the way (one would lead to this host's files)."""
+    import stat
+
+    current = root
+    for part in Path(relative).parts:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def unmask_unit(upper: Path, unit: str) -> None:
+    """A unit mask_unit masked in the layer unmasked: its link to /dev/null removed (only
+    that link, found through folders only)."""
+    link = upper / "etc/systemd/system" / unit
+    if plain_folder(upper, "etc/systemd/system") and link.is_symlink() and os.readlink(link) == "/dev/null":
+        link.unlink()
 
 
 def mask_unit(upper: Path, lower: Path | None, unit: str, ids=None) -> None:

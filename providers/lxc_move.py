@@ -20,12 +20,12 @@ of every file of the box, each then copied up into the machine's layer.
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from providers.lxc_layer import plain_folder, unmask_unit
 from vbox_cli import proc
 from vbox_cli.errors import VboxError
 
@@ -76,20 +76,6 @@ def write_inside(root: Path, relative: str, content: str) -> None:
 KERNEL_FOLDERS = ("boot", "usr/lib/modules")
 
 
-def plain_folder(root: Path, relative: str) -> bool:
-    """Whether `relative` is a folder under `root` through folders only: no link of the
-    machine's on the way (one would lead to this host's files)."""
-    current = root
-    for part in Path(relative).parts:
-        current = current / part
-        try:
-            if not stat.S_ISDIR(os.lstat(current).st_mode):
-                return False
-        except OSError:
-            return False
-    return True
-
-
 def left_behind(upper: Path, lower: Path, root: Path) -> list[str]:
     """The box's kernel folders that the machine's layer does not touch: plain folders in
     the box and in the machine's tree mounted at `root` (then no folder of its layer on the
@@ -98,12 +84,13 @@ def left_behind(upper: Path, lower: Path, root: Path) -> list[str]:
             if plain_folder(lower, f) and plain_folder(root, f) and not os.path.lexists(upper / f)]
 
 
-def make_image(upper: Path, lower: Path, staging: Path, files: dict[str, str], minimum: int = 0) -> Path:
+def make_image(upper: Path, lower: Path, staging: Path, files: dict[str, str], minimum: int = 0,
+               unmask: tuple[str, ...] = ()) -> Path:
     """The merged tree of a stopped machine (its layer `upper` over the box's `lower`) as
     an ext4 image in `staging`, with `files` (relative path -> content) written over it,
-    and the box's kernel folders empty (`left_behind`). Its size: what the tree holds and
-    half as much again free (at least 1 GiB free), or `minimum` (the machine's `disk`),
-    whichever is more; sparse."""
+    the systemd units `unmask` unmasked, and the box's kernel folders empty (`left_behind`).
+    Its size: what the tree holds and half as much again free (at least 1 GiB free), or
+    `minimum` (the machine's `disk`), whichever is more; sparse."""
     scratch, work, root, empty = staging / "scratch", staging / "work", staging / "root", staging / "empty"
     for folder in (scratch, work, empty):
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,6 +99,8 @@ def make_image(upper: Path, lower: Path, staging: Path, files: dict[str, str], m
         mounts.enter_context(_mounted(["mount", "-t", "overlay", "overlay", "-o", options], root))
         for relative, content in files.items():
             write_inside(root, relative, content)
+        for unit in unmask:
+            unmask_unit(root, unit)
         for i, folder in enumerate(left_behind(upper, lower, root)):  # an empty folder over it, as it is
             st, stand_in = (root / folder).stat(), empty / str(i)
             stand_in.mkdir()
@@ -166,7 +155,7 @@ def move_out(provider, spec, target, target_spec, progress=None):
     defined there; removed here once it is. The caller starts it there."""
     from providers import lxc_layer as layer
     from providers.base import RUNNING
-    from providers.lxc_config import UPPER, address_files, machine_ids, user_map_lines
+    from providers.lxc_config import NETWORKD_UNITS, UPPER, address_files, machine_ids, user_map_lines
     from providers.migration import Migration
 
     began = time.monotonic()
@@ -185,8 +174,9 @@ def move_out(provider, spec, target, target_spec, progress=None):
     try:
         files = address_files(target_spec.address, target_spec.gateway, target_spec.domain,
                               bool(spec.box.meta.recipe))
+        # libvirt's LXC driver sets no address: networkd does there (lxc_config.NETWORKD_UNITS)
         image = make_image(folder / UPPER, spec.box.artefact("rootfs"), staging, files,
-                           spec.machine.disk if spec.machine.disk_set else 0)
+                           spec.machine.disk if spec.machine.disk_set else 0, unmask=NETWORKD_UNITS)
         copied = target.receive_image(target_spec, image, progress)
     except BaseException:
         layer.discard(staging)

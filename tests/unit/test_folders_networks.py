@@ -156,7 +156,7 @@ def test_lxc_extra_networks(spec, tmp_path, monkeypatch):
     text = render_config(machine, tmp_path / "m")
     assert "lxc.net.1.hwaddr = 52:54:01:aa:bb:cc" in text
     assert f"lxc.net.1.script.up = {tmp_path / 'm' / 'ovs-up-1'}" in text and "lxc.net.1.link" not in text
-    assert "lxc.net.1.ipv4.address = 192.168.42.10/24" in text
+    assert "lxc.net.1.ipv4.address = 192.168.42.10/24 192.168.42.255" in text
     assert "lxc.net.2.link = br0" in text and "lxc.net.2.script.up" not in text
     veths = [entry["veth"] for entry in network_entries(machine, tmp_path)]
     assert len(set(veths)) == 2 and all(len(v) <= 15 for v in veths)

@@ -46,6 +46,30 @@ def test_files_written_into_the_layer_take_the_box_folders_attributes(tmp_path, 
     layer.mask_unit(upper, lower, "sys-kernel-debug.mount", ids)  # again: still one link
     masked = upper / "etc/systemd/system/sys-kernel-debug.mount"
     assert os.readlink(masked) == "/dev/null" and os.lstat(masked).st_uid == shift(0, 0)[0]
+    layer.unmask_unit(upper, "sys-kernel-debug.mount")
+    assert not os.path.lexists(masked)
+    layer.unmask_unit(upper, "sys-kernel-debug.mount")  # again: nothing to do
+
+
+def test_a_link_the_machine_made_in_its_layer_is_never_written_through(tmp_path):
+    """The machine's root may replace a folder of its layer with a link to this host's
+    (here: a folder outside standing for /etc/cron.d): vbox's later writes into the layer
+    (networkd's files at every start, unit masks) refuse it, and touch nothing outside."""
+    lower, upper, outside = box_tree(tmp_path), tmp_path / "upper", tmp_path / "host-etc"
+    (upper / "etc/systemd").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "keep").write_text("host file\n")
+    (upper / "etc/systemd/network").symlink_to(outside)
+    (upper / "etc/systemd/system").symlink_to(outside)
+    with pytest.raises(VboxError, match="etc/systemd/network is not a folder"):
+        layer.write_files(upper, lower, {"etc/systemd/network/11-vbox-net1.network": ("x", 0o644, "root")}, None,
+                          lambda owner: (0, 0))
+    with pytest.raises(VboxError, match="etc/systemd/system is not a folder"):
+        layer.mask_unit(upper, lower, "systemd-networkd.service")
+    (outside / "systemd-networkd.service").symlink_to("/dev/null")  # a mask there: not vbox's to remove
+    layer.unmask_unit(upper, "systemd-networkd.service")
+    assert sorted(p.name for p in outside.iterdir()) == ["keep", "systemd-networkd.service"]
+    assert not layer.plain_folder(upper, "etc/systemd/network") and layer.plain_folder(upper, "etc/systemd")
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import libvirt
 import pytest
@@ -76,7 +77,13 @@ def test_guest_files_carry_keys_address_and_names(monkeypatch):
     plain = spec(monkeypatch)
     built = replace(plain, box=replace(plain.box, meta=replace(plain.box.meta, recipe="debian-12")))
     assert guest_files(built)["etc/resolv.conf"][0].endswith("nameserver 10.101.7.1\nsearch demo-abc123.vbox\n")
-    assert masked_units(built) == ("systemd-resolved.service",)
+    # networkd neither, as LXC sets the addresses; unless a network asks DHCP
+    assert masked_units(built) == ("systemd-resolved.service", "systemd-networkd.service", "systemd-networkd.socket",
+                                   "systemd-networkd-wait-online.service")
+    dhcp = replace(built, networks=[SimpleNamespace(address="")])
+    assert masked_units(dhcp) == ("systemd-resolved.service",)
+    assert masked_units(replace(built, networks=[SimpleNamespace(address="192.168.42.10/24")])) == \
+        masked_units(built)
 
 
 def test_names_fit_linux_interface_names():
