@@ -326,6 +326,11 @@ class ProviderBase:
         folders has (the machine's own changes come through them: not sent back)."""
         return None
 
+    def why_stopped(self, object_name: str) -> str:
+        """What the hypervisor says of why the machine is not running (a domain's shut-off
+        reason); "" when it says nothing."""
+        return ""
+
     def refuses(self, object_name: str, machine) -> VboxError | None:
         """Why the machine that exists cannot start with these settings (`machine`: the
         resolved Envfile settings), before anything stops it; None when it can."""

@@ -122,6 +122,25 @@ class LibvirtDomainProvider(ProviderBase):
             return NOT_CREATED
         return RUNNING if dom.isActive() else STOPPED
 
+    def why_stopped(self, object_name: str) -> str:
+        import libvirt
+
+        dom = self._domain(object_name)
+        if dom is None:
+            return "its libvirt domain is gone"
+        state, reason = dom.state()
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            return {
+                libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "libvirtd ended it: libvirtd restarted while it was being started",
+                libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "libvirt says it crashed",
+                libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "it shut itself down",
+                libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "libvirt powered it off (virsh destroy?)",
+                libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "libvirt could not start it",
+            }.get(reason, "libvirt says it is shut off")
+        if state == libvirt.VIR_DOMAIN_CRASHED:
+            return "libvirt says it crashed"
+        return ""
+
     def stats(self, object_name: str):
         from providers.stats import domain_stats
 

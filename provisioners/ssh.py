@@ -101,14 +101,29 @@ def connect(target: Target, timeout: float = 10):
     return client
 
 
-def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None) -> "Connection":
-    """Connect as soon as sshd answers; on time-out, show the console's tail."""
+STOPPED_EVERY = 2.0  # seconds between two looks at whether the machine still runs
+
+
+def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None,
+                 stopped: Callable[[], str | None] | None = None) -> "Connection":
+    """Connect as soon as sshd answers; on time-out, show the console's tail. `stopped`
+    says why the machine no longer runs (None while it does): looked at every few seconds,
+    so that a machine that ended while vbox waited fails at once, not after the time-out."""
     import paramiko
 
     deadline = time.monotonic() + timeout
     last_error = "no answer"
+    looked = time.monotonic()
     while True:
         remaining = deadline - time.monotonic()
+        if stopped is not None and time.monotonic() - looked >= STOPPED_EVERY:
+            looked = time.monotonic()
+            reason = stopped()
+            if reason:
+                tail = _tail(console_log)
+                raise VboxError(f"{target.name}: it stopped while vbox waited for its SSH ({reason})",
+                                hint="`env up` starts it again" + (f"; its console log: {console_log}" if tail else ""),
+                                details=f"last lines of the console ({console_log}):\n{tail}" if tail else None)
         if remaining <= 0:
             tail = _tail(console_log)
             raise SshTimeout(

@@ -192,7 +192,7 @@ class FakeConnection:
         pass
 
 
-def fake_connect(target, timeout, console_log):
+def fake_connect(target, timeout, console_log, stopped=None):
     entry = next((e for e in WORLD.machines.values() if e.get("address") == target.host), None)
     assert entry is not None and entry["state"] == RUNNING, f"SSH to {target.name}, which is not running"
     assert target.host_key == entry["host_key"], "SSH must check the host key vbox made for the machine"

@@ -74,3 +74,45 @@ def test_a_connection_closed_by_the_machine_is_said_so_not_a_slow_session():
         assert info.value.message.startswith("web: its SSH connection was closed"), info.value.message
     finally:
         client.close()
+
+
+def test_a_machine_that_stops_while_vbox_waits_for_its_ssh_fails_at_once(monkeypatch, tmp_path):
+    """libvirtd restarted during a warm start ends the domain (reason "daemon"): the wait
+    says so within seconds instead of waiting out boot_timeout."""
+    with socket.socket() as unused:  # a port nobody listens on: sshd "not up yet"
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setattr(ssh, "STOPPED_EVERY", 0.1)
+    console = tmp_path / "console.log"
+    console.write_text("[  OK  ] Started ssh.service\n")
+    looks = []
+
+    def stopped():
+        looks.append(time.monotonic())
+        return "libvirtd ended it: libvirtd restarted while it was being started" if len(looks) >= 3 else None
+
+    target = ssh.Target("vm", "127.0.0.1", port, "vbox", None, "ssh-ed25519 AAAA")
+    began = time.monotonic()
+    with pytest.raises(VboxError) as raised:
+        ssh.wait_for_ssh(target, 600, console, stopped)
+    assert time.monotonic() - began < 60 and len(looks) == 3
+    assert raised.value.message == ("vm: it stopped while vbox waited for its SSH (libvirtd ended it: libvirtd "
+                                    "restarted while it was being started)")
+    assert "`env up` starts it again" in raised.value.hint and "Started ssh.service" in raised.value.details
+
+
+def test_libvirt_says_why_a_domain_stopped():
+    import libvirt
+
+    from providers.libvirt_domain import LibvirtDomainProvider
+
+    conn = libvirt.open("test:///default")
+    provider = LibvirtDomainProvider.__new__(LibvirtDomainProvider)
+    provider._domain = lambda name: next((d for d in conn.listAllDomains() if d.name() == name), None)
+    dom = conn.lookupByName("test")
+    assert provider.why_stopped("test") == ""  # running
+    dom.destroy()
+    assert provider.why_stopped("test") == "libvirt powered it off (virsh destroy?)"
+    assert provider.why_stopped("gone") == "its libvirt domain is gone"
+    dom.create()
+    conn.close()

@@ -13,10 +13,27 @@ from vbox_cli.errors import UsageError, VboxError
 from vbox_cli.events import EventStream
 
 
-def _wait_for_ssh(target, timeout: float, console_log: Path | None):
+def _wait_for_ssh(target, timeout: float, console_log: Path | None, stopped=None):
     from provisioners.ssh import wait_for_ssh
 
-    return wait_for_ssh(target, timeout, console_log)
+    return wait_for_ssh(target, timeout, console_log, stopped)
+
+
+def _stopped(provider, object_name: str):
+    """Why the machine no longer runs, for the SSH wait; None while it runs, or while its
+    hypervisor cannot be asked (libvirtd restarting: the wait goes on)."""
+    from providers.base import RUNNING
+
+    def why() -> str | None:
+        try:
+            state = provider.state(object_name)
+            if state == RUNNING:
+                return None
+            return provider.why_stopped(object_name) or f"it is {state}"
+        except Exception:  # noqa: BLE001 - a hypervisor that does not answer now may later
+            return None
+
+    return why
 
 
 @dataclass
@@ -67,10 +84,12 @@ class Session:
 
     def connect(self, name: str):
         """An SSH connection to a machine, waiting for it up to its boot_timeout."""
-        connector = self.connector or _wait_for_ssh
-        log = self.provider(name).console_log(self.project.object_name(name))
+        provider, obj = self.provider(name), self.project.object_name(name)
+        log = provider.console_log(obj)
         try:
-            return connector(self.ssh_target(name), self.machines[name].boot_timeout, log)
+            if self.connector is not None:
+                return self.connector(self.ssh_target(name), self.machines[name].boot_timeout, log)
+            return _wait_for_ssh(self.ssh_target(name), self.machines[name].boot_timeout, log, _stopped(provider, obj))
         except VboxError as exc:
             record = self.project.machine_state(name)
             box = self.store.find(record.get("box", ""), record.get("box_version"))
