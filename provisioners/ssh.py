@@ -54,6 +54,24 @@ def _host_key_entry(target: Target):
     return name, kind, key
 
 
+# A machine that ends while vbox waits on its connection (libvirtd ending a domain, a
+# container killed) sends no FIN: the kernel gives up on the peer after KEEPALIVE idle
+# seconds and PROBES unanswered probes, or after USER_TIMEOUT seconds of data not
+# acknowledged, instead of paramiko waiting for ever. A live machine's kernel answers
+# probes whatever its programs do.
+KEEPALIVE, PROBES, USER_TIMEOUT = 15, 6, 60
+
+
+def _socket(target: Target, timeout: float) -> socket.socket:
+    sock = socket.create_connection((target.host, target.port), timeout=timeout)  # OSError: the caller retries
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", PROBES),
+                          ("TCP_USER_TIMEOUT", USER_TIMEOUT * 1000)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
+
+
 def connect(target: Target, timeout: float = 10):
     import paramiko
 
@@ -71,7 +89,9 @@ def connect(target: Target, timeout: float = 10):
         client.load_system_host_keys()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     sock = jump = None
-    if target.via is not None:
+    if target.via is None:
+        sock = _socket(target, timeout)
+    else:
         jump = connect(target.via, timeout)
         try:
             sock = jump.get_transport().open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0),
@@ -89,6 +109,8 @@ def connect(target: Target, timeout: float = 10):
     except BaseException:
         if jump is not None:
             jump.close()
+        elif sock is not None:
+            sock.close()
         raise
     if jump is not None:  # the host lives as long as the client: closed with it
         _close = client.close
@@ -143,7 +165,7 @@ def wait_for_ssh(target: Target, timeout: float, console_log: Path | None = None
         try:
             # short: behind a user-mode port forward the TCP connection is accepted
             # before the guest's sshd is there to send its banner
-            return Connection(connect(target, timeout=min(5.0, max(remaining, 1.0))), target.name)
+            return Connection(connect(target, timeout=min(5.0, max(remaining, 1.0))), target.name, stopped)
         except paramiko.BadHostKeyException:
             raise VboxError(
                 f"{target.name}: the machine's SSH host key is not the one vbox made for it",
@@ -168,9 +190,10 @@ CHANNEL_TIMEOUT = 60.0  # seconds for a machine's sshd to open a session on a li
 class Connection:
     """One SSH connection to a machine, as the provisioning steps use it."""
 
-    def __init__(self, client, name: str = "the machine"):
+    def __init__(self, client, name: str = "the machine", stopped: Callable[[], str | None] | None = None):
         self.client = client  # paramiko.SSHClient
         self.name = name
+        self.stopped = stopped  # why the machine no longer runs (None while it does): said when the connection is lost
 
     def _session(self):
         """A new channel on the connection, or a clear error: paramiko would wait an hour for
@@ -189,20 +212,39 @@ class Connection:
                             hint="`env status`; `env halt` and `env up` start it afresh") from None
 
     def run(self, command: str, on_line: Callable[[str], None]) -> int:
-        """Run a command; each line of its output (stdout and stderr merged) goes to on_line."""
+        """Run a command; each line of its output (stdout and stderr merged) goes to on_line.
+        A connection lost on the way (the machine ended: its TCP keepalive, connect()) is an
+        error, not the command's failure."""
+        import paramiko
+
         channel = self._session()
-        channel.set_combine_stderr(True)
-        channel.exec_command(command)
-        channel.shutdown_write()
         pending = b""
-        while data := channel.recv(32768):
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                on_line(line.decode(errors="replace").rstrip("\r"))
-        if pending:
-            on_line(pending.decode(errors="replace").rstrip("\r"))
-        return channel.recv_exit_status()
+        try:
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+            channel.shutdown_write()
+            while data := channel.recv(32768):
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace").rstrip("\r"))
+            if pending:
+                on_line(pending.decode(errors="replace").rstrip("\r"))
+            status = channel.recv_exit_status()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(str(exc) or type(exc).__name__) from None
+        transport = self.client.get_transport()
+        if status == -1 and (transport is None or not transport.is_active()):  # closed with no status
+            raise self._lost("the connection closed before the command's exit status")
+        return status
+
+    def _lost(self, what: str) -> VboxError:
+        reason = self.stopped() if self.stopped is not None else None
+        if reason:
+            return VboxError(f"{self.name}: it stopped while a command ran over SSH ({reason})",
+                             hint="`env up` starts it again and goes on where this stopped")
+        return VboxError(f"{self.name}: its SSH connection was lost while a command ran ({what})",
+                         hint="the machine may have stopped: `env status`; `env up` again goes on where this stopped")
 
     def upload(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
         import paramiko

@@ -76,6 +76,62 @@ def test_a_connection_closed_by_the_machine_is_said_so_not_a_slow_session():
         client.close()
 
 
+class Executing(Unanswering):
+    """A session opens and a command is accepted; then the machine ends (no exit status)."""
+
+    def __init__(self):
+        super().__init__()
+        self.executing = threading.Event()
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_exec_request(self, channel, command):
+        self.executing.set()
+        return True
+
+
+def test_a_connection_lost_while_a_command_runs_is_an_error_not_the_command_s_failure():
+    near, far = socket.socketpair()
+    server = paramiko.Transport(far)
+    server.add_server_key(paramiko.RSAKey.generate(1024))
+    interface = Executing()
+    server.start_server(event=threading.Event(), server=interface)
+    client = paramiko.Transport(near)
+    client.start_client(timeout=10)
+    client.auth_none("vbox")
+    holder = type("Client", (), {"get_transport": lambda self: client})()
+    threading.Thread(target=lambda: interface.executing.wait(10) and (time.sleep(0.2), server.close())).start()
+    try:
+        with pytest.raises(VboxError) as info:
+            ssh.Connection(holder, "web").run("sleep 100", lambda line: None)
+        assert info.value.message.startswith("web: its SSH connection was lost while a command ran"), \
+            info.value.message
+        assert "`env up` again goes on" in info.value.hint
+        # where the machine says why it stopped (libvirt's reason), that is what is said
+        said = ssh.Connection(holder, "web", lambda: "libvirtd ended it")._lost("EOF")
+        assert said.message == "web: it stopped while a command ran over SSH (libvirtd ended it)"
+    finally:
+        client.close()
+
+
+def test_connections_to_a_machine_give_up_on_a_peer_that_went_silent():
+    """The machine's end of the TCP connection gone without a word (its domain ended):
+    the kernel's keepalive and user time-out end the connection, not paramiko's for ever."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        target = ssh.Target("vm", "127.0.0.1", listener.getsockname()[1], "vbox", None, "ssh-ed25519 AAAA")
+        sock = ssh._socket(target, 5)
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == ssh.KEEPALIVE
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == ssh.PROBES
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == ssh.USER_TIMEOUT * 1000
+        finally:
+            sock.close()
+
+
 def test_a_machine_that_stops_while_vbox_waits_for_its_ssh_fails_at_once(monkeypatch, tmp_path):
     """libvirtd restarted during a warm start ends the domain (reason "daemon"): the wait
     says so within seconds instead of waiting out boot_timeout."""
