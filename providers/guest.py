@@ -69,6 +69,18 @@ def resolver_command(spec: MachineSpec) -> str:
     return f"printf %s {shlex.quote(resolver_conf(spec.gateway, spec.domain))} | sudo -n tee {RESOLV_CONF} >/dev/null"
 
 
+def retarget_tmpfiles(text: str, spec: MachineSpec) -> str:
+    """A machine's tmpfiles lines (its credential's, its seed's) with the resolver of the
+    network `spec` names instead of the one they had: for a move to another host's network.
+    Its identity stays as it was written at its creation (vbox keeps no copy of its private
+    host key to write it again)."""
+    resolver = ("d /run/vbox ", f"f+~ {RESOLV_CONF} ", "L+ /etc/resolv.conf ")
+    lines = [line for line in text.splitlines() if line and not line.startswith(resolver)]
+    if static_resolver(spec):
+        lines += resolver_lines(spec)
+    return "\n".join(lines) + "\n"
+
+
 def tmpfiles_lines(spec: MachineSpec) -> str:
     """The identity files as systemd tmpfiles.d lines, written at boot by the machine's own
     systemd (KVM: an SMBIOS credential; Xen: a seed disk)."""

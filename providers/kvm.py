@@ -387,12 +387,13 @@ class KvmProvider(LocalPorts, LibvirtDomainProvider):
                              ssh_port, console_log=not (self.remote or self.group_mode), seed=seed,
                              host=self._host_size())
 
-    def identity_volume(self, suffix: str, spec: MachineSpec) -> bytes | None:
-        """A volume of extra_volumes written anew for `spec` (a move to another host's network,
-        providers/migration.py): the credential; None: copied as it is (a cloud image's seed)."""
-        from providers.guest import tmpfiles_lines
+    def identity_volume(self, suffix: str, data: bytes, spec: MachineSpec) -> bytes | None:
+        """A volume of extra_volumes (`data`) as it goes to `spec`'s network on a move
+        (providers/migration.py): the credential with that network's resolver; None: copied
+        as it is (a cloud image's seed)."""
+        from providers.guest import retarget_tmpfiles
 
-        return tmpfiles_lines(spec).encode() if suffix == ".cred" else None
+        return retarget_tmpfiles(data.decode(), spec).encode() if suffix == ".cred" else None
 
     def _host_size(self) -> tuple[int, int]:
         info = self.conn.getInfo()  # [model, memory MiB, CPUs, ...]

@@ -77,6 +77,27 @@ def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, tar
     return sent
 
 
+def read_volume(conn, vol, limit: int = 4 * 1024**2) -> bytes:
+    """A small volume's bytes (a credential, a seed), read through libvirt's storage API."""
+    size = vol.info()[1]
+    if size > limit:
+        raise VboxError(f"the volume {vol.name()} is {size} bytes, more than an identity volume holds")
+    stream, data = conn.newStream(0), b""
+    try:
+        vol.download(stream, 0, size, 0)
+        while chunk := stream.recv(CHUNK):
+            if not isinstance(chunk, int):
+                data += chunk
+        stream.finish()
+    except BaseException:
+        try:
+            stream.abort()
+        except Exception:
+            pass
+        raise
+    return data
+
+
 def own_disks(root: ET.Element, volume: str) -> list[ET.Element]:
     """The domain's disks on the machine's own volume: a pool volume, or (a machine migrated
     live, until it starts again) the file that volume is."""
@@ -276,9 +297,13 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
             overlay = create_overlay(pool, disk, paths["disk"], capacity)
             made.append(disk)
         for name in extra:  # the identity credential, a cloud image's seed: small
-            # written anew for the target's network where the provider says (its resolver
-            # names the network's DNS), else copied whole
-            fresh = getattr(provider, "identity_volume", lambda suffix, spec: None)(name[len(obj):], target_spec)
+            # rewritten for the target's network where the provider says (its resolver names
+            # the network's DNS), else copied whole
+            rewrite = getattr(provider, "identity_volume", None)
+            fresh = None
+            if rewrite is not None:
+                fresh = rewrite(name[len(obj):], read_volume(provider.conn, src_pool.storageVolLookupByName(name)),
+                                target_spec)
             if fresh is not None:
                 upload_volume(target.conn, pool, name, fresh, mode=0o600)
             else:

@@ -15,7 +15,7 @@ files go up through libvirt's storage API and the project network is made there 
 from __future__ import annotations
 
 from providers.base import MachineSpec
-from providers.guest import RESOLVER_WORD, static_resolver, tmpfiles_lines
+from providers.guest import RESOLVER_WORD, retarget_tmpfiles, static_resolver, tmpfiles_lines
 from providers.libvirt_domain import LibvirtDomainProvider, domain_uuid, mac_address
 from providers.registry import REGISTRY
 from providers.render import render
@@ -33,6 +33,10 @@ def seed_image(spec: MachineSpec) -> bytes:
     data = text.encode()
     if len(data) > 1024**2:
         raise VboxError(f"{spec.machine.name}: the seed disk would exceed 1 MiB")
+    return _padded(data)
+
+
+def _padded(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4096)
 
 
@@ -95,9 +99,12 @@ class XenProvider(LibvirtDomainProvider):
 
         return move(self, spec, target, target_spec, True, progress)
 
-    def identity_volume(self, suffix: str, spec: MachineSpec) -> bytes | None:
-        """The seed written anew for `spec` on a move (providers/migration.py)."""
-        return seed_image(spec) if suffix == ".seed" else None
+    def identity_volume(self, suffix: str, data: bytes, spec: MachineSpec) -> bytes | None:
+        """The seed (`data`) with `spec`'s network's resolver, on a move (providers/migration.py)."""
+        if suffix != ".seed":
+            return None
+        header, _, body = data.rstrip(b"\0").decode().partition("\n")
+        return _padded(f"{header}\n{retarget_tmpfiles(body, spec)}".encode())
 
     def console_log(self, object_name: str):
         return None  # the console is on the Xen host: `env console` attaches to it

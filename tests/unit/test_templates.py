@@ -349,7 +349,7 @@ def test_vms_of_a_box_with_a_static_resolver_skip_resolved_and_name_the_network_
     assert resolver_command(odd).startswith("printf %s '") and "'\"'\"'" in resolver_command(odd)
 
 
-def test_a_moved_vm_gets_an_identity_volume_for_its_new_network(monkeypatch):
+def test_a_moved_vm_keeps_its_identity_and_gets_its_new_network_s_resolver(monkeypatch):
     import base64
 
     from providers.guest import tmpfiles_lines
@@ -357,12 +357,19 @@ def test_a_moved_vm_gets_an_identity_volume_for_its_new_network(monkeypatch):
     from providers.xen import XenProvider, seed_image
 
     plain = spec(monkeypatch)
-    there = replace(plain, box=replace(plain.box, meta=replace(plain.box.meta, features=["static-resolver"])),
-                    gateway="10.77.0.1", network="vbox-demo-abc123")
+    here = replace(plain, box=replace(plain.box, meta=replace(plain.box.meta, features=["static-resolver"])))
+    # a move's spec carries no private host key: vbox keeps none (the credential has it)
+    there = replace(here, gateway="10.77.0.1", network="vbox-demo-abc123", host_key_private="")
     kvm, xen = KvmProvider.__new__(KvmProvider), XenProvider.__new__(XenProvider)
-    credential = kvm.identity_volume(".cred", there).decode()
-    assert credential == tmpfiles_lines(there)
-    resolver = next(line for line in credential.splitlines() if line.startswith("f+~ /run/vbox/resolv.conf "))
-    assert "nameserver 10.77.0.1\n" in base64.b64decode(resolver.split()[-1]).decode()
-    assert kvm.identity_volume(".seed", there) is None  # a cloud image's seed: copied as it is
-    assert xen.identity_volume(".seed", there) == seed_image(there)
+    credential = kvm.identity_volume(".cred", tmpfiles_lines(here).encode(), there).decode()
+    lines = credential.splitlines()
+    key = next(line for line in lines if line.startswith("f+~ /etc/ssh/ssh_host_ed25519_key "))
+    assert base64.b64decode(key.split()[-1]) == b"PRIVATE"  # as it was written at its creation
+    resolvers = [line for line in lines if line.startswith("f+~ /run/vbox/resolv.conf ")]
+    assert len(resolvers) == 1 and "nameserver 10.77.0.1\n" in base64.b64decode(resolvers[0].split()[-1]).decode()
+    assert lines.count("L+ /etc/resolv.conf - - - - /run/vbox/resolv.conf") == 1
+    assert kvm.identity_volume(".seed", b"#cloud-config", there) is None  # a cloud image's seed: copied as it is
+    seed = xen.identity_volume(".seed", seed_image(here), there)
+    assert len(seed) % 4096 == 0 and seed.rstrip(b"\0").decode().splitlines()[0] == \
+        seed_image(here).decode().splitlines()[0]
+    assert seed.rstrip(b"\0").decode().partition("\n")[2] == credential
