@@ -82,19 +82,14 @@ def read_volume(conn, vol, limit: int = 4 * 1024**2) -> bytes:
     size = vol.info()[1]
     if size > limit:
         raise VboxError(f"the volume {vol.name()} is {size} bytes, more than an identity volume holds")
-    stream, data = conn.newStream(0), b""
-    try:
+    from providers.storage import streaming
+
+    data = b""
+    with streaming(conn) as stream:
         vol.download(stream, 0, size, 0)
         while chunk := stream.recv(CHUNK):
             if not isinstance(chunk, int):
                 data += chunk
-        stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except Exception:
-            pass
-        raise
     return data
 
 
