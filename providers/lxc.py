@@ -33,14 +33,12 @@ from providers.lxc_config import (
     CONSOLE_LOG,
     IDMAP,
     IDS,
-    NETWORKD_UNITS,
     UPPER,
     folder_ids_maps,
     guest_files,
     masked_units,
     mac_address,
     machine_ids,
-    network_files,
     render_config,
     user_map_lines,
     veth_name,
@@ -220,24 +218,7 @@ class LxcProvider(LocalPorts, ProviderBase):
         atomic_write(folder / CONFIG, render_config(spec, folder), 0o600)
 
     def _write_network_files(self, spec: MachineSpec) -> None:
-        """networkd's files of the extra networks, in the upper layer of a stopped machine
-        (never under a running one's overlay)."""
-        folder = self.folder(spec.object_name)
-        if user_map_lines(folder):
-            return  # a user's machine has no extra network (lxc_user.check_spec)
-        upper, lower, ids = folder / UPPER, spec.box.artefact("rootfs"), machine_ids(folder)
-        network_dir = upper / "etc/systemd/network"
-        # through folders only: the machine's root may have made a link of one (to this host's)
-        for old in network_dir.glob("11-vbox-net*.network") if layer.plain_folder(upper, "etc/systemd/network") else ():
-            old.unlink()
-        layer.write_files(upper, lower, network_files(spec), ids, lambda owner: (0, 0))
-        if spec.box.meta.recipe:  # networkd as its networks need it now (masked_units)
-            masked = masked_units(spec)
-            for unit in NETWORKD_UNITS:
-                if unit in masked:
-                    layer.mask_unit(upper, lower, unit, ids)
-                else:
-                    layer.unmask_unit(upper, unit)
+        layer.write_network_files(self.folder(spec.object_name), spec)
 
     def apply_resources(self, spec: MachineSpec) -> None:
         """Before a start: the config (cpus, memory, folders, networks) as the spec says."""

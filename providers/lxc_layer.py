@@ -112,6 +112,29 @@ def mask_unit(upper: Path, lower: Path | None, unit: str, ids=None) -> None:
     os.lchown(units / unit, *shift(ids, 0, 0))
 
 
+def write_network_files(folder: Path, spec) -> None:
+    """networkd's files of the extra networks, in the upper layer of a stopped machine
+    (never under a running one's overlay), and networkd masked or not as they need it
+    (lxc_config.masked_units)."""
+    from providers.lxc_config import NETWORKD_UNITS, machine_ids, masked_units, network_files, user_map_lines
+
+    if user_map_lines(folder):
+        return  # a user's machine has no extra network (lxc_user.check_spec)
+    upper, lower, ids = folder / UPPER, spec.box.artefact("rootfs"), machine_ids(folder)
+    network_dir = upper / "etc/systemd/network"
+    # through folders only: the machine's root may have made a link of one (to this host's)
+    for old in network_dir.glob("11-vbox-net*.network") if plain_folder(upper, "etc/systemd/network") else ():
+        old.unlink()
+    write_files(upper, lower, network_files(spec), ids, lambda owner: (0, 0))
+    if spec.box.meta.recipe:
+        masked = masked_units(spec)
+        for unit in NETWORKD_UNITS:
+            if unit in masked:
+                mask_unit(upper, lower, unit, ids)
+            else:
+                unmask_unit(upper, unit)
+
+
 # -- a disk of its own (`disk`): its layer on a file system of that size ---------------------
 # `df /` inside shows the size (overlayfs reports its upper layer's file system), writing
 # past it fails with ENOSPC inside, and this host's file system is not filled: the image

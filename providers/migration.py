@@ -77,22 +77,6 @@ def copy_volume(src_conn, vol, dst_conn, dst_pool, name: str, progress=None, tar
     return sent
 
 
-def read_volume(conn, vol, limit: int = 4 * 1024**2) -> bytes:
-    """A small volume's bytes (a credential, a seed), read through libvirt's storage API."""
-    size = vol.info()[1]
-    if size > limit:
-        raise VboxError(f"the volume {vol.name()} is {size} bytes, more than an identity volume holds")
-    from providers.storage import streaming
-
-    data = b""
-    with streaming(conn) as stream:
-        vol.download(stream, 0, size, 0)
-        while chunk := stream.recv(CHUNK):
-            if not isinstance(chunk, int):
-                data += chunk
-    return data
-
-
 def own_disks(root: ET.Element, volume: str) -> list[ET.Element]:
     """The domain's disks on the machine's own volume: a pool volume, or (a machine migrated
     live, until it starts again) the file that volume is."""
@@ -259,7 +243,7 @@ def move(provider, spec, target, target_spec, cold: bool, progress=None) -> Migr
     from providers.libvirt_domain import mac_address
     from providers.network import add_dhcp_host, remove_dhcp_host
     from providers.storage import (POOL, base_volumes, bases_lock, create_overlay, delete_volume, ensure_pool,
-                                   remove_unused_bases, upload_volume)
+                                   read_volume, remove_unused_bases, upload_volume)
 
     obj = spec.object_name
     dom = provider._existing(obj)

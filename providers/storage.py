@@ -198,6 +198,22 @@ def streaming(conn):
         raise
 
 
+def read_volume(conn, vol, limit: int = 4 * 1024**2) -> bytes:
+    """A small volume's bytes (a credential, a seed), read through libvirt's storage API."""
+    from vbox_cli.errors import VboxError
+
+    size = vol.info()[1]
+    if size > limit:
+        raise VboxError(f"the volume {vol.name()} is {size} bytes, more than an identity volume holds")
+    data = b""
+    with streaming(conn) as stream:
+        vol.download(stream, 0, size, 0)
+        while chunk := stream.recv(1024**2):
+            if not isinstance(chunk, int):
+                data += chunk
+    return data
+
+
 def send_all(stream, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -195,3 +195,24 @@ def test_a_disk_is_checked_and_grown_only_once_no_mount_namespace_holds_it(tmp_p
         holder.wait()
     assert seen == [("e2fsck", []), ("resize2fs", [])]
     assert layer.fs_size(image) == 64 * mib and not layer.attached_loops(image)
+
+
+def test_networkd_is_masked_at_a_start_unless_a_network_asks_dhcp(tmp_path):
+    from types import SimpleNamespace
+
+    from providers.lxc_config import NETWORKD_UNITS
+
+    lower, folder = box_tree(tmp_path), tmp_path / "machine"
+    (folder / UPPER).mkdir(parents=True)
+    box = SimpleNamespace(meta=SimpleNamespace(recipe="debian-12"), artefact=lambda kind: lower)
+    dhcp = SimpleNamespace(address="", mac="00:16:3e:00:00:01")
+    units = folder / UPPER / "etc/systemd/system"
+
+    layer.write_network_files(folder, SimpleNamespace(box=box, networks=[]))
+    assert all(os.readlink(units / unit) == "/dev/null" for unit in NETWORKD_UNITS)
+    layer.write_network_files(folder, SimpleNamespace(box=box, networks=[dhcp]))  # a DHCP network added
+    assert not any(os.path.lexists(units / unit) for unit in NETWORKD_UNITS)
+    assert "DHCP=yes" in (folder / UPPER / "etc/systemd/network/11-vbox-net1.network").read_text()
+    layer.write_network_files(folder, SimpleNamespace(box=box, networks=[]))  # and gone again
+    assert not (folder / UPPER / "etc/systemd/network/11-vbox-net1.network").exists()
+    assert all(os.readlink(units / unit) == "/dev/null" for unit in NETWORKD_UNITS)
